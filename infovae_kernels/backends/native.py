@@ -1,0 +1,50 @@
+"""The compiled backends: torch.ops.infovae.* from infovae_kernels._C ("cpu" and, when built, "cuda").
+
+The dispatcher picks the CPU or CUDA implementation by the device of the inputs; this module adds the
+fake (meta) implementations so the ops trace under torch.compile.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from infovae_kernels import _C  # noqa: F401  (loading registers torch.ops.infovae)
+
+    IMPORT_ERROR = None
+    WITH_CUDA = bool(_C.with_cuda)
+except ImportError as exc:  # no compiler at install time, or a broken build
+    IMPORT_ERROR = f"the compiled extension infovae_kernels._C is not importable ({exc})"
+    WITH_CUDA = False
+
+
+def cpu_status() -> tuple[bool, str]:
+    if IMPORT_ERROR:
+        return False, IMPORT_ERROR + "; rebuild with `pip install --no-build-isolation -e .`"
+    return True, "C++ CPU kernels"
+
+
+def cuda_status() -> tuple[bool, str]:
+    if IMPORT_ERROR:
+        return False, IMPORT_ERROR
+    if not WITH_CUDA:
+        return False, ("the extension was built without CUDA kernels (needs a CUDA build of torch and "
+                       "nvcc at build time; INFOVAE_WITH_CUDA=1 forces it)")
+    if not torch.cuda.is_available():
+        return False, "no CUDA device is visible"
+    return True, "CUDA C++ kernels"
+
+
+if IMPORT_ERROR is None:
+    from infovae_kernels.backends import fake
+
+    fake.register_fakes("infovae")
+
+    def rbf_gram(x, y, sigmas):
+        return torch.ops.infovae.rbf_gram(x, y, list(sigmas))
+
+    def pair_reduce(x, y, v, a, sigmas, kernel, exclude_diagonal):
+        return torch.ops.infovae.pair_reduce(x, y, v, a, list(sigmas), kernel, exclude_diagonal)
+
+    def quad_form(z, w, sigmas, kernel, exclude_diagonal):
+        return torch.ops.infovae.quad_form(z, w, list(sigmas), kernel, exclude_diagonal)

@@ -1,0 +1,85 @@
+"""Builds infovae_kernels._C: the C++ CPU kernels always, the CUDA kernels when torch is a CUDA build
+and nvcc exists.
+
+Environment:
+  INFOVAE_WITH_CUDA=0|1   force the CUDA sources off or on (default: auto-detect)
+  INFOVAE_NO_EXTENSION=1  build nothing compiled; the package then runs on the "torch" backend only
+  INFOVAE_CPU_ARCH=...    -march for the CPU kernels (default "native": the package is built where it runs)
+Build with `pip install --no-build-isolation -e .` after torch is installed.
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_wanted(torch_mod, cpp_extension):
+    flag = os.environ.get("INFOVAE_WITH_CUDA", "auto").lower()
+    has_toolkit = torch_mod.version.cuda is not None and (
+        cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
+    )
+    if flag in ("1", "true", "yes", "on"):
+        if not has_toolkit:
+            sys.exit("INFOVAE_WITH_CUDA=1 but torch is not a CUDA build or nvcc/CUDA_HOME is missing")
+        return True
+    if flag in ("0", "false", "no", "off"):
+        return False
+    if not has_toolkit:
+        print("infovae_kernels: building without CUDA kernels "
+              f"(torch.version.cuda={torch_mod.version.cuda}, CUDA_HOME={cpp_extension.CUDA_HOME})")
+    return has_toolkit
+
+
+def _extensions():
+    if os.environ.get("INFOVAE_NO_EXTENSION") == "1":
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    with_cuda = _cuda_wanted(torch, cpp_extension)
+    arch = os.environ.get("INFOVAE_CPU_ARCH", "native")
+    cxx = ["-O3", "-std=c++17", "-fopenmp", f"-march={arch}", "-ffp-contract=fast"]
+    sources = ["csrc/module.cpp", "csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
+    kwargs = dict(include_dirs=include_dirs, extra_link_args=["-fopenmp"])
+    if with_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+                "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+        ext = cpp_extension.CUDAExtension(
+            "infovae_kernels._C", sources, define_macros=[("INFOVAE_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
+    else:
+        ext = cpp_extension.CppExtension("infovae_kernels._C", sources,
+                                         extra_compile_args={"cxx": cxx}, **kwargs)
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="infovae-kernels",
+    version="0.1.0",
+    description="Fused kernel two-sample ops (RBF/IMQ Gram, MMD, Stein directions) and the InfoVAE family",
+    packages=find_packages(include=["infovae_kernels", "infovae_kernels.*"])
+    + find_packages("python", include=["infovae", "infovae.*"]),
+    package_dir={"infovae": "python/infovae"},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4,<=2.14.1", "numpy", "tqdm"],
+    extras_require={
+        "triton": ["triton"],
+        "models": ["matplotlib", "scikit-learn", "mlxtend"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy"],
+    },
+    entry_points={"console_scripts": [
+        "infovae-kernels=infovae_kernels.cli:main",
+        "infovae=infovae.cli:main",
+    ]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
