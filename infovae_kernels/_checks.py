@@ -1,0 +1,128 @@
+"""Argument checks for the public functions: every bad input is a ValueError or TypeError that names
+the argument. Checks that read tensor values (NaN/Inf, negative weights) need a host sync; they are
+skipped while torch.compile traces, where they would break the graph."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+KERNELS = ("rbf", "imq")
+ESTIMATORS = ("biased", "unbiased")
+Sigma = Union[float, Sequence[float], str]
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def finite(t: Tensor, name: str) -> None:
+    if not _tracing() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def floating(t: Tensor, name: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must have a floating dtype (float16, bfloat16, float32, float64), got {t.dtype}")
+
+
+def points(t: Tensor, name: str) -> Tensor:
+    """A non-empty (n, d) floating tensor of finite values."""
+    floating(t, name)
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (n_points, n_features), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(t.shape)}")
+    finite(t, name)
+    return t
+
+
+def same_device_dtype(a: Tensor, b: Tensor, aname: str, bname: str) -> None:
+    """Same device and dtype. Mixed dtypes are refused, not promoted: an MMD between a float32 and a
+    float64 set is almost always a mistake, and silent promotion hides it."""
+    if a.device != b.device:
+        raise ValueError(f"{aname} is on {a.device} but {bname} is on {b.device}; move them to one device")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{aname} is {a.dtype} but {bname} is {b.dtype}; convert one, e.g. "
+                        f"{bname}.to({aname}.dtype)")
+
+
+def same_space(x: Tensor, y: Tensor, xname: str = "x", yname: str = "y") -> None:
+    """Same device, dtype and feature dimension."""
+    same_device_dtype(x, y, xname, yname)
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"{xname} has {x.shape[-1]} features but {yname} has {y.shape[-1]}")
+
+
+def kernel(name: str) -> str:
+    if not isinstance(name, str) or name not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
+    return name
+
+
+def estimator(name: str) -> bool:
+    """True for the unbiased estimator."""
+    if not isinstance(name, str) or name not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {name!r}")
+    return name == "unbiased"
+
+
+def _positive_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive float, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite float, got {value}")
+    return value
+
+
+def sigmas(sigma: Sigma, median: Callable[[], float]) -> list[float]:
+    """Bandwidths as a list of floats; "median" calls `median()`."""
+    if isinstance(sigma, str):
+        if sigma != "median":
+            raise ValueError(f"sigma must be a positive float, a sequence of them, or 'median', got {sigma!r}")
+        return [median()]
+    if isinstance(sigma, Tensor):
+        sigma = sigma.tolist()
+    if isinstance(sigma, (list, tuple)):
+        if len(sigma) == 0:
+            raise ValueError("sigma is an empty sequence; give at least one bandwidth")
+        return [_positive_float(s, "sigma") for s in sigma]
+    return [_positive_float(sigma, "sigma")]
+
+
+def weights(w: Optional[Tensor], n: int, like: Tensor, name: str) -> Tensor:
+    """Non-negative weights of length n normalised to sum 1; uniform when w is None."""
+    if w is None:
+        return torch.full((n,), 1.0 / n, dtype=torch.float64, device=like.device)
+    floating(w, name)
+    if w.dim() != 1 or w.shape[0] != n:
+        raise ValueError(f"{name} must be 1-D of length {n}, got shape {tuple(w.shape)}")
+    if w.device != like.device:
+        raise ValueError(f"{name} is on {w.device} but the points are on {like.device}")
+    finite(w, name)
+    if not _tracing():
+        if bool((w < 0).any()):
+            raise ValueError(f"{name} must be non-negative")
+        if not bool((w > 0).any()):
+            raise ValueError(f"{name} are all zero; at least one weight must be positive")
+    return w / w.sum()
+
+
+def values(v: Tensor, m: int, like: Tensor, name: str) -> Tensor:
+    """Per-point values (m,) or (m, p), same dtype and device as the points."""
+    floating(v, name)
+    if v.dim() not in (1, 2) or v.shape[0] != m:
+        raise ValueError(f"{name} must have shape ({m},) or ({m}, p), got {tuple(v.shape)}")
+    if v.dim() == 2 and v.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(v.shape)}")
+    same_device_dtype(like, v, "y", name)
+    finite(v, name)
+    return v
+

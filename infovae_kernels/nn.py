@@ -1,0 +1,40 @@
+"""nn.Module front ends of the functional ops."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+from infovae_kernels import functional as F
+from infovae_kernels._checks import Sigma
+
+
+class MMDLoss(nn.Module):
+    """Squared MMD between two samples as a loss: MMDLoss(...)(x, y, weights_x=None, weights_y=None)."""
+
+    def __init__(self, kernel: str = "rbf", sigma: Sigma = 1.0, estimator: str = "biased", backend: str = "auto"):
+        super().__init__()
+        self.kernel, self.sigma, self.estimator, self.backend = kernel, sigma, estimator, backend
+
+    def forward(self, x: Tensor, y: Tensor, weights_x: Optional[Tensor] = None,
+                weights_y: Optional[Tensor] = None) -> Tensor:
+        return F.mmd(x, y, kernel=self.kernel, sigma=self.sigma, estimator=self.estimator,
+                     weights_x=weights_x, weights_y=weights_y, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel!r}, sigma={self.sigma!r}, estimator={self.estimator!r}, backend={self.backend!r}"
+
+
+class RBFKernel(nn.Module):
+    """RBF Gram matrix K(x, y) (y defaults to x)."""
+
+    def __init__(self, sigma: Sigma = 1.0, backend: str = "auto"):
+        super().__init__()
+        self.sigma, self.backend = sigma, backend
+
+    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        return F.rbf_gram(x, y, sigma=self.sigma, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma!r}, backend={self.backend!r}"
