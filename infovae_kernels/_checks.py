@@ -32,15 +32,23 @@ def floating(t: Tensor, name: str) -> None:
         raise TypeError(f"{name} must have a floating dtype (float16, bfloat16, float32, float64), got {t.dtype}")
 
 
-def points(t: Tensor, name: str) -> Tensor:
-    """A non-empty (n, d) floating tensor of finite values."""
+def _points_shape(t: Tensor, name: str) -> None:
     floating(t, name)
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D (n_points, n_features), got shape {tuple(t.shape)}")
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {tuple(t.shape)}")
-    finite(t, name)
-    return t
+
+
+def points(x: Tensor, y: Tensor | None = None) -> None:
+    """x (and y) non-empty (n, d) floating tensors of finite values, in one space (see same_space)."""
+    _points_shape(x, "x")
+    if y is not None:
+        _points_shape(y, "y")
+        same_space(x, y)
+    finite(x, "x")
+    if y is not None:
+        finite(y, "y")
 
 
 def same_device_dtype(a: Tensor, b: Tensor, aname: str, bname: str) -> None:

@@ -25,12 +25,8 @@ def _needs_grad(*tensors: Tensor) -> list[bool]:
 
 def rbf_gram(x: Tensor, y: Optional[Tensor] = None, *, sigma: _checks.Sigma = 1.0, backend: str = "auto") -> Tensor:
     """K_ij = sum_s exp(-|x_i - y_j|^2 / (2 sigma_s^2)), shape (N, M) (y defaults to x); fused distance + exp."""
-    _checks.points(x, "x")
-    if y is None:
-        y = x
-    else:
-        _checks.points(y, "y")
-        _checks.same_space(x, y)
+    _checks.points(x, y)
+    y = x if y is None else y
     sigmas = _checks.sigmas(sigma, lambda: median_distance(torch.cat([x, y])))
     name, _ = backends.resolve(backend, x.device)
     return autograd.rbf_gram_op(x, y, sigmas, name)
@@ -42,9 +38,7 @@ def kernel_sum(x: Tensor, y: Tensor, v: Optional[Tensor] = None, *, kernel: str 
 
     v: None (all ones) or (M,) gives shape (N,); (M, p) gives (N, p). Differentiable in x, y and v.
     """
-    _checks.points(x, "x")
-    _checks.points(y, "y")
-    _checks.same_space(x, y)
+    _checks.points(x, y)
     kernel = _checks.kernel(kernel)
     if v is None:
         v2 = y.new_ones((y.shape[0], 1))
@@ -67,9 +61,7 @@ def mmd(x: Tensor, y: Tensor, *, kernel: str = "rbf", sigma: _checks.Sigma = 1.0
     Weights are non-negative and normalised to sum 1 (uniform when None). Value and gradient (x, y and
     the weights) come out of the same fused pass; second derivatives raise NotImplementedError.
     """
-    _checks.points(x, "x")
-    _checks.points(y, "y")
-    _checks.same_space(x, y)
+    _checks.points(x, y)
     kernel = _checks.kernel(kernel)
     unbiased = _checks.estimator(estimator)
     wx = _checks.weights(weights_x, x.shape[0], x, "weights_x")
@@ -96,7 +88,7 @@ def svgd_direction(x: Tensor, score: Tensor, *, sigma: _checks.Sigma = "median",
     distance. phi is a direction, not a differentiable function: it carries no gradient (use it as
     -sum_i stop_grad(phi_i) . x_i in a surrogate loss).
     """
-    _checks.points(x, "x")
+    _checks.points(x)
     _checks.floating(score, "score")
     if score.shape != x.shape:
         raise ValueError(f"score must have the shape of x {tuple(x.shape)}, got {tuple(score.shape)}")

@@ -1,0 +1,45 @@
+# make demo : set up .venv (torch CPU build, the package built in place) and run the demo
+# make test : set up .venv and run the test suite (C++ unit tests, CUDA compile check, pytest)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch==2.13.0 is the CPU build on this project's machines; never allow a torch newer than 2.14.1.
+TORCH_SPEC ?= torch==2.13.0
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
+
+.PHONY: setup build demo test test-python test-cpp bench clean
+
+setup: $(VENV)/.deps build
+
+$(VENV)/.deps: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -r requirements-dev.txt "$(TORCH_SPEC)"
+	INFOVAE_NO_EXTENSION=1 $(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.deps infovae_kernels/.built
+
+infovae_kernels/.built: $(SOURCES)
+	$(BIN)/python setup.py -q build_ext --inplace
+	touch $@
+
+demo: setup
+	$(BIN)/python -m infovae_kernels.demo
+
+test: setup test-cpp test-python
+
+test-python: setup
+	$(BIN)/python -m pytest -q tests
+
+test-cpp: setup
+	cmake -S . -B build/cmake -DPython_EXECUTABLE=$(abspath $(BIN)/python) > /dev/null
+	cmake --build build/cmake -j2
+	ctest --test-dir build/cmake --output-on-failure
+
+bench: setup
+	$(BIN)/python benchmarks/bench_mmd.py
+
+clean:
+	rm -rf build infovae_kernels/_C*.so infovae_kernels/.built

@@ -1,0 +1,54 @@
+"""Shared fixtures: which backends run on which devices here, and the float64 oracle tolerances.
+
+Without a GPU, the Triton kernels run on CPU tensors under TRITON_INTERPRET=1, which must be set
+before triton is first imported.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import infovae_kernels as ik  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+_STATUS = ik.backends.available()
+
+
+def backends_for(device: str) -> list[str]:
+    """Backends that run on `device` in this install, in the registry's order."""
+    names = []
+    for name, status in _STATUS.items():
+        if not status.available:
+            continue
+        if ik.backends._device_reason(name, torch.device(device)) is None:
+            names.append(name)
+    return names
+
+
+DEVICE_BACKENDS = [(d, b) for d in DEVICES for b in backends_for(d)]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds; still runs in CI")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (run by benchmarks/gpu_check.sh)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; runs in benchmarks/gpu_check.sh")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    lines = [f"torch {torch.__version__}; devices {DEVICES}"]
+    for name, status in _STATUS.items():
+        lines.append(f"backend {name}: {'yes' if status.available else 'no'} ({status.reason})")
+    return lines
