@@ -18,6 +18,11 @@ from infovae_kernels import _checks, autograd, backends
 from infovae_kernels.bandwidth import median_distance, svgd_sigma
 
 
+def _backend_name(backend: str, device: torch.device) -> str:
+    """The backend that will run; under torch.compile the op resolves it when it runs instead."""
+    return backend if _checks._tracing() else backends.resolve(backend, device)[0]
+
+
 def _needs_grad(*tensors: Tensor) -> list[bool]:
     enabled = torch.is_grad_enabled()
     return [enabled and t.requires_grad for t in tensors]
@@ -28,7 +33,7 @@ def rbf_gram(x: Tensor, y: Optional[Tensor] = None, *, sigma: _checks.Sigma = 1.
     _checks.points(x, y)
     y = x if y is None else y
     sigmas = _checks.sigmas(sigma, lambda: median_distance(torch.cat([x, y])))
-    name, _ = backends.resolve(backend, x.device)
+    name = _backend_name(backend, x.device)
     return autograd.rbf_gram_op(x, y, sigmas, name)
 
 
@@ -46,7 +51,7 @@ def kernel_sum(x: Tensor, y: Tensor, v: Optional[Tensor] = None, *, kernel: str 
         _checks.values(v, y.shape[0], y, "v")
         v2 = v[:, None] if v.dim() == 1 else v
     sigmas = _checks.sigmas(sigma, lambda: median_distance(torch.cat([x, y])))
-    name, _ = backends.resolve(backend, x.device)
+    name = _backend_name(backend, x.device)
     s = autograd.kernel_sum_op(x, y, v2, sigmas, kernel, name)
     return s if v is not None and v.dim() == 2 else s[:, 0]
 
@@ -73,7 +78,7 @@ def mmd(x: Tensor, y: Tensor, *, kernel: str = "rbf", sigma: _checks.Sigma = 1.0
             if not _checks._tracing() and float(w.detach().double().square().sum()) >= 1.0 - 1e-12:
                 raise ValueError(f"the unbiased estimator needs at least 2 positive weights for {name}")
     sigmas = _checks.sigmas(sigma, lambda: median_distance(torch.cat([x, y])))
-    name, _ = backends.resolve(backend, x.device)
+    name = _backend_name(backend, x.device)
     need = _needs_grad(x, y, wx, wy)
     return autograd.mmd_op(x, y, wx, wy, sigmas, kernel, unbiased, name, need)[0]
 
