@@ -23,9 +23,12 @@ Numerics (see kernels.py for the tiling)
     ``set_precision(p)`` selects the tl.dot input precision for float32 compute (float64 always uses
     IEEE). It is read when an op runs (under torch.compile: when it is traced).
       "ieee"   (default) float32 FMA dot. Measured under TRITON_INTERPRET=1 against the float64
-               reference on N(0,1) data (tests/test_triton.py, N=M=200): max relative error of S
-               ~1e-6 (d = 5) to ~1e-6 (d = 64), of G ~1e-6 .. 5e-6, quad_form ~1e-7; d = 784 with
-               N = 7: ~1e-6. The same error as the C++ CPU backend (float32 per pair).
+               reference, N(0,1) data, sigma = sqrt(d), signed v and a, error = max|err| / max|ref|:
+                 d = 2, 5, 17 (N=M=200/129x200): S 1e-7 .. 2e-7, G 1e-7 .. 2e-7, quad_form 1e-8 .. 2e-7
+                 d = 64 (129x200): S 9e-7 (rbf) / 7e-6 (imq, cancelling signed sum), G 2e-7, q 8e-7
+                 d = 784 (7x9):     S 1e-7, G 2e-7, q 1e-7
+               i.e. the error of the same math done by torch in float32 (measured alongside:
+               S 2e-7 .. 6e-6, G 1e-7 .. 5e-7). Tests allow 2e-5.
       "tf32x3" three tf32 tensor-core products (split precision): expected close to ieee (~1e-6);
                measured on the GPU by benchmarks/gpu_check.sh (tests marked gpu print it).
       "tf32"   one tf32 product (10-bit mantissa): r2 absolute error ~1e-3 |x||y| before the exp;
