@@ -1,0 +1,3 @@
+from infovae.cli import main
+
+raise SystemExit(main())
