@@ -87,4 +87,80 @@ INFOVAE_HD void kernel_value_and_weight(const KernelSpec& spec, T r2, T* k_out, 
   *g_out = g;
 }
 
+// Kernel parameters converted once to the compute type T (float or double). kernel_value /
+// kernel_value_and_weight above convert spec.param[s] from double on every call; inside a pair loop
+// that is one double->float conversion per pair and scale (an FP64-pipe instruction on GPUs, a
+// cvtsd2ss on CPUs). Convert once per kernel launch / thread with cast_params and evaluate with the
+// overloads below: the same formulas, term for term (tests/cpp/test_pair_math.cpp pins them together).
+// Scale loops below run over the compile-time bound kMaxScales and stop at n_scales: with constant
+// indices a GPU compiler keeps param[] in the kernel-parameter bank instead of copying it to local
+// memory (a dynamically indexed by-value kernel argument is spilled to the stack).
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define INFOVAE_UNROLL_SCALES _Pragma("unroll")
+#else
+#define INFOVAE_UNROLL_SCALES
+#endif
+
+template <typename T>
+struct KernelParams {
+  KernelKind kind;
+  int32_t n_scales;
+  T param[kMaxScales];
+};
+
+template <typename T>
+INFOVAE_HD KernelParams<T> cast_params(const KernelSpec& spec) {
+  KernelParams<T> p;
+  p.kind = spec.kind;
+  p.n_scales = spec.n_scales;
+  for (int s = 0; s < kMaxScales; ++s) p.param[s] = static_cast<T>(spec.param[s]);
+  return p;
+}
+
+template <typename T>
+INFOVAE_HD T kernel_value(const KernelParams<T>& p, T r2) {
+  T k = T(0);
+  if (p.kind == KernelKind::RBF) {
+    INFOVAE_UNROLL_SCALES
+    for (int s = 0; s < kMaxScales; ++s) {
+      if (s >= p.n_scales) break;
+      k += exp(-p.param[s] * r2);
+    }
+  } else {
+    INFOVAE_UNROLL_SCALES
+    for (int s = 0; s < kMaxScales; ++s) {
+      if (s >= p.n_scales) break;
+      const T C = p.param[s];
+      k += C / (C + r2);
+    }
+  }
+  return k;
+}
+
+template <typename T>
+INFOVAE_HD void kernel_value_and_weight(const KernelParams<T>& p, T r2, T* k_out, T* g_out) {
+  T k = T(0), g = T(0);
+  if (p.kind == KernelKind::RBF) {
+    INFOVAE_UNROLL_SCALES
+    for (int s = 0; s < kMaxScales; ++s) {
+      if (s >= p.n_scales) break;
+      const T c = p.param[s];
+      const T e = exp(-c * r2);
+      k += e;
+      g += T(2) * c * e;
+    }
+  } else {
+    INFOVAE_UNROLL_SCALES
+    for (int s = 0; s < kMaxScales; ++s) {
+      if (s >= p.n_scales) break;
+      const T C = p.param[s];
+      const T ks = C / (C + r2);
+      k += ks;
+      g += T(2) * ks * ks / C;
+    }
+  }
+  *k_out = k;
+  *g_out = g;
+}
+
 }  // namespace infovae
