@@ -1,0 +1,310 @@
+"""The `infovae-kernels` command line (also `python -m infovae_kernels`).
+
+    infovae-kernels mmd X Y [--kernel rbf|imq] [--sigma 1.0 | 0.5,1,2 | median] [--estimator biased|unbiased]
+                            [--permutations P] [--seed S] [--backend auto] [--device cpu] [--max-memory 2GB]
+                            [--block-size ROWS] [--dtype auto|float32|float64] [--json OUT.json] [--quiet]
+    infovae-kernels info
+    infovae-kernels bench [--quick] [--backend NAME] [--out DIR]
+
+X and Y are .npy (memory-mapped, streamed), .pt (a saved tensor) or .csv (numbers, comma separated, an
+optional header line) files of shape (n, d); a 1-D file is n points in 1 dimension. Exit codes: 0 done,
+2 bad arguments or input files, 130 interrupted (Ctrl-C), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+
+class InputError(Exception):
+    """A problem with the user's files or arguments: printed without a traceback, exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------- files
+
+def _csv_has_header(path: Path) -> bool:
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    [float(v) for v in line.strip().split(",") if v.strip() != ""]
+                    return False
+                except ValueError:
+                    return True
+    return False
+
+
+def load_points(path: str):
+    """An (n, d) numpy array (memory-mapped for .npy) or tensor read from `path`; InputError if not."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{path}: no such file")
+    if not p.is_file():
+        raise InputError(f"{path}: not a file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            data = np.load(p, mmap_mode="r", allow_pickle=False)
+        elif suffix == ".pt":
+            data = torch.load(p, map_location="cpu", weights_only=True)
+            if isinstance(data, dict) and len(data) == 1:
+                data = next(iter(data.values()))
+            if not isinstance(data, torch.Tensor):
+                raise InputError(f"{path}: expected a saved tensor, found {type(data).__name__}")
+        elif suffix == ".csv":
+            header = _csv_has_header(p)
+            data = np.genfromtxt(p, delimiter=",", dtype=np.float64, skip_header=1 if header else 0,
+                                 ndmin=2, invalid_raise=True)
+            bad = ~np.isfinite(data).all(axis=1)
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise InputError(f"{path}: row {row} (line {row + 1 + int(header)}) has a missing, NaN or "
+                                 "infinite value")
+        else:
+            raise InputError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .npy, .pt or .csv")
+    except InputError:
+        raise
+    except Exception as exc:  # corrupt, truncated, pickled objects, wrong number of CSV columns ...
+        msg = " ".join(str(exc).split())
+        raise InputError(f"{path}: cannot read it as {suffix} ({type(exc).__name__}: {msg[:300]})") from None
+    if data.ndim == 1:
+        data = data.reshape(-1, 1)
+    if data.ndim != 2:
+        raise InputError(f"{path}: expected an (n_points, n_features) array, got shape {tuple(data.shape)}")
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise InputError(f"{path}: no data (shape {tuple(data.shape)})")
+    if isinstance(data, np.ndarray) and data.dtype.kind not in "fiub":
+        raise InputError(f"{path}: expected numbers, got dtype {data.dtype}")
+    if isinstance(data, torch.Tensor) and data.is_complex():
+        raise InputError(f"{path}: complex data are not supported")
+    return data
+
+
+def _is_float32(a) -> bool:
+    return a.dtype in (np.float32, torch.float32)
+
+
+def _parse_sigma(text: str):
+    if text.strip() == "median":
+        return "median"
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--sigma: expected a float, a comma-separated list of floats or 'median', got {text!r}")
+    if not vals or any(not np.isfinite(v) or v <= 0 for v in vals):
+        raise InputError(f"--sigma: bandwidths must be positive, got {text!r}")
+    return vals[0] if len(vals) == 1 else vals
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write to a temporary file beside `path`, fsync, then os.replace: readers never see half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+def _cmd_mmd(args) -> int:
+    from infovae_kernels import scale
+
+    x, y = load_points(args.x), load_points(args.y)
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"{args.x} has {x.shape[1]} features (shape {tuple(x.shape)}) but {args.y} has "
+                         f"{y.shape[1]} (shape {tuple(y.shape)})")
+    sigma = _parse_sigma(args.sigma)
+    if args.dtype == "auto":
+        dtype = torch.float32 if _is_float32(x) and _is_float32(y) else torch.float64
+    else:
+        dtype = getattr(torch, args.dtype)
+    progress = None if (not args.quiet and sys.stderr.isatty()) else False
+    common = dict(kernel=args.kernel, sigma=sigma, backend=args.backend, device=args.device,
+                  max_memory=args.max_memory, block_size=args.block_size, progress=progress,
+                  median_points=scale.MEDIAN_SUBSAMPLE, median_seed=0, dtype=dtype, group=None,
+                  names=(args.x, args.y))
+    unbiased = args.estimator == "unbiased"
+    try:
+        if args.permutations:
+            info = scale._mmd_test(x, y, permutations=args.permutations, seed=args.seed, unbiased=unbiased,
+                                   **common)
+        else:
+            info = scale._mmd_full(x, y, unbiased=unbiased, weights_x=None, weights_y=None, **common)
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(exc)) from None
+    result = info.pop("result", None)
+    secs = info["seconds"]
+    pairs = float(info["n_x"] + info["n_y"]) ** 2
+    rows = [("x", f"{args.x}  ({info['n_x']} x {info['d']})"),
+            ("y", f"{args.y}  ({info['n_y']} x {info['d']})"),
+            ("kernel", f"{info['kernel']}, sigma {', '.join(f'{s:.6g}' for s in info['sigmas'])}"
+                       + (" (median heuristic)" if sigma == "median" else "")),
+            ("estimator", args.estimator),
+            ("MMD^2", f"{info['value']:.10g}")]
+    if result is not None:
+        rows.append(("p-value", f"{info['p_value']:.6g}  ({info['permutations']} permutations, seed {info['seed']})"))
+    rows += [("backend", f"{info['backend']} on {info['device']}, {info['dtype']}, block {info['block_size']} rows, "
+                         f"{info['tile_pairs']} tile pairs"),
+             ("time", f"{secs:.3f} s  ({pairs / max(secs, 1e-12):.3g} pooled pairs/s)")]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if args.json:
+        out = dict(info, x=args.x, y=args.y, estimator=args.estimator, mmd2=info["value"],
+                   pooled_pairs_per_s=pairs / max(secs, 1e-12))
+        if result is not None:
+            out["permutation_statistics"] = result.permutation_statistics.tolist()
+        from infovae_kernels import __version__
+
+        out["version"] = __version__
+        write_json_atomic(args.json, out)
+        if not args.quiet:
+            print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import infovae_kernels as ik
+    from infovae_kernels import backends
+
+    print(f"infovae-kernels {getattr(ik, '__version__', '?')}, torch {torch.__version__}, "
+          f"python {sys.version.split()[0]}")
+    print("backends:")
+    try:
+        status = {name: (s.available, s.reason) for name, s in backends.available().items()}
+    except Exception:  # one broken backend must not hide the others
+        status = {}
+        for name in backends.NAMES:
+            try:
+                s = backends._status(name)
+                status[name] = (s.available, s.reason)
+            except Exception as exc:
+                status[name] = (False, f"status check failed: {type(exc).__name__}: {exc}")
+    for name, (ok, reason) in status.items():
+        print(f"  {name:<7} {'yes' if ok else 'no ':<4} {reason}")
+    print("devices:")
+    print(f"  cpu     {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            print(f"  cuda:{i}  {p.name}, {p.total_memory / 2**30:.1f} GiB, compute capability {p.major}.{p.minor}")
+    else:
+        print("  cuda    none visible")
+    return 0
+
+
+def _bench_script() -> Optional[Path]:
+    p = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scale.py"
+    return p if p.is_file() else None
+
+
+def _builtin_ladder(args) -> int:
+    import time
+
+    from infovae_kernels import scale
+
+    sizes = (500, 1000) if args.quick else (1000, 4000, 16000)
+    print(f"| n per set | d | backend | seconds | pooled pairs/s |\n|---|---|---|---|---|")
+    for n in sizes:
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(n, 64, generator=g), torch.randn(n, 64, generator=g)
+        t0 = time.perf_counter()
+        info = scale._mmd_full(x, y, kernel="rbf", sigma=1.0, unbiased=False, weights_x=None, weights_y=None,
+                               backend=args.backend, device=None, max_memory=scale.DEFAULT_MAX_MEMORY,
+                               block_size=None, progress=False, median_points=2048, median_seed=0,
+                               dtype=None, group=None)
+        secs = time.perf_counter() - t0
+        print(f"| {n} | 64 | {info['backend']} | {secs:.3f} | {(2 * n) ** 2 / secs:.3g} |")
+    return 0
+
+
+def _cmd_bench(args, rest: Sequence[str]) -> int:
+    script = _bench_script()
+    if script is None or args.builtin:
+        return _builtin_ladder(args)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_scale", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = (["--quick"] if args.quick else []) + ["--backend", args.backend]
+    if args.out:
+        argv += ["--out", args.out]
+    return int(mod.main(argv + list(rest)) or 0)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="infovae-kernels", description="Full-dataset kernel two-sample tools.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("mmd", help="exact MMD^2 between two data files, optionally with a permutation p-value")
+    m.add_argument("x", help=".npy, .pt or .csv file, shape (n, d)")
+    m.add_argument("y", help=".npy, .pt or .csv file, shape (m, d)")
+    m.add_argument("--kernel", choices=["rbf", "imq"], default="rbf")
+    m.add_argument("--sigma", default="1.0", help="a float, a comma-separated list (multi-scale), or 'median'")
+    m.add_argument("--estimator", choices=["biased", "unbiased"], default="biased")
+    m.add_argument("--permutations", type=int, default=0, help="permutation test with this many permutations")
+    m.add_argument("--seed", type=int, default=0, help="seed of the permutations")
+    m.add_argument("--backend", default="auto", help="auto, triton, cuda, cpu or torch")
+    m.add_argument("--device", default=None, help="where tiles are reduced, e.g. cpu, cuda, cuda:1")
+    m.add_argument("--max-memory", default="1GiB", help="working-set bound, e.g. 2GB, 512MiB (sets block size)")
+    m.add_argument("--block-size", type=int, default=None, help="rows per block (overrides --max-memory)")
+    m.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto",
+                   help="auto: float32 when both files are float32, else float64")
+    m.add_argument("--json", default=None, metavar="OUT.json", help="also write the result as JSON (atomically)")
+    m.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    sub.add_parser("info", help="list backends and devices")
+    b = sub.add_parser("bench", help="run the scale benchmark ladder (benchmarks/bench_scale.py)")
+    b.add_argument("--quick", action="store_true", help="small sizes only")
+    b.add_argument("--backend", default="auto")
+    b.add_argument("--out", default=None, help="directory for CSV/PNG results")
+    b.add_argument("--builtin", action="store_true", help="the small built-in ladder, even in a checkout")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = build_parser()
+    args, rest = ap.parse_known_args(argv)
+    if rest and args.command != "bench":
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if args.command == "mmd":
+            if args.permutations < 0:
+                raise InputError("--permutations must be >= 0")
+            return _cmd_mmd(args)
+        if args.command == "info":
+            return _cmd_info(args)
+        return _cmd_bench(args, rest)
+    except InputError as exc:
+        print(f"infovae-kernels: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninfovae-kernels: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

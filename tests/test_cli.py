@@ -1,0 +1,123 @@
+"""The infovae-kernels command line: end to end on .npy/.pt/.csv files, JSON output, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import infovae_kernels as ik
+from infovae_kernels import cli, scale
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(33, 3)) + 0.5
+    np.save(tmp_path / "x.npy", x)
+    torch.save(torch.from_numpy(y), tmp_path / "y.pt")
+    np.savetxt(tmp_path / "y.csv", y, delimiter=",", header="a,b,c", comments="")
+    return tmp_path, x, y
+
+
+@pytest.mark.parametrize("yname", ["y.pt", "y.csv"])
+def test_mmd_end_to_end(files, yname, capsys):
+    tmp, x, y = files
+    out = tmp / "res" / "out.json"
+    rc = cli.main(["mmd", str(tmp / "x.npy"), str(tmp / yname), "--sigma", "0.5,2", "--estimator", "unbiased",
+                   "--block-size", "9", "--backend", "torch", "--json", str(out), "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "MMD^2" in printed and "x.npy" in printed
+    res = json.loads(out.read_text())
+    ref = float(ik.mmd(torch.from_numpy(x), torch.from_numpy(y), sigma=[0.5, 2.0], estimator="unbiased",
+                       backend="torch"))
+    assert res["mmd2"] == pytest.approx(ref, abs=1e-13)
+    assert res["sigmas"] == [0.5, 2.0] and res["n_x"] == 40 and res["n_y"] == 33
+    assert sorted(os.listdir(tmp / "res")) == ["out.json"]  # no temporary file left behind
+
+
+def test_permutations_json(files):
+    tmp, x, y = files
+    out = tmp / "perm.json"
+    rc = cli.main(["mmd", str(tmp / "x.npy"), str(tmp / "y.pt"), "--sigma", "median", "--permutations", "19",
+                   "--seed", "4", "--json", str(out), "-q"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    direct = scale.mmd_test(torch.from_numpy(x), torch.from_numpy(y), permutations=19, seed=4, sigma="median")
+    assert res["p_value"] == pytest.approx(direct.p_value)
+    assert len(res["permutation_statistics"]) == 19
+    assert 0 < res["p_value"] <= 1
+
+
+def _err(capsys, argv):
+    rc = cli.main(argv)
+    return rc, capsys.readouterr().err
+
+
+def test_bad_files(files, capsys):
+    tmp, x, y = files
+    xn = str(tmp / "x.npy")
+    rc, err = _err(capsys, ["mmd", xn, str(tmp / "missing.npy")])
+    assert rc == 2 and "missing.npy: no such file" in err and "Traceback" not in err
+    (tmp / "junk.npy").write_bytes(b"not a numpy file")
+    rc, err = _err(capsys, ["mmd", xn, str(tmp / "junk.npy")])
+    assert rc == 2 and "junk.npy: cannot read" in err
+    (tmp / "d.txt").write_text("1,2,3\n")
+    rc, err = _err(capsys, ["mmd", xn, str(tmp / "d.txt")])
+    assert rc == 2 and "unsupported file type" in err
+    (tmp / "ragged.csv").write_text("1,2,3\n4,5\n")
+    rc, err = _err(capsys, ["mmd", xn, str(tmp / "ragged.csv")])
+    assert rc == 2 and "ragged.csv" in err
+    (tmp / "nan.csv").write_text("a,b,c\n1,2,3\n4,,6\n")
+    rc, err = _err(capsys, ["mmd", xn, str(tmp / "nan.csv")])
+    assert rc == 2 and "nan.csv: row 1 (line 3)" in err
+    bad = x.copy()
+    bad[17, 1] = np.nan
+    np.save(tmp / "nan.npy", bad)
+    rc, err = _err(capsys, ["mmd", str(tmp / "nan.npy"), xn, "--block-size", "5"])
+    assert rc == 2 and "nan.npy contains NaN or Inf at row 17" in err
+    np.save(tmp / "wide.npy", np.ones((5, 4)))
+    rc, err = _err(capsys, ["mmd", xn, str(tmp / "wide.npy")])
+    assert rc == 2 and "3 features" in err and "wide.npy has 4" in err
+    torch.save({"a": 1, "b": 2}, tmp / "obj.pt")
+    rc, err = _err(capsys, ["mmd", xn, str(tmp / "obj.pt")])
+    assert rc == 2 and "obj.pt" in err
+    rc, err = _err(capsys, ["mmd", xn, xn, "--sigma", "-1"])
+    assert rc == 2 and "--sigma" in err
+    rc, err = _err(capsys, ["mmd", xn, xn, "--max-memory", "lots"])
+    assert rc == 2 and "lots" in err
+    rc, err = _err(capsys, ["mmd", xn, xn, "--backend", "nope"])
+    assert rc == 2 and "backend" in err
+
+
+def test_ctrl_c(files, capsys, monkeypatch):
+    tmp, _, _ = files
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scale, "_mmd_full", interrupted)
+    out = tmp / "never.json"
+    rc, err = _err(capsys, ["mmd", str(tmp / "x.npy"), str(tmp / "y.pt"), "--json", str(out)])
+    assert rc == 130 and "interrupted" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_info_and_bench(capsys):
+    assert cli.main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "torch" in text and "backends:" in text and "devices:" in text
+    assert cli.main(["bench", "--builtin", "--quick"]) == 0
+    assert "pairs/s" in capsys.readouterr().out
+
+
+def test_python_dash_m(files):
+    tmp, _, _ = files
+    proc = subprocess.run([sys.executable, "-m", "infovae_kernels", "mmd", str(tmp / "x.npy"),
+                           str(tmp / "y.csv"), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "MMD^2" in proc.stdout
