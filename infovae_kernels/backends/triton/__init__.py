@@ -38,7 +38,7 @@ Numerics (see kernels.py for the tiling)
 
 Autotuning
     With CUDA and INFOVAE_TRITON_AUTOTUNE unset or 1: triton.autotune over BLOCK_M / num_warps /
-    num_stages, keyed on (next_pow2(N), next_pow2(M), d, p, dtype) and cached per process. Only
+    num_stages, keyed on (next_pow2(N), next_pow2(M) capped at 65536, d, p, dtype) and cached per process. Only
     choices that do not change the per-row summation order are tuned (the Y tile width BLOCK_N and
     the d chunk are fixed per d, the SPLIT of Y tiles depends on N, M and the SM count only), so the
     tuned choice does not change the result bits beyond reduction-layout effects. With
@@ -113,6 +113,12 @@ def _np2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
+def _key(n: int) -> int:
+    """Autotune key of a size: its power-of-two bucket, capped at 65536 (configs settle by then, and
+    tuning a 1e6-row launch would cost seconds per config)."""
+    return min(_np2(n), 1 << 16)
+
+
 def _clamp_np2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, _np2(n)))
 
@@ -127,8 +133,8 @@ if _IMPORT_ERROR is None:
         _PLAIN_CONFIGS = [triton.Config({}, num_warps=4, num_stages=1)]
     elif _autotune_on():
         _ROWS_CONFIGS = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
-                         for bm, w, s in ((64, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 3), (32, 4, 2))]
-        _PLAIN_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (8, 2), (4, 3))]
+                         for bm, w, s in ((64, 4, 2), (128, 8, 2), (64, 8, 3), (32, 4, 2))]
+        _PLAIN_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (8, 2))]
     else:
         _ROWS_CONFIGS = [triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=2)]
         _PLAIN_CONFIGS = [triton.Config({}, num_warps=4, num_stages=2)]
@@ -251,7 +257,7 @@ def _rbf_gram(x: Tensor, y: Tensor, sigmas: list[float]) -> Tensor:
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), triton.cdiv(M, b["BLOCK_N"]))  # noqa: E731
     _launch(_GRAM)[grid](
         x, y, _pooled_mean(ct, x, y), _consts(sigmas, "rbf", d, x.device), out,
-        N, M, d, x.stride(0), y.stride(0), _np2(N), _np2(M),
+        N, M, d, x.stride(0), y.stride(0), _key(N), _key(M),
         NS=len(sigmas), DIRECT=b["DIRECT"], CT=_tl_dtype(ct), PREC=_prec(ct),
         BLOCK_N=b["BLOCK_N"], BLOCK_D=b["BLOCK_D"])
     return out
@@ -289,7 +295,7 @@ def _pair_reduce(x: Tensor, y: Tensor, v: Tensor, a: Optional[Tensor], sigmas: l
         x, y, v, a if has_a else v, _pooled_mean(ct, x, y), _consts(sigmas, kernel, d, x.device),
         s_part, g_part,
         N, M, d, p, x.stride(0), y.stride(0), v.stride(0), a.stride(0) if has_a else 0,
-        per, n_s, n_g, _np2(N), _np2(M),
+        per, n_s, n_g, _key(N), _key(M),
         NS=len(sigmas), KIND=0 if kernel == "rbf" else 1, HAS_A=has_a, EXCL=bool(exclude_diagonal),
         DIRECT=b["DIRECT"], P_ONE=b["BLOCK_P"] == 1, CT=_tl_dtype(ct), PREC=_prec(ct),
         BLOCK_N=b["BLOCK_N"], BLOCK_D=b["BLOCK_D"], BLOCK_P=b["BLOCK_P"], BLOCK_PA=b["BLOCK_PA"],
@@ -317,7 +323,7 @@ def _quad_form(z: Tensor, w: Tensor, sigmas: list[float], kernel: str, exclude_d
     q_part = torch.empty((split, n_blocks, P), dtype=torch.float64, device=z.device)
     _launch(_QUAD)[(n_blocks, n_chunks, split)](
         z, w, _pooled_mean(ct, z), _consts(sigmas, kernel, d, z.device), q_part,
-        N, d, P, z.stride(0), w.stride(0), n_blocks, split, _np2(N),
+        N, d, P, z.stride(0), w.stride(0), n_blocks, split, _key(N),
         NS=len(sigmas), KIND=0 if kernel == "rbf" else 1, EXCL=bool(exclude_diagonal),
         DIRECT=b["DIRECT"], P_ONE=b["BLOCK_P"] == 1, CT=_tl_dtype(ct), PREC=_prec(ct),
         BLOCK=block, BLOCK_D=b["BLOCK_D"], BLOCK_P=b["BLOCK_P"])
