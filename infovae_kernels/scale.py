@@ -302,8 +302,7 @@ class _WeightSource:
         if w.ndim != 1 or w.shape[0] != n:
             raise ValueError(f"{name} must be 1-D of length {n}, got shape {tuple(w.shape)}")
         self.w, self.name = w, name
-        total, sq, pos, anypos = 0.0, 0.0, 0, False
-        parts, parts_sq = [], []
+        parts = []
         for s in range(0, n, _SCAN_ROWS):
             b = self._raw(s, min(n, s + _SCAN_ROWS))
             bad = ~torch.isfinite(b)
@@ -312,12 +311,12 @@ class _WeightSource:
             if bool((b < 0).any()):
                 raise ValueError(f"{name} must be non-negative (index {s + int((b < 0).nonzero()[0, 0])})")
             parts.append(float(b.sum()))
-            parts_sq.append(b)
         total = math.fsum(parts)
         if not total > 0:
             raise ValueError(f"{name} are all zero; at least one weight must be positive")
-        self.total = total
-        self.sum_sq = math.fsum(float((b / total).square().sum()) for b in parts_sq)
+        self.total = total  # a second pass for sum(w^2) keeps host memory bounded for memory-mapped weights
+        self.sum_sq = math.fsum(float((self._raw(s, min(n, s + _SCAN_ROWS)) / total).square().sum())
+                                for s in range(0, n, _SCAN_ROWS))
 
     def _raw(self, s: int, e: int) -> Tensor:
         if isinstance(self.w, Tensor):
