@@ -175,8 +175,10 @@ class PixelCNNDecoder(nn.Module):
         return x
 
 
-def make_encoder(name: str, shape, latent: int, hidden: Optional[int] = None) -> nn.Module:
+def make_encoder(name: str, shape, latent: int, hidden: Optional[int] = None, layers: Optional[int] = None) -> nn.Module:
     kw = {} if hidden is None else {"hidden": hidden}
+    if layers is not None and name == "mlp":
+        kw["layers"] = layers
     if name == "mlp":
         return MLPEncoder(shape, latent, **kw)
     if name == "conv":
@@ -186,8 +188,10 @@ def make_encoder(name: str, shape, latent: int, hidden: Optional[int] = None) ->
     raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
 
 
-def make_decoder(name: str, shape, latent: int, hidden: Optional[int] = None) -> nn.Module:
+def make_decoder(name: str, shape, latent: int, hidden: Optional[int] = None, layers: Optional[int] = None) -> nn.Module:
     kw = {} if hidden is None else {"hidden": hidden}
+    if layers is not None and name == "mlp":
+        kw["layers"] = layers
     if name == "mlp":
         return MLPDecoder(shape, latent, **kw)
     if name == "conv":
