@@ -31,38 +31,40 @@ namespace K = infovae::cuda_kernels;
 
 // ---- validation (same rules and wording as the CPU path) ----
 
-KernelKind parse_kernel(c10::string_view kernel) {
+KernelKind parse_kernel(const char* op, c10::string_view kernel) {
   if (kernel == "rbf") return KernelKind::RBF;
   if (kernel == "imq") return KernelKind::IMQ;
-  TORCH_CHECK(false, "infovae: kernel must be 'rbf' or 'imq', got '", std::string(kernel.data(), kernel.size()), "'");
+  TORCH_CHECK(false, "infovae::", op, ": kernel must be \"rbf\" or \"imq\", got \"",
+              std::string(kernel.data(), kernel.size()), "\"");
 }
 
-KernelSpec make_spec(KernelKind kind, at::ArrayRef<double> sigmas, int64_t d) {
-  TORCH_CHECK(!sigmas.empty() && static_cast<int64_t>(sigmas.size()) <= kMaxScales,
-              "infovae: expected 1 to ", kMaxScales, " bandwidths (sigmas), got ", sigmas.size());
+KernelSpec make_spec(const char* op, KernelKind kind, at::ArrayRef<double> sigmas, int64_t d) {
+  TORCH_CHECK(!sigmas.empty() && static_cast<int64_t>(sigmas.size()) <= kMaxScales, "infovae::", op,
+              ": sigmas must hold 1 to ", kMaxScales, " bandwidths, got ", sigmas.size());
   for (double s : sigmas) {
-    TORCH_CHECK(std::isfinite(s) && s > 0.0, "infovae: every sigma must be positive and finite, got ", s);
+    TORCH_CHECK(std::isfinite(s) && s > 0.0, "infovae::", op, ": every sigma must be finite and > 0, got ", s);
   }
-  KernelSpec spec;
+  KernelSpec spec{};
   const bool ok = make_kernel_spec(kind, sigmas.data(), static_cast<int>(sigmas.size()), d, &spec);
-  TORCH_CHECK(ok, "infovae: invalid kernel specification");
+  TORCH_CHECK(ok, "infovae::", op, ": could not build the kernel from ", sigmas.size(), " sigmas");
   return spec;
 }
 
-void check_matrix(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 2, "infovae: ", name, " must be 2-D, got shape ", t.sizes());
-  TORCH_CHECK(t.is_cuda(), "infovae: ", name, " must be a CUDA tensor for the CUDA implementation, got ",
-              t.device());
+void check_matrix(const char* op, const char* name, const at::Tensor& t, const char* shape) {
+  TORCH_CHECK(t.dim() == 2, "infovae::", op, ": ", name, " must be a 2-D tensor ", shape, ", got ", t.dim(),
+              "-D tensor of shape ", t.sizes());
+  TORCH_CHECK(t.is_cuda(), "infovae::", op, ": ", name, " must be a CUDA tensor, got ", t.device());
   const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
-              "infovae: ", name, " must be float16, bfloat16, float32 or float64, got ", st);
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, "infovae::", op,
+              ": ", name, " must be float16, bfloat16, float32 or float64, got ", st);
 }
 
-void check_same(const at::Tensor& ref, const at::Tensor& t, const char* ref_name, const char* name) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "infovae: ", name, " must have the dtype of ",
-              ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), "infovae: ", name, " must be on the device of ", ref_name, " (",
-              ref.device(), "), got ", t.device());
+// dtype and device of t must be those of the first input ref.
+void check_same(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "infovae::", op, ": ", name,
+              " must have the same dtype as the first input (", ref.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), "infovae::", op, ": ", name,
+              " must be on the same device as the first input (", ref.device(), "), got ", t.device());
 }
 
 // ---- helpers ----
@@ -146,12 +148,13 @@ int64_t tile_rows(at::ScalarType st) {
 }  // namespace
 
 at::Tensor rbf_gram(const at::Tensor& x_in, const at::Tensor& y_in, at::ArrayRef<double> sigmas) {
-  check_matrix(x_in, "x");
-  check_matrix(y_in, "y");
-  check_same(x_in, y_in, "x", "y");
-  TORCH_CHECK(x_in.size(1) == y_in.size(1), "infovae: x and y must have the same number of columns, got ",
+  const char* op = "rbf_gram";
+  check_matrix(op, "x", x_in, "(N, d)");
+  check_matrix(op, "y", y_in, "(M, d)");
+  check_same(op, "y", y_in, x_in);
+  TORCH_CHECK(x_in.size(1) == y_in.size(1), "infovae::rbf_gram: x and y must have the same number of columns d, got ",
               x_in.size(1), " and ", y_in.size(1));
-  const KernelSpec spec = make_spec(KernelKind::RBF, sigmas, x_in.size(1));
+  const KernelSpec spec = make_spec(op, KernelKind::RBF, sigmas, x_in.size(1));
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
   const int64_t N = x.size(0), M = y.size(0), d = x.size(1);
@@ -185,26 +188,28 @@ std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x_in, const at:
                                                const at::Tensor& v_in, const std::optional<at::Tensor>& a_in,
                                                at::ArrayRef<double> sigmas, c10::string_view kernel,
                                                bool exclude_diagonal) {
-  check_matrix(x_in, "x");
-  check_matrix(y_in, "y");
-  check_matrix(v_in, "v");
-  check_same(x_in, y_in, "x", "y");
-  check_same(x_in, v_in, "x", "v");
+  const char* op = "pair_reduce";
+  check_matrix(op, "x", x_in, "(N, d)");
+  check_matrix(op, "y", y_in, "(M, d)");
+  check_matrix(op, "v", v_in, "(M, p)");
+  check_same(op, "y", y_in, x_in);
+  check_same(op, "v", v_in, x_in);
   const int64_t N = x_in.size(0), M = y_in.size(0), d = x_in.size(1), p = v_in.size(1);
-  TORCH_CHECK(y_in.size(1) == d, "infovae: x and y must have the same number of columns, got ", d, " and ",
-              y_in.size(1));
-  TORCH_CHECK(v_in.size(0) == M, "infovae: v must have one row per row of y (", M, "), got shape ",
-              v_in.sizes());
+  TORCH_CHECK(y_in.size(1) == d, "infovae::pair_reduce: x and y must have the same number of columns d, got ",
+              d, " and ", y_in.size(1));
+  TORCH_CHECK(v_in.size(0) == M, "infovae::pair_reduce: v must have one row per row of y (", M, "), got ",
+              v_in.size(0));
   const bool has_a = a_in.has_value() && a_in->defined();
   if (has_a) {
-    check_matrix(*a_in, "a");
-    check_same(x_in, *a_in, "x", "a");
-    TORCH_CHECK(a_in->size(0) == N && a_in->size(1) == p, "infovae: a must have shape (", N, ", ", p,
-                ") (rows of x, columns of v), got ", a_in->sizes());
+    check_matrix(op, "a", *a_in, "(N, p)");
+    check_same(op, "a", *a_in, x_in);
+    TORCH_CHECK(a_in->size(0) == N && a_in->size(1) == p, "infovae::pair_reduce: a must have shape (N, p) = (",
+                N, ", ", p, "), got ", a_in->sizes());
   }
   TORCH_CHECK(!exclude_diagonal || N == M,
-              "infovae: exclude_diagonal requires x and y with the same number of rows, got ", N, " and ", M);
-  const KernelSpec spec = make_spec(parse_kernel(kernel), sigmas, d);
+              "infovae::pair_reduce: exclude_diagonal requires x and y with the same number of rows, got ", N,
+              " and ", M);
+  const KernelSpec spec = make_spec(op, parse_kernel(op, kernel), sigmas, d);
 
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous(), v = v_in.contiguous();
@@ -213,8 +218,8 @@ std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x_in, const at:
   // Zero-initialised: output chunks beyond the register-held ones are accumulated in place.
   at::Tensor S = at::zeros({N, p}, f64);
   at::Tensor G = has_a ? at::zeros({N, d}, f64) : at::zeros({0, d}, f64);
-  if (N == 0 || (p == 0 && !has_a)) return {S, G};
-  if (M == 0) return {S, G};
+  // p == 0: S is empty and every a_i . v_j = 0, so G = 0 (as the CPU path).
+  if (N == 0 || M == 0 || p == 0) return {S, G};
   const auto st = x.scalar_type();
   const at::Tensor mean = pooled_mean(x, &y, acc_type_of(st));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -242,13 +247,14 @@ std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x_in, const at:
 
 at::Tensor quad_form(const at::Tensor& z_in, const at::Tensor& w_in, at::ArrayRef<double> sigmas,
                      c10::string_view kernel, bool exclude_diagonal) {
-  check_matrix(z_in, "z");
-  check_matrix(w_in, "w");
-  check_same(z_in, w_in, "z", "w");
+  const char* op = "quad_form";
+  check_matrix(op, "z", z_in, "(N, d)");
+  check_matrix(op, "w", w_in, "(N, P)");
+  check_same(op, "w", w_in, z_in);
   const int64_t N = z_in.size(0), d = z_in.size(1), P = w_in.size(1);
-  TORCH_CHECK(w_in.size(0) == N, "infovae: w must have one row per row of z (", N, "), got shape ",
-              w_in.sizes());
-  const KernelSpec spec = make_spec(parse_kernel(kernel), sigmas, d);
+  TORCH_CHECK(w_in.size(0) == N, "infovae::quad_form: w must have one row per row of z (", N, "), got ",
+              w_in.size(0));
+  const KernelSpec spec = make_spec(op, parse_kernel(op, kernel), sigmas, d);
 
   const c10::cuda::CUDAGuard guard(z_in.device());
   const at::Tensor z = z_in.contiguous(), w = w_in.contiguous();
