@@ -247,7 +247,8 @@ def write_report(out, mode, settings, toy, small, pixel, seconds):
          f"Produced by `infovae reproduce{' --quick' if mode == 'quick' else ''} --out {out}` in {seconds / 60:.1f} minutes "
          f"on {platform.machine()} with torch {torch.__version__} ({torch.get_num_threads()} threads), seed {SEED}. "
          f"Every run's config.json, history.json and metrics.json are in the experiment folders. Nothing was tuned "
-         f"after seeing results.", "",
+         f"after seeing results." + (" QUICK MODE: every experiment at toy size to check the pipeline; its "
+                                     "verdicts are not evidence for or against the paper." if mode == "quick" else ""), "",
          "## Claims", "", "| claim | this run | numbers |", "| --- | --- | --- |"]
     L += [f"| {c} | {_verdict(ok)} | {n} |" for c, ok, n in claims]
     L += ["", "## Where this differs from the paper", "",
