@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -145,6 +146,34 @@ int64_t tile_rows(at::ScalarType st) {
   return st == at::kDouble ? K::Tile<double>::BM : K::Tile<float>::BM;
 }
 
+// Grid shaping. One block per row block alone leaves most SMs idle below N of about 17k (H100: 132
+// SMs x 2 resident blocks of 64 rows), so the sweep over Y tiles is split until about kTargetBlocks
+// blocks exist, each split covering at least kMinTilesPerSplit tiles. The split depends on the problem
+// size only, never on the device, so results are bitwise identical run to run and GPU to GPU.
+constexpr int64_t kTargetBlocks = 528;
+constexpr int64_t kMinTilesPerSplit = 4;
+constexpr int64_t kMaxSlabBytes = int64_t(256) << 20;  // cap on the float64 split slabs (pair_reduce)
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Tiles per split for row_blocks blocks sweeping col_tiles tiles; max_splits caps the split count.
+int64_t tiles_per_split(int64_t row_blocks, int64_t col_tiles, int64_t max_splits) {
+  int64_t splits = ceil_div(kTargetBlocks, row_blocks);
+  splits = std::min(splits, ceil_div(col_tiles, kMinTilesPerSplit));
+  splits = std::max<int64_t>(1, std::min(splits, max_splits));
+  return std::max<int64_t>(1, ceil_div(col_tiles, splits));
+}
+
+// out[e] = sum_s slabs[s][e] for e < n, s ascending.
+void sum_slabs(const at::Tensor& slabs, int64_t n_slabs, int64_t n, at::Tensor& out, cudaStream_t stream) {
+  if (n == 0) return;
+  const int64_t blocks = ceil_div(n, 256);
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "infovae: output too large");
+  K::sum_partials_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+      slabs.const_data_ptr<double>(), n_slabs, n, out.mutable_data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 at::Tensor rbf_gram(const at::Tensor& x_in, const at::Tensor& y_in, at::ArrayRef<double> sigmas) {
@@ -224,8 +253,16 @@ std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x_in, const at:
   const at::Tensor mean = pooled_mean(x, &y, acc_type_of(st));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t bm = tile_rows(st);
-  const int64_t blocks = (N + bm - 1) / bm;
+  const int64_t blocks = ceil_div(N, bm);
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "infovae: too many rows");
+  const int64_t col_tiles = ceil_div(M, bm);
+  const int64_t width = p + (has_a ? d : 0);
+  const int64_t max_splits = std::max<int64_t>(1, kMaxSlabBytes / std::max<int64_t>(1, N * width * 8));
+  const int64_t tps = tiles_per_split(blocks, col_tiles, max_splits);
+  const int64_t splits = ceil_div(col_tiles, tps);
+  // One split writes S and G directly; several write zero-initialised slabs, summed in split order.
+  at::Tensor S_acc = splits == 1 ? S : at::zeros({splits, N, p}, f64);
+  at::Tensor G_acc = (splits == 1 || !has_a) ? G : at::zeros({splits, N, d}, f64);
   dispatch(st, [&](auto t_tag, auto acc_tag) {
     using T = typename decltype(t_tag)::type;
     using acc_t = typename decltype(acc_tag)::type;
@@ -235,13 +272,18 @@ std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x_in, const at:
     const T* yp = reinterpret_cast<const T*>(y.const_data_ptr());
     const T* vp = reinterpret_cast<const T*>(v.const_data_ptr());
     const T* ap = has_a ? reinterpret_cast<const T*>(a.const_data_ptr()) : nullptr;
-    K::pair_reduce_kernel<T, acc_t><<<static_cast<unsigned>(blocks), tile_block(), 0, stream>>>(
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(splits));
+    K::pair_reduce_kernel<T, acc_t><<<grid, tile_block(), 0, stream>>>(
         xp, yp, vp, ap, N, M, d, p, mean.const_data_ptr<acc_t>(), xn.const_data_ptr<acc_t>(),
         yn.const_data_ptr<acc_t>(), cast_params<acc_t>(spec), exclude_diagonal, vec_ok(xp, d),
-        vec_ok(yp, d), vec_ok(ap, p), vec_ok(vp, p), S.mutable_data_ptr<double>(),
-        has_a ? G.mutable_data_ptr<double>() : nullptr);
+        vec_ok(yp, d), vec_ok(ap, p), vec_ok(vp, p), tps, S_acc.mutable_data_ptr<double>(),
+        has_a ? G_acc.mutable_data_ptr<double>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  if (splits > 1) {
+    sum_slabs(S_acc, splits, N * p, S, stream);
+    if (has_a) sum_slabs(G_acc, splits, N * d, G, stream);
+  }
   return {S, G};
 }
 
@@ -265,25 +307,27 @@ at::Tensor quad_form(const at::Tensor& z_in, const at::Tensor& w_in, at::ArrayRe
   const at::Tensor mean = pooled_mean(z, nullptr, acc_type_of(st));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t bm = tile_rows(st);
-  const int64_t blocks = (N + bm - 1) / bm;
+  const int64_t blocks = ceil_div(N, bm);
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "infovae: too many rows");
-  at::Tensor partial = at::zeros({blocks, P}, f64);
+  // Row block I sweeps tiles J >= I in chunks of tps tiles: grid (blocks, chunks); a block whose chunk
+  // lies past the last tile exits at once. One float64 slab of P per block, summed in block order.
+  const int64_t tps = tiles_per_split(blocks, blocks, std::numeric_limits<int32_t>::max());
+  const int64_t chunks = ceil_div(blocks, tps);
+  TORCH_CHECK(chunks <= 65535, "infovae: quad_form grid too large");
+  at::Tensor partial = at::zeros({blocks * chunks, P}, f64);
   dispatch(st, [&](auto t_tag, auto acc_tag) {
     using T = typename decltype(t_tag)::type;
     using acc_t = typename decltype(acc_tag)::type;
     const at::Tensor zn = row_norms<T, acc_t>(z, mean, stream);
     const T* zp = reinterpret_cast<const T*>(z.const_data_ptr());
     const T* wp = reinterpret_cast<const T*>(w.const_data_ptr());
-    K::quad_form_kernel<T, acc_t><<<static_cast<unsigned>(blocks), tile_block(), 0, stream>>>(
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(chunks));
+    K::quad_form_kernel<T, acc_t><<<grid, tile_block(), 0, stream>>>(
         zp, wp, N, d, P, mean.const_data_ptr<acc_t>(), zn.const_data_ptr<acc_t>(), cast_params<acc_t>(spec),
-        exclude_diagonal, vec_ok(zp, d), partial.mutable_data_ptr<double>());
+        exclude_diagonal, vec_ok(zp, d), tps, partial.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  const int64_t rblocks = (P + 255) / 256;
-  TORCH_CHECK(rblocks <= std::numeric_limits<int32_t>::max(), "infovae: too many columns in w");
-  K::sum_partials_kernel<<<static_cast<unsigned>(rblocks), 256, 0, stream>>>(
-      partial.const_data_ptr<double>(), blocks, P, q.mutable_data_ptr<double>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  sum_slabs(partial, blocks * chunks, P, q, stream);
   return q;
 }
 

@@ -236,20 +236,23 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Per row block of X (BM rows), one sweep over all of Y in tiles of BN:
+// Per row block of X (BM rows; blockIdx.x) and split of Y (blockIdx.y: Y tiles
+// [blockIdx.y * tiles_per_split, +tiles_per_split)), one sweep over those Y tiles in tiles of BN:
 //   S_i += sum_j k_ij v_j                       (p columns)
 //   G_i += sum_j g_ij (a_i . v_j) (x_i - y_j)   (d columns, only when a != nullptr)
 // Per tile each output is a partial sum over the tile's BN pairs in acc_t (float for half/bf16/float),
 // added to a float64 accumulator owned by this block: the first NREG column chunks in registers, the
-// others in the (zero-initialised) output rows, which no other block touches.
+// others in the (zero-initialised) output rows of this split's slab (S + split * N * p,
+// G + split * N * d), which no other block touches. Slabs are summed in split order by
+// sum_partials_kernel when there is more than one split.
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads, 2)
     pair_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ v,
                        const T* __restrict__ a, int64_t N, int64_t M, int64_t d, int64_t p,
                        const acc_t* __restrict__ mean, const acc_t* __restrict__ xnorm,
                        const acc_t* __restrict__ ynorm, KernelParams<acc_t> params, bool exclude_diagonal,
-                       bool vec_x, bool vec_y, bool vec_a, bool vec_v, double* __restrict__ S,
-                       double* __restrict__ G) {
+                       bool vec_x, bool vec_y, bool vec_a, bool vec_v, int64_t tiles_per_split,
+                       double* __restrict__ S, double* __restrict__ G) {
   using TL = Tile<acc_t>;
   constexpr int TM = TL::TM, TN = TL::TN, TC = TL::TC, NREG = TL::NREG;
   constexpr int BM = TL::BM, BN = TL::BN, BC = TL::BC;
@@ -263,6 +266,11 @@ __global__ void __launch_bounds__(kThreads, 2)
   const bool has_a = a != nullptr;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int64_t split = blockIdx.y;
+  const int64_t col_begin = split * tiles_per_split * BN;
+  const int64_t col_end = col_begin + tiles_per_split * BN < M ? col_begin + tiles_per_split * BN : M;
+  S += split * N * p;
+  if (has_a) G += split * N * d;
   const int64_t n_s_chunks = (p + BC - 1) / BC;
   const int64_t n_chunks = n_s_chunks + (has_a ? (d + BC - 1) / BC : 0);
 
@@ -281,7 +289,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     xn[r] = i < N ? xnorm[i] : acc_t(0);
   }
 
-  for (int64_t col0 = 0; col0 < M; col0 += BN) {
+  for (int64_t col0 = col_begin; col0 < col_end; col0 += BN) {
     // Phase 1: distances (and a . v) for the BM x BN tile -> P, Q in shared memory.
     acc_t dot[TM][TN];
     tile_dots<T, acc_t>(dot, smem, x, N, row0, mean, vec_x, y, M, col0, mean, vec_y, d);
@@ -413,16 +421,18 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
-// quad_form, pass 1. Row block I (blockIdx.x) visits the column tiles J >= I of the symmetric K(z, z);
-// an off-diagonal tile counts twice. Per tile and column p of W: the partial sum_ij w_ip k_ij w_jp over
+// quad_form, pass 1. Row block I (blockIdx.x) visits the column tiles J >= I of the symmetric K(z, z),
+// split into chunks: block (I, c) takes J in [I + c * tiles_per_split, +tiles_per_split) (possibly
+// none); an off-diagonal tile counts twice. Per tile and column p of W: the partial sum_ij w_ip k_ij w_jp over
 // the tile's pairs in acc_t (rows reduced in a fixed order through shared memory), times the tile's
-// multiplicity, added to partial[I][p] in float64 (owned by this block; zero-initialised).
+// multiplicity, added to partial[I * gridDim.y + c][p] in float64 (owned by this block;
+// zero-initialised).
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads, 2)
     quad_form_kernel(const T* __restrict__ z, const T* __restrict__ w, int64_t N, int64_t d, int64_t P,
                      const acc_t* __restrict__ mean, const acc_t* __restrict__ znorm,
                      KernelParams<acc_t> params, bool exclude_diagonal, bool vec_z,
-                     double* __restrict__ partial) {
+                     int64_t tiles_per_split, double* __restrict__ partial) {
   using TL = Tile<acc_t>;
   constexpr int TM = TL::TM, TN = TL::TN, TC = TL::TC;
   constexpr int BM = TL::BM, BN = TL::BN, BC = TL::BC;
@@ -437,6 +447,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t I = blockIdx.x;
   const int64_t row0 = I * BM;
   const int64_t n_tiles = (N + BN - 1) / BN;
+  const int64_t J_begin = I + static_cast<int64_t>(blockIdx.y) * tiles_per_split;
+  const int64_t J_end = J_begin + tiles_per_split < n_tiles ? J_begin + tiles_per_split : n_tiles;
+  if (J_begin >= J_end) return;  // uniform over the block: no barrier is skipped by part of it
+  partial += (I * gridDim.y + blockIdx.y) * P;
   acc_t zn[TM];
 #pragma unroll
   for (int r = 0; r < TM; ++r) {
@@ -444,7 +458,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     zn[r] = i < N ? znorm[i] : acc_t(0);
   }
 
-  for (int64_t J = I; J < n_tiles; ++J) {
+  for (int64_t J = J_begin; J < J_end; ++J) {
     const int64_t col0 = J * BN;
     acc_t dot[TM][TN];
     tile_dots<T, acc_t>(dot, smem, z, N, row0, mean, vec_z, z, N, col0, mean, vec_z, d);
@@ -510,7 +524,7 @@ __global__ void __launch_bounds__(kThreads, 2)
           acc_t s = acc_t(0);
 #pragma unroll
           for (int yy = 0; yy < kThreadsY; ++yy) s += Red[yy * BC + cc];
-          if (col < P) partial[I * P + col] += mult * static_cast<double>(s);
+          if (col < P) partial[col] += mult * static_cast<double>(s);
         }
       }
       __syncthreads();
@@ -518,7 +532,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
-// quad_form, pass 2: q[p] = sum_I partial[I][p], I ascending.
+// Fixed-order sum of slabs: q[e] = sum_I partial[I][e], I ascending (quad_form pass 2; pair_reduce
+// splits).
 __global__ void __launch_bounds__(256) sum_partials_kernel(const double* __restrict__ partial,
                                                            int64_t n_blocks, int64_t P,
                                                            double* __restrict__ q) {

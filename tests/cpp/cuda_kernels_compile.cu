@@ -14,10 +14,10 @@ namespace cuda_kernels {
   template __global__ void pair_reduce_kernel<T, A>(const T*, const T*, const T*, const T*, int64_t,   \
                                                     int64_t, int64_t, int64_t, const A*, const A*,     \
                                                     const A*, KernelParams<A>, bool, bool, bool, bool, \
-                                                    bool, double*, double*);                           \
+                                                    bool, int64_t, double*, double*);                           \
   template __global__ void quad_form_kernel<T, A>(const T*, const T*, int64_t, int64_t, int64_t,       \
                                                   const A*, const A*, KernelParams<A>, bool, bool,     \
-                                                  double*);
+                                                  int64_t, double*);
 
 INFOVAE_INSTANTIATE(float, float)
 INFOVAE_INSTANTIATE(double, double)
