@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="reproduce the InfoVAE paper's experiments (issue 6)")
     r.add_argument("--out", required=True)
     r.add_argument("--quick", action="store_true", help="toy sizes, under 5 minutes")
+    r.add_argument("--only", default=None, help="comma list of experiments to run: toy, small, pixel (default all)")
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--no-progress", action="store_true")
     return p
@@ -242,7 +243,8 @@ def cmd_reproduce(a) -> int:
     from infovae.reproduce import reproduce
 
     _threads(a.threads)
-    path = reproduce(a.out, quick=a.quick, progress=not a.no_progress)
+    only = None if a.only is None else [e.strip() for e in a.only.split(",") if e.strip()]
+    path = reproduce(a.out, quick=a.quick, progress=not a.no_progress, only=only)
     print(f"report: {path}")
     return 0
 

