@@ -108,7 +108,9 @@ at::Tensor to_panels(const at::Tensor& rows, int64_t q, int64_t P) {
   return out;
 }
 
-// |row|^2 of rows [n_pad][ld] (first q columns), summed in float64, rounded to T.
+// |row|^2 of rows [n_pad][ld] (first q columns), accumulated exactly like one lane of the engine's dot
+// micro-kernel (T, fused multiply-add, k ascending), so that r2 = |x|^2 + |x|^2 - 2 x.x is exactly 0
+// for a point paired with itself.
 template <typename T>
 at::Tensor norms(const at::Tensor& rows, int64_t q) {
   const int64_t n_pad = rows.size(0), ld = rows.size(1);
@@ -117,12 +119,9 @@ at::Tensor norms(const at::Tensor& rows, int64_t q) {
   T* o = out.data_ptr<T>();
   at::parallel_for(0, n_pad, 256, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      double s = 0.0;
-      for (int64_t k = 0; k < q; ++k) {
-        const double x = static_cast<double>(r[i * ld + k]);
-        s += x * x;
-      }
-      o[i] = static_cast<T>(s);
+      T s = T(0);
+      for (int64_t k = 0; k < q; ++k) s = std::fma(r[i * ld + k], r[i * ld + k], s);
+      o[i] = s;
     }
   });
   return out;
