@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -371,6 +372,23 @@ int64_t row_block(int64_t N) {
   return std::min<int64_t>(128, std::max<int64_t>(MR, roundup(divup(N, 4 * nt), MR)));
 }
 
+// Row-block scheduling: one worker per thread, each taking the next block from a shared counter, so a
+// thread slowed down (a busy core, a block with more tiles) does not hold the others up. Which thread
+// computes a block never changes what is computed: blocks own their outputs and partials.
+template <class Worker>
+void for_each_block(int64_t nblocks, Worker&& worker) {
+  if (nblocks <= 0) return;
+  std::atomic<int64_t> counter{0};
+  const int64_t nw = std::min<int64_t>(nblocks, std::max(1, at::get_num_threads()));
+  at::parallel_for(0, nw, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w)
+      worker([&counter, nblocks]() -> int64_t {
+        const int64_t b = counter.fetch_add(1, std::memory_order_relaxed);
+        return b < nblocks ? b : -1;
+      });
+  });
+}
+
 // ---------------------------------------------------------------------------------------------------
 template <typename T, KernelKind K, bool NS1, bool FuseS, bool StoreK, bool Grad, bool AvP1>
 void pair_reduce_mode(const PairProblem<T>& pb) {
@@ -381,11 +399,11 @@ void pair_reduce_mode(const PairProblem<T>& pb) {
   const int64_t CB = column_tile<T>(d, StoreK || Grad);
   const int64_t nrb = divup(N, RB);
   const KParams<T> kp(pb.spec);
-  at::parallel_for(0, nrb, 1, [&](int64_t b0, int64_t b1) {
+  for_each_block(nrb, [&](auto next) {
     std::vector<T> kb(StoreK ? RB * CB : 0), wb(Grad ? RB * CB : 0);
     std::vector<T> ct((StoreK ? RB * pb.p_pad : 0) + (Grad ? RB * pb.d_pad : 0));
     std::vector<double> rs(Grad ? RB : 0), wy(Grad ? RB * d : 0);
-    for (int64_t rb = b0; rb < b1; ++rb) {
+    for (int64_t rb = next(); rb >= 0; rb = next()) {
       const int64_t i0 = rb * RB, rows = std::min(RB, N - i0), npan = divup(rows, MR);
       std::fill(rs.begin(), rs.end(), 0.0);
       std::fill(wy.begin(), wy.end(), 0.0);
@@ -446,8 +464,7 @@ void pair_reduce_kernel(const PairProblem<T>& pb) {
 
 // ---------------------------------------------------------------------------------------------------
 // quad_form: symmetric. Blocks of B rows; row block I visits column tiles J >= I; the diagonal tile
-// counts once, the others twice. Work units pair block u with block nb-1-u so that contiguous chunks
-// of units carry equal work. One float64 partial per (block, column of w), summed in block order.
+// counts once, the others twice. One float64 partial per (block, column of w), summed in block order.
 template <typename T, KernelKind K, bool NS1, bool P1>
 void quad_form_mode(const QuadProblem<T>& pb) {
   constexpr int L = Dims<T>::L;
@@ -455,16 +472,15 @@ void quad_form_mode(const QuadProblem<T>& pb) {
   constexpr int MR = Dims<T>::MR, NR = Dims<T>::NR;
   const int64_t N = pb.N, d = pb.d, P = pb.P, Pp = pb.P_pad;
   const int64_t B = N >= 2048 ? 128 : 64;  // a multiple of MR and NR; a function of N only
-  const int64_t nb = divup(N, B), nunits = divup(nb, 2);
+  const int64_t nb = divup(N, B);
   const KParams<T> kp(pb.spec);
   std::vector<double> qpart(nb * P, 0.0);
-  at::parallel_for(0, nunits, 1, [&](int64_t u0, int64_t u1) {
+  // blocks are handed out in order 0, 1, ...: most tiles first, so the dynamic schedule balances
+  for_each_block(nb, [&](auto next) {
     std::vector<T> kb(P1 ? 0 : B * B), ct(P1 ? 0 : B * Pp);
     std::vector<double> tile(P);
-    for (int64_t u = u0; u < u1; ++u) {
-      for (int which = 0; which < 2; ++which) {
-        const int64_t I = which == 0 ? u : nb - 1 - u;
-        if (which == 1 && I == u) break;
+    for (int64_t I = next(); I >= 0; I = next()) {
+      {
         const int64_t i0 = I * B, rows = std::min(B, N - i0), npan = divup(rows, MR);
         for (int64_t J = I; J < nb; ++J) {
           const int64_t j0 = J * B, cols = std::min(B, N - j0), ncp = divup(cols, NR);
@@ -520,9 +536,9 @@ void gram_kernel(const GramProblem<T>& pb) {
   const int64_t RB = row_block<T>(N), CB = column_tile<T>(d, true);
   const int64_t nrb = divup(N, RB);
   const KParams<T> kp(pb.spec);
-  at::parallel_for(0, nrb, 1, [&](int64_t b0, int64_t b1) {
+  for_each_block(nrb, [&](auto next) {
     std::vector<T> kb(RB * CB);
-    for (int64_t rb = b0; rb < b1; ++rb) {
+    for (int64_t rb = next(); rb >= 0; rb = next()) {
       const int64_t i0 = rb * RB, rows = std::min(RB, N - i0), npan = divup(rows, MR);
       for (int64_t j0 = 0; j0 < M; j0 += CB) {
         const int64_t cols = std::min(CB, M - j0), ncp = divup(cols, NR);
