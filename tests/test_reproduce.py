@@ -56,3 +56,20 @@ def test_reproduce_quick(tmp_path):
         for k in ("mmd", "logdet_cov_test", "class_ce", "acc_100", "acc_1000", "nll", "mi"):
             assert isinstance(m[k], float) and math.isfinite(m[k]), (name, k)
         assert m["mmd_curve"], name
+
+
+@pytest.mark.slow
+def test_demo_one_epoch(tmp_path):
+    """`infovae demo` (what `make demo` runs), cut to one epoch: both runs, the report, its figures."""
+    from infovae.cli import main
+
+    out = str(tmp_path / "demo")
+    assert main(["demo", "--out", out, "--epochs", "1", "--no-progress"]) == 0
+    report = open(os.path.join(out, "REPORT.md")).read()
+    assert re.search(r"^\| mmd \|", report, re.M) and re.search(r"^\| elbo \|", report, re.M)
+    for f in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
+        with open(os.path.join(out, f), "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n", f
+    for name in ("mmd", "elbo"):
+        m = json.load(open(os.path.join(out, name, "metrics.json")))
+        assert m["epochs_trained"] == 1 and math.isfinite(m["nll"])
