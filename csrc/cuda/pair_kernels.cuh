@@ -30,16 +30,17 @@ constexpr int kThreadsY = 16;
 constexpr int kThreads = kThreadsX * kThreadsY;
 constexpr int kBK = 16;   // features per shared-memory stage
 constexpr int kPad = 4;   // shared-memory row padding (keeps 16-byte alignment of rows)
+constexpr int kNarrow = 4;  // pair_reduce: S = K v with p <= kNarrow is reduced in registers
 
 template <typename acc_t>
 struct TileCfg;
 template <>
 struct TileCfg<float> {
-  static constexpr int TM = 4, TN = 4, TC = 2, NREG = 2;  // NREG: output chunks kept in registers
+  static constexpr int TM = 4, TN = 4, TC = 2, NREG = 1;  // NREG: output chunks kept in registers
 };
 template <>
 struct TileCfg<double> {
-  static constexpr int TM = 2, TN = 2, TC = 2, NREG = 2;
+  static constexpr int TM = 2, TN = 2, TC = 2, NREG = 1;
 };
 
 template <typename acc_t>
@@ -159,6 +160,7 @@ __device__ __forceinline__ void tile_dots(acc_t (&dot)[Tile<acc_t>::TM][Tile<acc
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kBK; ++kk) {
+      if (k0 + kk >= kdim) break;  // small d: skip the zero padding of the last stage (uniform branch)
       acc_t a[TM], b[TN];
 #pragma unroll
       for (int r = 0; r < TM; ++r) a[r] = As[kk * LDA + ty + kThreadsY * r];
@@ -240,6 +242,9 @@ __global__ void __launch_bounds__(kThreads)
 // [blockIdx.y * tiles_per_split, +tiles_per_split)), one sweep over those Y tiles in tiles of BN:
 //   S_i += sum_j k_ij v_j                       (p columns)
 //   G_i += sum_j g_ij (a_i . v_j) (x_i - y_j)   (d columns, only when a != nullptr)
+// S with p <= kNarrow (MMD: p = 1) skips shared memory: each thread sums its TN pairs per row, the 16
+// threads of a row (one half-warp) combine by a fixed xor-shuffle tree, and thread tx = q keeps column
+// q's float64 accumulator. Otherwise, and for G, outputs go through column chunks (below).
 // Per tile each output is a partial sum over the tile's BN pairs in acc_t (float for half/bf16/float),
 // added to a float64 accumulator owned by this block: the first NREG column chunks in registers, the
 // others in the (zero-initialised) output rows of this split's slab (S + split * N * p,
@@ -271,7 +276,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t col_end = col_begin + tiles_per_split * BN < M ? col_begin + tiles_per_split * BN : M;
   S += split * N * p;
   if (has_a) G += split * N * d;
-  const int64_t n_s_chunks = (p + BC - 1) / BC;
+  const bool narrow_s = p <= kNarrow;
+  const int64_t n_s_chunks = narrow_s ? 0 : (p + BC - 1) / BC;
   const int64_t n_chunks = n_s_chunks + (has_a ? (d + BC - 1) / BC : 0);
 
   double acc[NREG][TM][TC];
@@ -281,6 +287,10 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int r = 0; r < TM; ++r)
 #pragma unroll
       for (int c = 0; c < TC; ++c) acc[q][r][c] = 0.0;
+
+  double nacc[TM];  // narrow S: column tx of rows ty + 16 r (threads tx < p)
+#pragma unroll
+  for (int r = 0; r < TM; ++r) nacc[r] = 0.0;
 
   acc_t xn[TM];
 #pragma unroll
@@ -297,6 +307,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (has_a) {
       tile_dots<T, acc_t>(av, smem, a, N, row0, nullptr, vec_a, v, M, col0, nullptr, vec_v, p);
     }
+    acc_t kreg[TM][TN];
 #pragma unroll
     for (int r = 0; r < TM; ++r) {
       const int64_t i = row0 + ty + kThreadsY * r;
@@ -314,8 +325,30 @@ __global__ void __launch_bounds__(kThreads, 2)
           }
         }
         const int li = ty + kThreadsY * r, lj = tx + kThreadsX * c;
-        Ps[li * LDP + lj] = kv;
+        kreg[r][c] = kv;
+        if (!narrow_s) Ps[li * LDP + lj] = kv;
         Qs[li * LDP + lj] = gv;
+      }
+    }
+    if (narrow_s) {
+#pragma unroll
+      for (int q = 0; q < kNarrow; ++q) {
+        if (q >= p) break;  // uniform
+        acc_t vv[TN];
+#pragma unroll
+        for (int c = 0; c < TN; ++c) {
+          const int64_t j = col0 + tx + kThreadsX * c;
+          vv[c] = j < M ? to_acc<acc_t>(v[j * p + q]) : acc_t(0);
+        }
+#pragma unroll
+        for (int r = 0; r < TM; ++r) {
+          acc_t t = acc_t(0);
+#pragma unroll
+          for (int c = 0; c < TN; ++c) t = fma(kreg[r][c], vv[c], t);
+#pragma unroll
+          for (int off = kThreadsX / 2; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
+          if (tx == q) nacc[r] += static_cast<double>(t);
+        }
       }
     }
     __syncthreads();
@@ -400,6 +433,13 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
   }
 
+  if (narrow_s && tx < p) {
+#pragma unroll
+    for (int r = 0; r < TM; ++r) {
+      const int64_t i = row0 + ty + kThreadsY * r;
+      if (i < N) S[i * p + tx] = nacc[r];
+    }
+  }
   // Register-held chunks -> output.
 #pragma unroll
   for (int q = 0; q < NREG; ++q) {

@@ -215,6 +215,9 @@ int main() {
   run_case<__half, float>("f16", 70, 90, 8, 2, true, false, KernelKind::RBF, {1.0, 2.0}, 1, 2e-5, 8);
   run_case<__nv_bfloat16, float>("bf16", 67, 67, 24, 1, true, true, KernelKind::IMQ, {1.0}, 1, 2e-5, 9);
   run_case<__nv_bfloat16, float>("bf16", 40, 50, 3, 4, false, false, KernelKind::RBF, {1.0}, 1, 2e-5, 10);
+  // MMD shape (d = 2, p = 1, gradient), and p = kNarrow + 1 (first width on the shared-memory path)
+  run_case<float, float>("f32", 200, 150, 2, 1, true, false, KernelKind::RBF, {0.5, 1.0, 2.0}, 1, 2e-5, 11);
+  run_case<float, float>("f32", 90, 90, 3, 5, true, true, KernelKind::IMQ, {1.0}, 1, 2e-5, 12);
   std::printf("%d checks, %d failures\n", g_checks, g_fail);
   return g_fail == 0 ? 0 : 1;
 }
