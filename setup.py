@@ -35,6 +35,12 @@ def _cuda_wanted(torch_mod, cpp_extension):
     return has_toolkit
 
 
+def _cxx_standard(torch_mod):
+    """C++20 from torch 2.14 on (its headers need it), C++17 before (as CMakeLists.txt)."""
+    major, minor = (int(part) for part in torch_mod.__version__.split(".")[:2])
+    return 20 if (major, minor) >= (2, 14) else 17
+
+
 def _extensions():
     if os.environ.get("INFOVAE_NO_EXTENSION") == "1":
         return [], {}
@@ -43,13 +49,14 @@ def _extensions():
 
     with_cuda = _cuda_wanted(torch, cpp_extension)
     arch = os.environ.get("INFOVAE_CPU_ARCH", "native")
-    cxx = ["-O3", "-std=c++17", "-fopenmp", f"-march={arch}", "-ffp-contract=fast"]
+    std = f"-std=c++{_cxx_standard(torch)}"
+    cxx = ["-O3", std, "-fopenmp", f"-march={arch}", "-ffp-contract=fast"]
     sources = ["csrc/module.cpp", "csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     kwargs = dict(include_dirs=include_dirs, extra_link_args=["-fopenmp"])
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+        nvcc = ["-O3", std, "--use_fast_math", "-lineinfo",
                 "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
         ext = cpp_extension.CUDAExtension(
             "infovae_kernels._C", sources, define_macros=[("INFOVAE_WITH_CUDA", None)],

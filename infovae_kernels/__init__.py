@@ -4,6 +4,8 @@ with autograd, as PyTorch custom ops on four backends (triton, cuda, cpu, torch)
 from infovae_kernels import backends
 from infovae_kernels.functional import kernel_sum, mmd, rbf_gram, svgd_direction
 from infovae_kernels.nn import MMDLoss, RBFKernel
+from infovae_kernels.scale import MMDTestResult, mmd_full, mmd_test
 
-__all__ = ["backends", "rbf_gram", "kernel_sum", "mmd", "svgd_direction", "MMDLoss", "RBFKernel"]
+__all__ = ["backends", "rbf_gram", "kernel_sum", "mmd", "svgd_direction", "MMDLoss", "RBFKernel",
+           "mmd_full", "mmd_test", "MMDTestResult"]
 __version__ = "0.1.0"

@@ -246,3 +246,26 @@ def test_second_derivative_raises():
     with pytest.raises((NotImplementedError, RuntimeError), match="second derivatives|does not require grad"):
         (g,) = torch.autograd.grad(val, x, create_graph=True)
         g.sum().backward()
+
+
+def test_public_names():
+    want = {"rbf_gram", "kernel_sum", "mmd", "svgd_direction", "MMDLoss", "backends",
+            "mmd_full", "mmd_test", "MMDTestResult"}
+    assert want <= set(ik.__all__)
+    assert all(callable(getattr(ik, name)) for name in want - {"backends"})
+
+
+def test_broken_triton_install_is_reported_not_raised(monkeypatch):
+    import importlib
+
+    real_import = importlib.import_module
+
+    def broken(name, *args):
+        if name == "infovae_kernels.backends.triton":
+            raise RuntimeError("libtriton.so: undefined symbol")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(ik.backends.importlib, "import_module", broken)
+    status = ik.backends.available()["triton"]
+    assert not status.available and "undefined symbol" in status.reason
+    assert ik.backends.available()["torch"].available

@@ -42,8 +42,8 @@ def _status(name: str) -> Status:
         return Status(*(native.cpu_status() if name == "cpu" else native.cuda_status()))
     try:
         triton_backend = importlib.import_module("infovae_kernels.backends.triton")
-    except ImportError as exc:
-        return Status(False, f"triton is not importable ({exc})")
+    except Exception as exc:  # a broken triton install raises more than ImportError
+        return Status(False, f"triton is not importable ({type(exc).__name__}: {exc})")
     return Status(*triton_backend.status())
 
 
