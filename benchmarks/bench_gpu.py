@@ -17,50 +17,22 @@ kernel_sum: NM, svgd: N^2).
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
-import statistics
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import infovae_kernels as ik  # noqa: E402
+from common import formula, measure, pairs, sqdist_cdist, sqdist_matmul, write_csv  # noqa: E402
 
 OPS = ("mmd", "kernel_sum", "svgd")
 FIELDS = ["device", "op", "provider", "n", "m", "d", "status", "median_ms", "reps", "peak_mem_mb",
           "pairs_per_s", "note"]
-
-
-# ------------------------------------------------------------------------------------ formulas
-
-def _sqdist_matmul(x, y):
-    return (x.square().sum(1, keepdim=True) + y.square().sum(1) - 2.0 * (x @ y.T)).clamp_min(0.0)
-
-
-def _make_formula(op: str, dist):
-    """Plain-torch formula for `op` with the distance function `dist` (cdist^2 or matmul)."""
-    if op == "mmd":
-        def f(x, y, sigma):
-            c = -0.5 / (sigma * sigma)
-            return (torch.exp(dist(x, x) * c).mean() + torch.exp(dist(y, y) * c).mean()
-                    - 2.0 * torch.exp(dist(x, y) * c).mean())
-    elif op == "kernel_sum":
-        def f(x, y, sigma):
-            return torch.exp(dist(x, y) * (-0.5 / (sigma * sigma))).sum(1)
-    else:
-        def f(x, score, sigma):
-            k = torch.exp(dist(x, x) * (-0.5 / (sigma * sigma)))
-            rep = (x * k.sum(1, keepdim=True) - k @ x) / (sigma * sigma)
-            return (k @ score + rep) / x.shape[0]
-    return f
-
-
-def _cdist2(x, y):
-    return torch.cdist(x, y).square()
 
 
 def _make_package(op: str, backend: str):
@@ -82,54 +54,11 @@ def providers(device: torch.device, compile_backend: str, include_triton_on_cpu:
         if name == "triton" and device.type == "cpu" and not include_triton_on_cpu:
             continue
         out[name] = {op: _make_package(op, name) for op in OPS}
-    out["naive"] = {op: _make_formula(op, _cdist2) for op in OPS}
-    out["matmul"] = {op: _make_formula(op, _sqdist_matmul) for op in OPS}
-    out["matmul_compiled"] = {op: torch.compile(_make_formula(op, _sqdist_matmul), dynamic=True,
+    out["naive"] = {op: formula(op, sqdist_cdist) for op in OPS}
+    out["matmul"] = {op: formula(op, sqdist_matmul) for op in OPS}
+    out["matmul_compiled"] = {op: torch.compile(formula(op, sqdist_matmul), dynamic=True,
                                                 backend=compile_backend) for op in OPS}
     return out
-
-
-# ------------------------------------------------------------------------------------ timing
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(fn, args, device, min_time_s=0.15, max_reps=15):
-    """(median ms, reps, peak MB above the inputs, first-call seconds). The first call compiles,
-    autotunes and warms up; it is not timed into the median."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    t0 = time.perf_counter()
-    fn(*args)
-    _sync(device)
-    first = time.perf_counter() - t0
-    times = []
-    start_all = time.perf_counter()
-    while len(times) < max_reps:
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn(*args)
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            fn(*args)
-            times.append((time.perf_counter() - t) * 1e3)
-        spent = time.perf_counter() - start_all
-        if (len(times) >= 3 and spent > min_time_s) or times[-1] > 1000.0:
-            break
-    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else float("nan")
-    return statistics.median(times), len(times), peak, first
-
-
-def pairs(op, n, m):
-    return {"mmd": n * n + m * m + n * m, "kernel_sum": n * m, "svgd": n * n}[op]
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -199,14 +128,9 @@ def run(args):
 
 # ------------------------------------------------------------------------------------ outputs
 
-def write_csv(rows, out_dir, dev_name):
+def csv_path(out_dir, dev_name):
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dev_name)
-    path = os.path.join(out_dir, f"bench_{safe}.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    return os.path.join(out_dir, f"bench_{safe}.csv")
 
 
 def plot(rows, out_dir, dev_name):
@@ -298,9 +222,10 @@ def main(argv=None):
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     os.makedirs(args.out, exist_ok=True)
     rows, dev_name = run(args)
-    csv_path = write_csv(rows, args.out, dev_name)
+    path = csv_path(args.out, dev_name)
+    write_csv(path, rows, FIELDS)
     png = plot(rows, args.out, dev_name)
-    print(f"wrote {csv_path}" + (f" and {png}" if png else ""))
+    print(f"wrote {path}" + (f" and {png}" if png else ""))
     print(summary(rows, dev_name))
     return 0
 

@@ -22,7 +22,6 @@ tables. Times are medians of --repeats runs (the machine may be shared: compare 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -36,9 +35,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import infovae_kernels as ik  # noqa: E402
 from infovae_kernels import backends, scale  # noqa: E402
+from common import markdown, naive_mmd, write_csv  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 D = 64
@@ -57,13 +58,6 @@ def _median_time(fn, repeats: int) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
-
-
-def _naive_mmd(x, y, sigma):
-    kxx = torch.exp(-torch.cdist(x, x).square() / (2 * sigma**2))
-    kyy = torch.exp(-torch.cdist(y, y).square() / (2 * sigma**2))
-    kxy = torch.exp(-torch.cdist(x, y).square() / (2 * sigma**2))
-    return kxx.mean() + kyy.mean() - 2 * kxy.mean()
 
 
 def _loop_time(call, perms: int, budget_s: float) -> tuple[float, int]:
@@ -90,7 +84,7 @@ def bench_perm(sizes, backend, perms, repeats, budget_s):
         lab = scale._labels(n, n, perms, 0)
         t_calls, k_calls = _loop_time(
             lambda p: ik.mmd(z[lab[:, p + 1]], z[~lab[:, p + 1]], sigma=SIGMA, backend=backend), perms, budget_s)
-        t_naive, k_naive = _loop_time(lambda p: _naive_mmd(z[lab[:, p + 1]], z[~lab[:, p + 1]], SIGMA),
+        t_naive, k_naive = _loop_time(lambda p: naive_mmd(z[lab[:, p + 1]], z[~lab[:, p + 1]], SIGMA),
                                       perms, budget_s)
         rows.append(dict(n=n, d=D, permutations=perms, backend=name, one_mmd_s=t_one, one_pass_test_s=t_test,
                          separate_calls_s=t_calls, separate_calls_measured=k_calls, naive_loop_s=t_naive,
@@ -207,27 +201,6 @@ def bench_dist(n, backend, path_dir, repeats):
     return rows
 
 
-def _write_csv(path, rows):
-    if not rows:
-        return
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _markdown(rows, cols):
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c, "")
-            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
-
-
 def _plot(perm_rows, full_rows, dist_rows, path):
     import matplotlib
 
@@ -298,27 +271,27 @@ def main(argv=None) -> int:
     if "perm" in only:
         perm_rows = bench_perm([int(s) for s in args.perm_sizes.split(",")], args.backend, args.permutations,
                                args.repeats, args.loop_budget_s)
-        _write_csv(os.path.join(args.out, "scale_perm.csv"), perm_rows)
+        write_csv(os.path.join(args.out, "scale_perm.csv"), perm_rows)
     if "full" in only:
         full_rows = bench_full([int(s) for s in args.full_sizes.split(",")], args.backend, data_dir,
                                args.full_timeout_s)
-        _write_csv(os.path.join(args.out, "scale_full.csv"), full_rows)
+        write_csv(os.path.join(args.out, "scale_full.csv"), full_rows)
     if "dist" in only:
         dist_rows = bench_dist(args.dist_size, args.backend, data_dir, args.repeats)
-        _write_csv(os.path.join(args.out, "scale_dist.csv"), dist_rows)
+        write_csv(os.path.join(args.out, "scale_dist.csv"), dist_rows)
     _plot(perm_rows, full_rows, dist_rows, os.path.join(args.out, "scale.png"))
     if perm_rows:
         print("\n### one-pass permutation test (d = 64, 200 permutations)\n")
-        print(_markdown(perm_rows, ["n", "backend", "one_mmd_s", "one_pass_test_s", "test_over_one_mmd",
+        print(markdown(perm_rows, ["n", "backend", "one_mmd_s", "one_pass_test_s", "test_over_one_mmd",
                                     "separate_calls_s", "separate_calls_measured", "naive_loop_s",
                                     "naive_loop_measured", "speedup_vs_calls", "speedup_vs_naive"]))
     if full_rows:
         print("\n### mmd_full on memory-mapped .npy (n x 64 float32 each)\n")
-        print(_markdown(full_rows, ["n", "backend", "threads", "seconds", "pairs_per_s", "block_size",
+        print(markdown(full_rows, ["n", "backend", "threads", "seconds", "pairs_per_s", "block_size",
                                     "tile_pairs", "peak_rss_mib", "rss_after_import_mib", "data_mib"]))
     if dist_rows:
         print("\n### gloo processes vs one process\n")
-        print(_markdown(dist_rows, ["n", "processes", "threads_per_process", "seconds",
+        print(markdown(dist_rows, ["n", "processes", "threads_per_process", "seconds",
                                     "speedup_vs_1proc_1thread", "equal_to_1proc"]))
     print(f"\nwrote {args.out}/scale_*.csv and scale.png")
     return 0

@@ -1,0 +1,271 @@
+"""CPU benchmark of ik.mmd: the fused "cpu" backend against the naive formula (torch.cdist, square, exp,
+mean), the matmul formula (|x|^2 + |y|^2 - 2 x y^T, exp, mean) and, when installed, KeOps (LazyTensor
+sums) and GeomLoss (SamplesLoss("gaussian", backend="online"), times 2), all in one run.
+
+    python benchmarks/bench_mmd.py [--out benchmarks/results/cpu] [--sizes 1024,...,65536]
+                                   [--dims 64,8,2,784] [--budget-s 1500] [--per-size-s 8]
+
+Ladder: N = M doubling from 1024 to 65536 for each d (d = 64 and 8 first: they carry the targets). A
+provider leaves a ladder after a size slower than --per-size-s, or before a size whose Gram matrices
+would need more than --max-gram-gib. Data: x ~ N(0, I_d), y ~ N(0.1, I_d), sigma = sqrt(d).
+
+Per (d, N, provider): median seconds (the first call is a warm-up, unless it alone took over 2 s),
+kernel pairs per second (N^2 + M^2 + NM, the count the formula defines; the fused backend evaluates
+about half of the within-set pairs, by symmetry), peak memory (resident set sampled every 2 ms during
+the warm-up call, above what it was before: it includes everything the call allocates) and the value
+against the cpu backend's. torch.mm's float32 rate on a 4096^2 product is measured at the start and end
+of the same run; "mm_fraction" = pairs/s x 2d / that rate. Writes OUT/mmd.csv and OUT/mmd.png and
+prints a markdown table for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import math
+import os
+import sys
+import threading
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+
+import infovae_kernels as ik  # noqa: E402
+from common import formula, markdown, measure, pairs, sqdist_cdist, sqdist_matmul, write_csv  # noqa: E402
+
+CPU = torch.device("cpu")
+FIELDS = ["device", "threads", "provider", "n", "m", "d", "status", "seconds", "reps", "pairs_per_s",
+          "flops_per_s", "mm_fraction", "speedup_vs_naive", "peak_mem_mib", "value", "rel_diff_vs_cpu", "note"]
+
+
+# ------------------------------------------------------------------------------------ providers
+
+def _keops_mmd():
+    from pykeops.torch import LazyTensor
+
+    def ksum(a, b, c):
+        return (LazyTensor(a[:, None, :]).sqdist(LazyTensor(b[None, :, :])) * c).exp().sum_reduction(axis=1).sum()
+
+    def f(x, y, sigma):
+        c = -0.5 / (sigma * sigma)
+        n, m = len(x), len(y)
+        return ksum(x, x, c) / (n * n) + ksum(y, y, c) / (m * m) - 2 * ksum(x, y, c) / (n * m)
+    return f
+
+
+def _geomloss_mmd():
+    from geomloss import SamplesLoss
+
+    def f(x, y, sigma):  # GeomLoss's kernel loss is MMD^2 / 2 with exp(-|x - y|^2 / (2 blur^2))
+        return 2 * SamplesLoss("gaussian", blur=sigma, backend="online")(x, y)
+    return f
+
+
+def providers(with_peers: bool) -> dict:
+    out = {"cpu": lambda x, y, sigma: ik.mmd(x, y, sigma=sigma, backend="cpu"),
+           "naive": formula("mmd", sqdist_cdist),
+           "matmul": formula("mmd", sqdist_matmul)}
+    if with_peers:
+        for name, make in (("keops", _keops_mmd), ("geomloss", _geomloss_mmd)):
+            try:
+                out[name] = make()
+            except ImportError as exc:
+                print(f"{name}: not installed ({exc}); not measured")
+    return out
+
+
+GRAM_PROVIDERS = {"naive", "matmul"}  # materialise N x M float32 matrices (about 3 alive at once)
+
+
+# ------------------------------------------------------------------------------------ measuring
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _trim_heap():
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+class PeakRSS:
+    """Peak resident memory above the start, sampled every 2 ms by a thread (the ops release the GIL)."""
+
+    def __enter__(self):
+        _trim_heap()
+        self.base = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def mm_flops(size: int = 4096, reps: int = 3) -> float:
+    """float32 FLOP/s of torch.mm on a size x size product."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    ms, _, _, _ = measure(torch.mm, (a, b), CPU, min_time_s=0.0, max_reps=reps)
+    return 2 * size**3 / (ms * 1e-3)
+
+
+def time_one(fn, x, y, sigma):
+    """(seconds, reps, peak MiB, value): warm-up call under PeakRSS, then the median of timed calls."""
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        value = float(fn(x, y, sigma))
+        first = time.perf_counter() - t0
+    if first > 2.0:
+        return first, 1, mem.mib, value
+    ms, reps, _, _ = measure(lambda: fn(x, y, sigma), (), CPU, min_time_s=0.5, max_reps=7)
+    return ms * 1e-3, reps, mem.mib, value
+
+
+# ------------------------------------------------------------------------------------ ladder
+
+def run(args, provs):
+    sizes = [int(s) for s in args.sizes.split(",")]
+    dims = [int(d) for d in args.dims.split(",")]
+    threads = torch.get_num_threads()
+    rows = []
+    deadline = time.perf_counter() + args.budget_s
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(sizes) * len(dims) * len(provs), desc="bench_mmd", unit="case")
+    with torch.no_grad():
+        for d in dims:
+            alive = dict.fromkeys(provs, True)
+            sigma = math.sqrt(d)
+            warm = torch.randn(64, d)
+            for fn in provs.values():  # KeOps / GeomLoss compile a module per formula and d: not timed
+                fn(warm, warm + 0.1, sigma)
+            for n in sizes:
+                g = torch.Generator().manual_seed(n + d)
+                x = torch.randn(n, d, generator=g)
+                y = torch.randn(n, d, generator=g) + 0.1
+                base = {}
+                for name, fn in provs.items():
+                    bar.update()
+                    row = dict(device="cpu", threads=threads, provider=name, n=n, m=n, d=d, status="ok")
+                    gram_gib = 3 * n * n * 4 / 2**30
+                    if not alive[name]:
+                        continue
+                    if time.perf_counter() > deadline:
+                        row.update(status="skipped", note="time budget")
+                    elif name in GRAM_PROVIDERS and gram_gib > args.max_gram_gib:
+                        row.update(status="skipped", note=f"would need ~{gram_gib:.0f} GiB of Gram matrices")
+                    if row["status"] != "ok":
+                        alive[name] = False
+                        rows.append(row)
+                        continue
+                    try:
+                        secs, reps, mib, value = time_one(fn, x, y, sigma)
+                    except (RuntimeError, MemoryError) as exc:
+                        row.update(status="error", note=str(exc).splitlines()[0][:160])
+                        alive[name] = False
+                        rows.append(row)
+                        continue
+                    base.setdefault("cpu", value)
+                    if name == "naive":
+                        base["naive"] = secs
+                    rate = pairs("mmd", n, n) / secs
+                    row.update(seconds=secs, reps=reps, pairs_per_s=rate, flops_per_s=rate * 2 * d,
+                               peak_mem_mib=mib, value=value,
+                               rel_diff_vs_cpu=abs(value - base["cpu"]) / max(abs(base["cpu"]), 1e-30))
+                    rows.append(row)
+                    if secs > args.per_size_s:
+                        alive[name] = False
+                for row in rows:
+                    if row["d"] == d and row["n"] == n and "naive" in base and row.get("seconds"):
+                        row["speedup_vs_naive"] = base["naive"] / row["seconds"]
+                bar.set_postfix_str(f"d={d} n={n}")
+    bar.close()
+    return rows
+
+
+def plot(rows, path, mm_rate):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    dims = sorted({r["d"] for r in ok})
+    fig, axes = plt.subplots(1, len(dims), figsize=(3.6 * len(dims), 3.3), squeeze=False)
+    for ax, d in zip(axes[0], dims):
+        for prov in dict.fromkeys(r["provider"] for r in ok):
+            pts = sorted((r["n"], r["pairs_per_s"]) for r in ok if r["d"] == d and r["provider"] == prov)
+            if pts:
+                ax.loglog(*zip(*pts), marker="o", ms=3, label=prov)
+        ax.axhline(mm_rate / (2 * d), color="gray", ls="--", lw=0.8, label="torch.mm rate / 2d")
+        ax.set_title(f"ik.mmd on CPU, d={d}", fontsize=9)
+        ax.set_xlabel("N = M", fontsize=8)
+        ax.set_ylabel("kernel pairs / s", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "cpu"))
+    ap.add_argument("--sizes", default=",".join(str(1024 << i) for i in range(7)))
+    ap.add_argument("--dims", default="64,8,2,784")
+    ap.add_argument("--budget-s", type=float, default=1500.0, help="wall-clock budget of the whole ladder")
+    ap.add_argument("--per-size-s", type=float, default=8.0, help="a provider leaves a ladder after a slower size")
+    ap.add_argument("--max-gram-gib", type=float, default=6.0, help="skip Gram-matrix formulas above this")
+    ap.add_argument("--no-peers", action="store_true", help="do not measure KeOps / GeomLoss")
+    args = ap.parse_args(argv)
+    if not ik.backends.available()["cpu"].available:
+        print("the cpu backend is not built:", ik.backends.available()["cpu"].reason)
+        return 2
+    provs = providers(not args.no_peers)
+    mm_start = mm_flops()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; torch.mm float32 4096^2: "
+          f"{mm_start / 1e9:.1f} GFLOP/s; providers: {', '.join(provs)}", flush=True)
+    rows = run(args, provs)
+    mm_end = mm_flops()
+    mm_rate = max(mm_start, mm_end)
+    print(f"torch.mm float32 4096^2 at the end: {mm_end / 1e9:.1f} GFLOP/s; mm_fraction uses the better one")
+    for r in rows:
+        if r.get("flops_per_s"):
+            r["mm_fraction"] = r["flops_per_s"] / mm_rate
+    rows.append(dict(device="cpu", threads=torch.get_num_threads(), provider="torch.mm 4096^2", n=4096, m=4096,
+                     d=4096, status="ok", flops_per_s=mm_rate, note=f"start {mm_start:.4g}, end {mm_end:.4g}"))
+    os.makedirs(args.out, exist_ok=True)
+    write_csv(os.path.join(args.out, "mmd.csv"),
+              [{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows], FIELDS)
+    plot(rows[:-1], os.path.join(args.out, "mmd.png"), mm_rate)
+    print(f"wrote {args.out}/mmd.csv and mmd.png\n")
+    table = [r for r in rows[:-1] if r["status"] == "ok" and r["n"] in (8192, 65536)]
+    for r in table:
+        r.update({k: r.get(k, "") for k in ("speedup_vs_naive",)})
+    print(markdown(table, ["d", "n", "provider", "seconds", "pairs_per_s", "mm_fraction", "speedup_vs_naive",
+                           "peak_mem_mib", "rel_diff_vs_cpu"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
