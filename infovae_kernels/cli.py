@@ -127,9 +127,25 @@ def write_json_atomic(path: str, obj) -> None:
 
 # ------------------------------------------------------------------------------------------ commands
 
+def _join_torchrun(device: Optional[str]) -> int:
+    """Under torchrun (WORLD_SIZE > 1) join the process group, NCCL for CUDA and gloo otherwise, so that
+    the ranks share the tile pairs; returns this process's rank (0 when alone)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cuda = device.startswith("cuda") if device else torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def _cmd_mmd(args) -> int:
     from infovae_kernels import scale
 
+    rank = _join_torchrun(args.device)
+    if rank != 0:  # every rank computes its share of the tile pairs; rank 0 reports
+        args.quiet, args.json = True, None
     x, y = load_points(args.x), load_points(args.y)
     if x.shape[1] != y.shape[1]:
         raise InputError(f"{args.x} has {x.shape[1]} features (shape {tuple(x.shape)}) but {args.y} has "
@@ -169,7 +185,7 @@ def _cmd_mmd(args) -> int:
                          f"{info['tile_pairs']} tile pairs"),
              ("time", f"{secs:.3f} s  ({pairs / max(secs, 1e-12):.3g} kernel pairs/s)")]
     width = max(len(k) for k, _ in rows)
-    for k, v in rows:
+    for k, v in rows if rank == 0 else ():
         print(f"{k:<{width}}  {v}")
     if args.json:
         out = dict(info, x=args.x, y=args.y, estimator=args.estimator, mmd2=info["value"],

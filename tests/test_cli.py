@@ -121,3 +121,21 @@ def test_python_dash_m(files):
                            str(tmp / "y.csv"), "--quiet"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "MMD^2" in proc.stdout
+
+
+def test_torchrun_two_ranks_equal_one_process(files):
+    tmp, x, y = files
+    argv = ["mmd", str(tmp / "x.npy"), str(tmp / "y.pt"), "--sigma", "0.7", "--block-size", "8", "--backend", "cpu"]
+    alone = tmp / "alone.json"
+    assert cli.main(argv + ["--json", str(alone), "-q"]) == 0
+    shared = tmp / "shared.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "infovae_kernels"] + argv + ["--json", str(shared)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("MMD^2") == 1  # only rank 0 reports
+    a, b = json.loads(alone.read_text()), json.loads(shared.read_text())
+    assert b["mmd2"] == a["mmd2"]  # bitwise: the per-pair partials are summed exactly in a fixed order
+    assert b["tile_pairs"] == a["tile_pairs"] > 2
+    assert (a["world_size"], b["world_size"]) == (1, 2)
