@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,9 +27,14 @@ def median_distance(z: Tensor, *, max_points: int = MEDIAN_SUBSAMPLE, seed: int 
     z = z.detach().to(torch.float64 if z.dtype == torch.float64 else torch.float32)
     if n < 2:
         return 1.0
-    iu = torch.triu_indices(n, n, offset=1, device=z.device)
-    dist = torch.cdist(z, z)[iu[0], iu[1]]
-    med = float(dist.median())
+    # The full matrix holds each pair twice and n diagonal zeros, which sort first: its entry of rank
+    # n + m (m = n (n - 1) / 2 pairs) is the lower median of the pair distances, as Tensor.median gives.
+    dist = torch.cdist(z, z).fill_diagonal_(0.0).view(-1)
+    k = n + n * (n - 1) // 2 - 1
+    if dist.device.type == "cpu":  # numpy's introselect: several times faster than torch's CPU median
+        med = float(np.partition(dist.numpy(), k)[k])
+    else:
+        med = float(dist.kthvalue(k + 1).values)
     return med if med > 0 and math.isfinite(med) else 1.0
 
 

@@ -269,3 +269,15 @@ def test_broken_triton_install_is_reported_not_raised(monkeypatch):
     status = ik.backends.available()["triton"]
     assert not status.available and "undefined symbol" in status.reason
     assert ik.backends.available()["torch"].available
+
+
+@pytest.mark.parametrize("n", [3, 4, 7, 50])
+def test_median_distance_is_lower_median_of_pair_distances(n):
+    from infovae_kernels.bandwidth import median_distance
+
+    g = torch.Generator().manual_seed(n)
+    z = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    z[-1] = z[0]  # a duplicate point: its zero distance is a pair and counts
+    iu = torch.triu_indices(n, n, 1)
+    d = (z[iu[0]] - z[iu[1]]).norm(dim=1).sort().values
+    assert median_distance(z) == pytest.approx(float(d[(len(d) - 1) // 2]), rel=1e-12)
