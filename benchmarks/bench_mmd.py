@@ -162,41 +162,36 @@ def run(args, provs):
                 g = torch.Generator().manual_seed(n + d)
                 x = torch.randn(n, d, generator=g)
                 y = torch.randn(n, d, generator=g) + 0.1
-                base = {}
+                size_rows = []
                 for name, fn in provs.items():
                     bar.update()
-                    row = dict(device="cpu", threads=threads, provider=name, n=n, m=n, d=d, status="ok")
-                    gram_gib = 3 * n * n * 4 / 2**30
                     if not alive[name]:
                         continue
+                    row = dict(device="cpu", threads=threads, provider=name, n=n, m=n, d=d, status="ok")
+                    size_rows.append(row)
+                    gram_gib = 3 * n * n * 4 / 2**30
                     if time.perf_counter() > deadline:
                         row.update(status="skipped", note="time budget")
                     elif name in GRAM_PROVIDERS and gram_gib > args.max_gram_gib:
                         row.update(status="skipped", note=f"would need ~{gram_gib:.0f} GiB of Gram matrices")
-                    if row["status"] != "ok":
+                    else:
+                        try:
+                            secs, reps, mib, value = time_one(fn, x, y, sigma)
+                            rate = pairs("mmd", n, n) / secs
+                            row.update(seconds=secs, reps=reps, pairs_per_s=rate, flops_per_s=rate * 2 * d,
+                                       peak_mem_mib=mib, value=value)
+                        except (RuntimeError, MemoryError) as exc:
+                            row.update(status="error", note=str(exc).splitlines()[0][:160])
+                    if row["status"] != "ok" or row["seconds"] > args.per_size_s:
                         alive[name] = False
-                        rows.append(row)
-                        continue
-                    try:
-                        secs, reps, mib, value = time_one(fn, x, y, sigma)
-                    except (RuntimeError, MemoryError) as exc:
-                        row.update(status="error", note=str(exc).splitlines()[0][:160])
-                        alive[name] = False
-                        rows.append(row)
-                        continue
-                    base.setdefault("cpu", value)
-                    if name == "naive":
-                        base["naive"] = secs
-                    rate = pairs("mmd", n, n) / secs
-                    row.update(seconds=secs, reps=reps, pairs_per_s=rate, flops_per_s=rate * 2 * d,
-                               peak_mem_mib=mib, value=value,
-                               rel_diff_vs_cpu=abs(value - base["cpu"]) / max(abs(base["cpu"]), 1e-30))
-                    rows.append(row)
-                    if secs > args.per_size_s:
-                        alive[name] = False
-                for row in rows:
-                    if row["d"] == d and row["n"] == n and "naive" in base and row.get("seconds"):
-                        row["speedup_vs_naive"] = base["naive"] / row["seconds"]
+                ok = {r["provider"]: r for r in size_rows if r["status"] == "ok"}
+                for r in ok.values():
+                    if "cpu" in ok:
+                        ref = ok["cpu"]["value"]
+                        r["rel_diff_vs_cpu"] = abs(r["value"] - ref) / max(abs(ref), 1e-30)
+                    if "naive" in ok:
+                        r["speedup_vs_naive"] = ok["naive"]["seconds"] / r["seconds"]
+                rows += size_rows
                 bar.set_postfix_str(f"d={d} n={n}")
     bar.close()
     return rows
@@ -260,8 +255,6 @@ def main(argv=None) -> int:
     plot(rows[:-1], os.path.join(args.out, "mmd.png"), mm_rate)
     print(f"wrote {args.out}/mmd.csv and mmd.png\n")
     table = [r for r in rows[:-1] if r["status"] == "ok" and r["n"] in (8192, 65536)]
-    for r in table:
-        r.update({k: r.get(k, "") for k in ("speedup_vs_naive",)})
     print(markdown(table, ["d", "n", "provider", "seconds", "pairs_per_s", "mm_fraction", "speedup_vs_naive",
                            "peak_mem_mib", "rel_diff_vs_cpu"]))
     return 0
