@@ -1,35 +1,45 @@
 // Declarations of the per-device implementations of the infovae:: ops (schemas in ops.cpp).
 //
-// Contract, shared with the plain-torch reference (infovae_kernels/backends/reference.py):
-//   rbf_gram(x (N,d), y (M,d), sigmas)            -> K (N,M), x.dtype, K_ij = sum_s exp(-r2_ij/(2 sigma_s^2))
-//   pair_reduce(x (N,d), y (M,d), v (M,p), a (N,p)?, sigmas, kernel, exclude_diagonal)
+// Contract, shared with the plain-torch reference (infovae_kernels/backends/reference.py, which is
+// the test oracle) and the Triton backend:
+//   gram(x (N,d), y (M,d), params, kernel, derivative) -> (N,M) in x.dtype: k(r2_ij), or g(r2_ij)
+//   pair_reduce(x (N,d), y (M,d), v (M,p), a (N,p)?, params, kernel, exclude_diagonal)
 //       -> S (N,p) float64, S_i = sum_j k_ij v_j
 //          G (N,d) float64, G_i = sum_j g_ij (a_i . v_j) (x_i - y_j)   (shape (0,d) when a is None)
-//       exclude_diagonal (requires N == M, x and y the same set): pairs with i == j are skipped.
-//   quad_form(z (N,d), w (N,P), sigmas, kernel, exclude_diagonal) -> q (P,) float64,
-//       q_p = sum_ij w_ip k_ij w_jp, each off-diagonal tile of the symmetric K computed once.
-// x, y, v, a, z, w share one floating dtype (float16, bfloat16, float32 or float64) and device; any strides.
-// float16/bfloat16/float32 compute per pair in float32 and combine partials in float64 in a fixed order;
-// float64 computes in float64.
+//   quad_form(z (N,d), w (N,P), a (N,P)?, params, kernel, exclude_diagonal, row_sums)
+//       -> q (P,) float64, q_p = sum_ij w_ip k_ij w_jp
+//          S (N,P) float64, S_i = sum_j k_ij w_j                          (shape (0,P) unless row_sums)
+//          G (N,d) float64, G_i = sum_j g_ij (a_i . w_j) (z_i - z_j)     (shape (0,d) when a is None)
+//       one symmetric sweep: each unordered pair evaluated once, its S and G terms added to both rows;
+//       q is bitwise the same whether or not S and G are asked for.
+// params: float64 (n_scales,), 1 <= n_scales <= kMaxScales, on the points' device, already clamped to
+// the compute type's range (rbf: c_s, imq: C_s; see infovae/pair_math.h). The points arrive centred
+// and scaled by the op layer; the primitives do neither. exclude_diagonal drops the pairs i == j
+// (pair_reduce: requires N == M). x, y, v, a, z, w share one floating dtype and device; any strides.
+// float16/bfloat16/float32 compute per pair in float32 and combine partials in float64 in a fixed order
+// (no atomics: bitwise reproducible, independent of thread count); float64 computes in float64.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <string>
 #include <tuple>
 
 namespace infovae {
 
-#define INFOVAE_DECLARE_OPS(NS)                                                                   \
-  namespace NS {                                                                                  \
-  at::Tensor rbf_gram(const at::Tensor& x, const at::Tensor& y, at::ArrayRef<double> sigmas);      \
-  std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x, const at::Tensor& y,         \
-                                                 const at::Tensor& v,                              \
-                                                 const std::optional<at::Tensor>& a,               \
-                                                 at::ArrayRef<double> sigmas,                      \
-                                                 c10::string_view kernel, bool exclude_diagonal);  \
-  at::Tensor quad_form(const at::Tensor& z, const at::Tensor& w, at::ArrayRef<double> sigmas,      \
-                       c10::string_view kernel, bool exclude_diagonal);                            \
+#define INFOVAE_DECLARE_OPS(NS)                                                                       \
+  namespace NS {                                                                                      \
+  at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& params,                 \
+                  c10::string_view kernel, bool derivative);                                          \
+  std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x, const at::Tensor& y,             \
+                                                 const at::Tensor& v,                                  \
+                                                 const std::optional<at::Tensor>& a,                   \
+                                                 const at::Tensor& params, c10::string_view kernel,    \
+                                                 bool exclude_diagonal);                               \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(                                           \
+      const at::Tensor& z, const at::Tensor& w, const std::optional<at::Tensor>& a,                   \
+      const at::Tensor& params, c10::string_view kernel, bool exclude_diagonal, bool row_sums);       \
   }
 
 INFOVAE_DECLARE_OPS(cpu)

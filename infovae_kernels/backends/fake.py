@@ -6,21 +6,26 @@ from __future__ import annotations
 import torch
 
 
-def rbf_gram_fake(x, y, sigmas):
+def gram_fake(x, y, params, kernel, derivative):
     return x.new_empty((x.shape[0], y.shape[0]))
 
 
-def pair_reduce_fake(x, y, v, a, sigmas, kernel, exclude_diagonal):
+def pair_reduce_fake(x, y, v, a, params, kernel, exclude_diagonal):
     s = x.new_empty((x.shape[0], v.shape[1]), dtype=torch.float64)
     rows = x.shape[0] if a is not None else 0
     return s, x.new_empty((rows, x.shape[1]), dtype=torch.float64)
 
 
-def quad_form_fake(z, w, sigmas, kernel, exclude_diagonal):
-    return z.new_empty((w.shape[1],), dtype=torch.float64)
+def quad_form_fake(z, w, a, params, kernel, exclude_diagonal, row_sums):
+    q = z.new_empty((w.shape[1],), dtype=torch.float64)
+    s = z.new_empty((z.shape[0] if row_sums else 0, w.shape[1]), dtype=torch.float64)
+    g = z.new_empty((z.shape[0] if a is not None else 0, z.shape[1]), dtype=torch.float64)
+    return q, s, g
+
+
+FAKES = {"gram": gram_fake, "pair_reduce": pair_reduce_fake, "quad_form": quad_form_fake}
 
 
 def register_fakes(namespace: str) -> None:
-    torch.library.register_fake(f"{namespace}::rbf_gram")(rbf_gram_fake)
-    torch.library.register_fake(f"{namespace}::pair_reduce")(pair_reduce_fake)
-    torch.library.register_fake(f"{namespace}::quad_form")(quad_form_fake)
+    for name, fake in FAKES.items():
+        torch.library.register_fake(f"{namespace}::{name}")(fake)

@@ -40,11 +40,6 @@ if IMPORT_ERROR is None:
 
     fake.register_fakes("infovae")
 
-    def rbf_gram(x, y, sigmas):
-        return torch.ops.infovae.rbf_gram(x, y, list(sigmas))
-
-    def pair_reduce(x, y, v, a, sigmas, kernel, exclude_diagonal):
-        return torch.ops.infovae.pair_reduce(x, y, v, a, list(sigmas), kernel, exclude_diagonal)
-
-    def quad_form(z, w, sigmas, kernel, exclude_diagonal):
-        return torch.ops.infovae.quad_form(z, w, list(sigmas), kernel, exclude_diagonal)
+    gram = torch.ops.infovae.gram
+    pair_reduce = torch.ops.infovae.pair_reduce
+    quad_form = torch.ops.infovae.quad_form
