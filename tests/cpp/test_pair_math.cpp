@@ -1,9 +1,12 @@
 // Unit test of the torch-free per-pair math (csrc/include/infovae/pair_math.h), run by ctest.
 // Checks kernel values against closed forms (rbf, imq, multi-scale), the gradient weight
-// g = -2 dk/dr2 against central finite differences, the clamping of squared_distance, the errors of
-// make_kernel_spec, and that the KernelParams<T> overloads agree with the KernelSpec ones.
+// g = -2 dk/dr2 against central finite differences, g(0) = 0, the clamping of squared_distance, the
+// difference form, the lossy-distance rule, the params conversion, and that the run-time-dispatch,
+// compile-time and SIMD-vector instantiations agree bitwise (the CPU engine uses the vector one, CUDA
+// the scalar one).
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <initializer_list>
 #include <vector>
 
@@ -30,69 +33,94 @@ static void check_true(bool ok, const char* what) {
   }
 }
 
-static KernelSpec spec_of(KernelKind kind, std::vector<double> sigmas, int64_t d) {
-  KernelSpec spec;
-  const bool ok = make_kernel_spec(kind, sigmas.data(), static_cast<int>(sigmas.size()), d, &spec);
-  check_true(ok, "make_kernel_spec accepts 1..kMaxScales sigmas");
-  return spec;
+static std::vector<double> rbf_params(const std::vector<double>& sigmas) {
+  std::vector<double> p;
+  for (double s : sigmas) p.push_back(1.0 / (2.0 * s * s));
+  return p;
+}
+
+static std::vector<double> imq_params(const std::vector<double>& sigmas, int d) {
+  std::vector<double> p;
+  for (double s : sigmas) p.push_back(2.0 * d * s * s);
+  return p;
+}
+
+template <typename T>
+static KernelParams<T> params_of(KernelKind kind, const std::vector<double>& p) {
+  return make_kernel_params<T>(kind, p.data(), static_cast<int>(p.size()));
+}
+
+static double kval(const KernelParams<double>& p, double r2) { return kernel_value_dyn(p, r2, StdExp{}); }
+static void kgval(const KernelParams<double>& p, double r2, double& k, double& g) {
+  kernel_value_and_weight_dyn(p, r2, StdExp{}, k, g);
 }
 
 static const double kR2[] = {0.0, 1e-8, 0.1, 0.5, 1.0, 2.5, 7.0, 30.0, 200.0};
 
 static void test_rbf() {
   const std::vector<double> sigmas = {0.3, 1.0, 2.7};
-  const KernelSpec spec = spec_of(KernelKind::RBF, sigmas, 5);
-  for (int s = 0; s < 3; ++s) check_close(spec.param[s], 1.0 / (2.0 * sigmas[s] * sigmas[s]), 1e-15, 0, "rbf c_s", 0);
+  const auto p = params_of<double>(KernelKind::RBF, rbf_params(sigmas));
+  check_true(p.n_scales == 3 && p.kind == KernelKind::RBF, "params fields");
   for (double r2 : kR2) {
     double k_ref = 0, g_ref = 0;
     for (double sg : sigmas) {
       const double e = std::exp(-r2 / (2 * sg * sg));
       k_ref += e;
-      g_ref += e / (sg * sg);  // DESIGN.md: g = k / sigma^2 per scale
+      g_ref += e / (sg * sg);  // g = k / sigma^2 per scale
     }
-    check_close(kernel_value(spec, r2), k_ref, 1e-14, 0, "rbf k", r2);
+    check_close(kval(p, r2), k_ref, 1e-14, 0, "rbf k", r2);
     double k, g;
-    kernel_value_and_weight(spec, r2, &k, &g);
-    check_close(k, k_ref, 1e-14, 0, "rbf k (value_and_weight)", r2);
-    check_close(g, g_ref, 1e-14, 1e-300, "rbf g", r2);
-    // single scale, sigma^2 = d (the InfoVAE authors' exp(-r2 / (2 d)))
-    const double one = 2.0;
-    const KernelSpec s1 = spec_of(KernelKind::RBF, {std::sqrt(one)}, 2);
-    check_close(kernel_value(s1, r2), std::exp(-r2 / (2 * one)), 1e-13, 0, "rbf sigma^2=d", r2);  // sqrt(2)^2 != 2 exactly
+    kgval(p, r2, k, g);
+    check_true(k == kval(p, r2), "rbf k (value_and_weight) bitwise == k (value)");
+    if (r2 > 0) check_close(g, g_ref, 1e-14, 1e-300, "rbf g", r2);
   }
-  check_close(kernel_value(spec, 0.0), 3.0, 0, 0, "rbf k(0) = number of scales", 0);
+  check_true(kval(p, 0.0) == 3.0, "rbf k(0) = number of scales");
 }
 
 static void test_imq() {
   const std::vector<double> sigmas = {0.5, 1.0, 4.0};
-  const int64_t d = 7;
-  const KernelSpec spec = spec_of(KernelKind::IMQ, sigmas, d);
-  for (int s = 0; s < 3; ++s) check_close(spec.param[s], 2.0 * d * sigmas[s] * sigmas[s], 1e-15, 0, "imq C_s", 0);
+  const int d = 7;
+  const auto p = params_of<double>(KernelKind::IMQ, imq_params(sigmas, d));
   for (double r2 : kR2) {
     double k_ref = 0, g_ref = 0;
     for (double sg : sigmas) {
       const double C = 2.0 * d * sg * sg;
-      const double ks = C / (C + r2);
-      k_ref += ks;
+      k_ref += C / (C + r2);
       g_ref += 2.0 * C / ((C + r2) * (C + r2));  // -2 d/dr2 [C / (C + r2)]
     }
-    check_close(kernel_value(spec, r2), k_ref, 1e-14, 0, "imq k", r2);
+    check_close(kval(p, r2), k_ref, 1e-14, 0, "imq k", r2);
     double k, g;
-    kernel_value_and_weight(spec, r2, &k, &g);
-    check_close(k, k_ref, 1e-14, 0, "imq k (value_and_weight)", r2);
-    check_close(g, g_ref, 1e-13, 0, "imq g", r2);
+    kgval(p, r2, k, g);
+    check_true(k == kval(p, r2), "imq k (value_and_weight) bitwise == k (value)");
+    if (r2 > 0) check_close(g, g_ref, 1e-13, 0, "imq g", r2);
+  }
+}
+
+static void test_weight_zero_at_zero() {
+  for (KernelKind kind : {KernelKind::RBF, KernelKind::IMQ}) {
+    const auto p = params_of<double>(kind, {0.5, 3.0});
+    double k, g;
+    kgval(p, 0.0, k, g);
+    check_true(g == 0.0 && k == 2.0, "g(0) = 0, k(0) = n_scales");
+    const auto pf = params_of<float>(kind, {0.5, 3.0});
+    float kf, gf;
+    kernel_value_and_weight_dyn(pf, 0.0f, StdExp{}, kf, gf);
+    check_true(gf == 0.0f && kf == 2.0f, "g(0) = 0 (float)");
+    kernel_value_and_weight_dyn(pf, 1e-30f, StdExp{}, kf, gf);
+    check_true(gf > 0.0f, "g > 0 just above 0");
   }
 }
 
 // g = -2 dk/dr2 by central differences, both kernels, several scales.
 static void test_gradient_weight_fd() {
   for (KernelKind kind : {KernelKind::RBF, KernelKind::IMQ}) {
-    const KernelSpec spec = spec_of(kind, {0.4, 1.3, 3.0}, 3);
+    const std::vector<double> sig = {0.4, 1.3, 3.0};
+    const auto p = params_of<double>(kind, kind == KernelKind::RBF ? rbf_params(sig) : imq_params(sig, 3));
     for (double r2 : {0.05, 0.3, 1.0, 4.0, 11.0}) {
       const double h = 1e-5 * (1.0 + r2);
-      const double dk = (kernel_value(spec, r2 + h) - kernel_value(spec, r2 - h)) / (2 * h);
+      const double dk = (kval(p, r2 + h) - kval(p, r2 - h)) / (2 * h);
       double k, g;
-      kernel_value_and_weight(spec, r2, &k, &g);
+      kgval(p, r2, k, g);
       check_close(g, -2.0 * dk, 1e-7, 1e-12, kind == KernelKind::RBF ? "rbf g vs FD" : "imq g vs FD", r2);
     }
   }
@@ -105,57 +133,121 @@ static void test_squared_distance() {
   check_close(squared_distance(2.0, 3.0, 0.5), 4.0, 0, 0, "r2 = |x|^2 + |y|^2 - 2 x.y", 0);
   // |x - y|^2 for x = (1, 2), y = (3, -1): 4 + 9 = 13
   check_close(squared_distance(5.0, 10.0, 1.0), 13.0, 0, 0, "r2 example", 0);
+  double acc = 0.0;
+  acc = add_squared_difference(acc, 1.0, 3.0);
+  acc = add_squared_difference(acc, 2.0, -1.0);
+  check_true(acc == 13.0, "difference form example");
+  float self = 0.0f;
+  for (float c : {1e20f, -3.7f, 1e-30f}) self = add_squared_difference(self, c, c);
+  check_true(self == 0.0f, "difference form: self-distance exactly 0");
 }
 
-static void test_make_kernel_spec_errors() {
-  KernelSpec spec;
-  double sig[kMaxScales + 1];
-  for (int s = 0; s <= kMaxScales; ++s) sig[s] = 1.0 + s;
-  check_true(!make_kernel_spec(KernelKind::RBF, sig, 0, 3, &spec), "0 scales rejected");
-  check_true(!make_kernel_spec(KernelKind::RBF, sig, -1, 3, &spec), "negative scale count rejected");
-  check_true(!make_kernel_spec(KernelKind::IMQ, sig, kMaxScales + 1, 3, &spec), "kMaxScales + 1 rejected");
-  check_true(make_kernel_spec(KernelKind::IMQ, sig, kMaxScales, 3, &spec), "kMaxScales accepted");
-  check_true(spec.n_scales == kMaxScales && spec.kind == KernelKind::IMQ, "spec fields");
-  check_true(make_kernel_spec(KernelKind::RBF, sig, 2, 3, &spec), "2 scales accepted");
-  bool tail_zero = true;
-  for (int s = 2; s < kMaxScales; ++s) tail_zero = tail_zero && spec.param[s] == 0.0;
-  check_true(tail_zero, "unused params zeroed");
+static void test_lossy_rule() {
+  // float: u = 2^-24; (1 + 1) * kappa * 2^-24 > 2^-12  <=>  kappa > 2^11
+  check_true(!expansion_is_lossy<float>(1.0, 1.0, 2048.0), "float at the threshold: not lossy");
+  check_true(expansion_is_lossy<float>(1.0, 1.0, 2049.0), "float above the threshold: lossy");
+  check_true(!expansion_is_lossy<double>(1.0, 1.0, 2049.0), "double: same kappa fine");
+  check_true(expansion_is_lossy<double>(1.0, 1.0, 0x1p41 * 1.01), "double above its threshold");
+  const double rbf[] = {3.0, 50.0, 0.5};
+  check_true(lossy_kappa(KernelKind::RBF, rbf, 3) == 50.0, "rbf kappa = max c");
+  const double imq[] = {4.0, 0.25, 2.0};
+  check_true(lossy_kappa(KernelKind::IMQ, imq, 3) == 4.0, "imq kappa = max 1/C");
+  // the issue's case: sigma 0.01 on data of spread ~100 (scaled to [0.5, 1) by 2^-9 or so): c ~ 1e9
+  check_true(expansion_is_lossy<float>(0.5, 0.5, 1.0 / (2.0 * 0.01 * 0.01 / (512.0 * 512.0))), "issue case lossy");
 }
 
-// The KernelParams<T> overloads (used by csrc/cuda) compute the same formulas as the KernelSpec ones.
-static void test_params_overloads() {
+static void test_params_conversion() {
+  check_true(!valid_scale_count(0) && valid_scale_count(1) && valid_scale_count(kMaxScales) &&
+                 !valid_scale_count(kMaxScales + 1),
+             "valid_scale_count");
+  // extreme but clamped params stay finite in float: c = FLT_MAX / 4 gives 2c finite; C = FLT_MIN gives 2/C finite
+  const double big = 3.4028234663852886e38 / 4, tiny = 1.1754943508222875e-38;
+  const auto r = params_of<float>(KernelKind::RBF, {big, tiny});
+  const auto q = params_of<float>(KernelKind::IMQ, {big, tiny});
+  bool finite = true;
+  for (int s = 0; s < 2; ++s)
+    finite = finite && std::isfinite(r.a[s]) && std::isfinite(r.b[s]) && std::isfinite(q.a[s]) && std::isfinite(q.b[s]);
+  check_true(finite, "clamped params finite in float");
+  for (float r2 : {0.0f, 1e-30f, 1e-3f, 4.0f}) {
+    float k, g;
+    kernel_value_and_weight_dyn(r, r2, StdExp{}, k, g);
+    check_true(std::isfinite(k) && std::isfinite(g), "rbf extreme params: finite k, g");
+    kernel_value_and_weight_dyn(q, r2, StdExp{}, k, g);
+    check_true(std::isfinite(k) && std::isfinite(g), "imq extreme params: finite k, g");
+  }
+}
+
+// The float instantiation against double, and the compile-time (NS > 0) and run-time instantiations
+// against each other (bitwise).
+static void test_instantiations_agree() {
   for (KernelKind kind : {KernelKind::RBF, KernelKind::IMQ}) {
     for (int n : {1, 3, kMaxScales}) {
       std::vector<double> sig;
       for (int s = 0; s < n; ++s) sig.push_back(0.2 + 0.37 * s);
-      const KernelSpec spec = spec_of(kind, sig, 4);
-      const KernelParams<double> pd = cast_params<double>(spec);
-      const KernelParams<float> pf = cast_params<float>(spec);
-      check_true(pd.n_scales == n && pf.n_scales == n && pd.kind == kind, "cast_params fields");
+      const auto raw = kind == KernelKind::RBF ? rbf_params(sig) : imq_params(sig, 4);
+      const auto pd = params_of<double>(kind, raw);
+      const auto pf = params_of<float>(kind, raw);
       for (double r2 : kR2) {
-        double k1, g1, k2, g2;
-        kernel_value_and_weight(spec, r2, &k1, &g1);
-        kernel_value_and_weight(pd, r2, &k2, &g2);
-        check_true(k1 == k2 && g1 == g2, "KernelParams<double> == KernelSpec (bitwise)");
-        check_true(kernel_value(pd, r2) == kernel_value(spec, r2), "kernel_value KernelParams<double>");
-        float kf, gf, kf2, gf2;
-        kernel_value_and_weight(pf, static_cast<float>(r2), &kf, &gf);
-        kernel_value_and_weight(spec, static_cast<float>(r2), &kf2, &gf2);
-        check_true(kf == kf2 && gf == gf2, "KernelParams<float> == KernelSpec<float> (bitwise)");
+        double k1, g1;
+        kgval(pd, r2, k1, g1);
+        float kf, gf;
+        kernel_value_and_weight_dyn(pf, static_cast<float>(r2), StdExp{}, kf, gf);
         check_close(kf, k1, 2e-6, 1e-30, "float k vs double", r2);
         check_close(gf, g1, 2e-6, 1e-30, "float g vs double", r2);
+        if (n == 1) {
+          double k2, g2;
+          if (kind == KernelKind::RBF)
+            kernel_value_and_weight<KernelKind::RBF, 1>(pd, r2, StdExp{}, k2, g2);
+          else
+            kernel_value_and_weight<KernelKind::IMQ, 1>(pd, r2, StdExp{}, k2, g2);
+          check_true(k1 == k2 && g1 == g2, "NS = 1 instantiation == run-time (bitwise)");
+        }
       }
     }
   }
 }
 
+#if defined(__GNUC__)
+typedef float vf4 __attribute__((vector_size(16)));
+struct LaneExp {
+  vf4 operator()(vf4 x) const {
+    for (int i = 0; i < 4; ++i) x[i] = std::exp(x[i]);
+    return x;
+  }
+};
+
+// The SIMD instantiation (what the CPU engine runs) computes lane by lane what the scalar one does.
+static void test_vector_matches_scalar() {
+  for (KernelKind kind : {KernelKind::RBF, KernelKind::IMQ}) {
+    const auto p = params_of<float>(kind, kind == KernelKind::RBF ? rbf_params({0.7, 2.0}) : imq_params({0.7, 2.0}, 3));
+    const vf4 xn = {1.0f, 0.5f, 2.0f, 0.25f}, yn = {1.0f, 0.75f, 0.1f, 0.3f}, dot = {1.0f, 0.2f, -0.3f, 0.05f};
+    const vf4 r2 = squared_distance(xn, yn, dot);
+    vf4 k, g;
+    kernel_value_and_weight_dyn(p, r2, LaneExp{}, k, g);
+    const vf4 kv = kernel_value_dyn(p, r2, LaneExp{});
+    for (int i = 0; i < 4; ++i) {
+      const float r2s = squared_distance(xn[i], yn[i], dot[i]);
+      float ks, gs;
+      kernel_value_and_weight_dyn(p, r2s, StdExp{}, ks, gs);
+      check_true(r2[i] == r2s && k[i] == ks && g[i] == gs && kv[i] == ks, "vector lane == scalar (bitwise)");
+    }
+    check_true(r2[0] == 0.0f && g[0] == 0.0f, "vector: g = 0 where r2 = 0");
+  }
+}
+#endif
+
 int main() {
   test_rbf();
   test_imq();
+  test_weight_zero_at_zero();
   test_gradient_weight_fd();
   test_squared_distance();
-  test_make_kernel_spec_errors();
-  test_params_overloads();
+  test_lossy_rule();
+  test_params_conversion();
+  test_instantiations_agree();
+#if defined(__GNUC__)
+  test_vector_matches_scalar();
+#endif
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
