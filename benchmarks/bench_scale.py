@@ -78,10 +78,13 @@ def bench_perm(sizes, backend, perms, repeats, budget_s):
         g = torch.Generator().manual_seed(0)
         x, y = torch.randn(n, D, generator=g), torch.randn(n, D, generator=g)
         z = torch.cat([x, y])
-        name = backends.resolve(backend, torch.device("cpu"))[0]
+        name = backends.resolve(backend, torch.device("cpu"))
         t_one = _median_time(lambda: ik.mmd(x, y, sigma=SIGMA, backend=backend), repeats)
         t_test = _median_time(lambda: scale.mmd_test(x, y, perms, seed=0, sigma=SIGMA, backend=backend), repeats)
-        lab = scale._labels(n, n, perms, 0)
+        gen = torch.Generator().manual_seed(0)  # random splits, as the test draws them
+        lab = torch.stack([torch.zeros(2 * n, dtype=torch.bool)] + [
+            torch.zeros(2 * n, dtype=torch.bool).index_fill_(0, torch.randperm(2 * n, generator=gen)[:n], True)
+            for _ in range(perms)], 1)
         t_calls, k_calls = _loop_time(
             lambda p: ik.mmd(z[lab[:, p + 1]], z[~lab[:, p + 1]], sigma=SIGMA, backend=backend), perms, budget_s)
         t_naive, k_naive = _loop_time(lambda p: naive_mmd(z[lab[:, p + 1]], z[~lab[:, p + 1]], SIGMA),
@@ -102,9 +105,8 @@ def _full_child(n: int, backend: str, path_dir: str, threads: int) -> dict:
     x = np.load(os.path.join(path_dir, f"x{n}.npy"), mmap_mode="r")
     y = np.load(os.path.join(path_dir, f"y{n}.npy"), mmap_mode="r")
     t0 = time.perf_counter()
-    info = scale._mmd_full(x, y, kernel="rbf", sigma=SIGMA, unbiased=False, weights_x=None, weights_y=None,
-                           backend=backend, device=None, max_memory=scale.DEFAULT_MAX_MEMORY, block_size=None,
-                           progress=False, median_points=2048, median_seed=0, dtype=None, group=None)
+    info: dict = {}
+    scale.mmd_full(x, y, sigma=SIGMA, backend=backend, progress=False, report=info)
     secs = time.perf_counter() - t0
     pairs = 3.0 * n * n
     return dict(n=n, d=D, backend=info["backend"], threads=threads, seconds=secs, mmd2=info["value"],
@@ -265,7 +267,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="infovae_scale_")
     os.makedirs(data_dir, exist_ok=True)
-    name = backends.resolve(args.backend, torch.device("cpu"))[0]
+    name = backends.resolve(args.backend, torch.device("cpu"))
     print(f"backend {name}, {torch.get_num_threads()} threads, data in {data_dir}", flush=True)
     perm_rows = full_rows = dist_rows = []
     if "perm" in only:

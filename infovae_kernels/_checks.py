@@ -11,7 +11,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-KERNELS = ("rbf", "imq")
+from infovae_kernels.kernels import KERNELS, MAX_SCALES
+
 ESTIMATORS = ("biased", "unbiased")
 Sigma = Union[float, Sequence[float], str]
 
@@ -90,19 +91,40 @@ def _positive_float(value, name: str) -> float:
     return value
 
 
-def sigmas(sigma: Sigma, median: Callable[[], float]) -> list[float]:
-    """Bandwidths as a list of floats; "median" calls `median()`."""
+def sigmas(sigma: Sigma, like: Tensor, median: Callable[[], Tensor]) -> Tensor:
+    """Bandwidths as a float64 tensor (S,) on like's device, 1 <= S <= MAX_SCALES; "median" calls
+    `median()` (a 0-dim tensor). A tensor sigma is used as given (its values are checked outside
+    torch.compile); gradients with respect to sigma are not computed, so one that requires grad is refused."""
     if isinstance(sigma, str):
         if sigma != "median":
             raise ValueError(f"sigma must be a positive float, a sequence of them, or 'median', got {sigma!r}")
-        return [median()]
+        return median().to(torch.float64).reshape(1)
     if isinstance(sigma, Tensor):
-        sigma = sigma.tolist()
+        if sigma.requires_grad and torch.is_grad_enabled():
+            raise ValueError("sigma requires grad, but gradients with respect to the bandwidth are not "
+                             "implemented; pass sigma.detach()")
+        if not sigma.dtype.is_floating_point or sigma.dim() > 1:
+            raise ValueError(f"a tensor sigma must be a floating 0-d or 1-d tensor, got {sigma.dtype} "
+                             f"of shape {tuple(sigma.shape)}")
+        values = sigma.detach().to(device=like.device, dtype=torch.float64).reshape(-1)
+        _scale_count(values.shape[0])
+        if not _tracing() and not bool(((values > 0) & torch.isfinite(values)).all()):
+            raise ValueError(f"sigma must hold positive finite bandwidths, got {sigma.tolist()}")
+        return values
     if isinstance(sigma, (list, tuple)):
-        if len(sigma) == 0:
-            raise ValueError("sigma is an empty sequence; give at least one bandwidth")
-        return [_positive_float(s, "sigma") for s in sigma]
-    return [_positive_float(sigma, "sigma")]
+        values = [_positive_float(s, "sigma") for s in sigma]
+    else:
+        values = [_positive_float(sigma, "sigma")]
+    _scale_count(len(values))
+    return torch.tensor(values, dtype=torch.float64, device=like.device)
+
+
+def _scale_count(n: int) -> None:
+    if n == 0:
+        raise ValueError("sigma is an empty sequence; give at least one bandwidth")
+    if n > MAX_SCALES:
+        raise ValueError(f"sigma holds {n} bandwidths; at most {MAX_SCALES} scales are supported per call "
+                         "(sum several calls for more)")
 
 
 def weights(w: Optional[Tensor], n: int, like: Tensor, name: str) -> Tensor:
@@ -120,7 +142,8 @@ def weights(w: Optional[Tensor], n: int, like: Tensor, name: str) -> Tensor:
             raise ValueError(f"{name} must be non-negative")
         if not bool((w > 0).any()):
             raise ValueError(f"{name} are all zero; at least one weight must be positive")
-    return w / w.sum()
+    w64 = w.to(torch.float64)  # a float16 sum overflows long before its weights do
+    return w64 / w64.sum()
 
 
 def values(v: Tensor, m: int, like: Tensor, name: str) -> Tensor:

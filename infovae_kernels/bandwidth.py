@@ -1,4 +1,4 @@
-"""Bandwidth selection: the median heuristic, without N^2 memory."""
+"""Bandwidth selection: the median heuristic, without N^2 memory, traceable by torch.compile."""
 
 from __future__ import annotations
 
@@ -9,37 +9,47 @@ import torch
 from torch import Tensor
 
 MEDIAN_SUBSAMPLE = 2048  # points; below this the median is exact
+_STRIDE = 2654435761  # a prime (Knuth's multiplicative hash): i * _STRIDE mod n visits distinct rows
 
 
-def median_distance(z: Tensor, *, max_points: int = MEDIAN_SUBSAMPLE, seed: int = 0) -> float:
-    """Median pairwise Euclidean distance between distinct rows of `z` (n, d).
+def subsample_rows(n: int, max_points: int, seed: int = 0) -> Tensor:
+    """Indices of min(n, max_points) distinct rows, spread over [0, n) by a multiplicative hash
+    (i * p + seed) mod n with a prime p: deterministic, no generator, so it traces under torch.compile."""
+    k = min(n, max_points)
+    if n % _STRIDE == 0:  # p must not divide n for the indices to be distinct
+        return torch.arange(k)
+    return (torch.arange(k, dtype=torch.int64) * _STRIDE + seed) % n
 
-    Exact when n <= max_points; otherwise estimated from `max_points` rows drawn without replacement
-    with a fixed seed (so repeated calls agree), which costs O(max_points^2) memory at most: about
-    2e6 distances (16 MiB in float32) for the default 2048. Returns 1.0 when every distance is 0.
+
+def median_distance(z: Tensor, *, max_points: int = MEDIAN_SUBSAMPLE, seed: int = 0) -> Tensor:
+    """Median pairwise Euclidean distance between distinct rows of `z` (n, d), a float64 0-dim tensor
+    on z's device.
+
+    Exact when n <= max_points; otherwise estimated from `max_points` rows chosen by
+    `subsample_rows` (the same rows on every call), which costs O(max_points^2) memory at most: about
+    2e6 distances (16 MiB in float32) for the default 2048. 1.0 when every distance is 0.
     """
     n = z.shape[0]
     if n > max_points:
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(n, generator=gen)[:max_points].to(z.device)
-        z = z.index_select(0, idx)
+        z = z.index_select(0, subsample_rows(n, max_points, seed).to(z.device))
         n = max_points
     z = z.detach().to(torch.float64 if z.dtype == torch.float64 else torch.float32)
     if n < 2:
-        return 1.0
+        return torch.ones((), dtype=torch.float64, device=z.device)
     # The full matrix holds each pair twice and n diagonal zeros, which sort first: its entry of rank
     # n + m (m = n (n - 1) / 2 pairs) is the lower median of the pair distances, as Tensor.median gives.
-    dist = torch.cdist(z, z).fill_diagonal_(0.0).view(-1)
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    dist = torch.cdist(z, z).masked_fill(eye, 0.0).view(-1)
     k = n + n * (n - 1) // 2 - 1
-    if dist.device.type == "cpu":  # numpy's introselect: several times faster than torch's CPU median
-        med = float(np.partition(dist.numpy(), k)[k])
+    if dist.device.type == "cpu" and not torch.compiler.is_compiling():
+        # numpy's introselect: several times faster than torch's CPU kthvalue, the same element
+        med = torch.tensor(float(np.partition(dist.numpy(), k)[k]), dtype=torch.float64)
     else:
-        med = float(dist.kthvalue(k + 1).values)
-    return med if med > 0 and math.isfinite(med) else 1.0
+        med = dist.kthvalue(k + 1).values.to(torch.float64)
+    return torch.where((med > 0) & torch.isfinite(med), med, torch.ones_like(med))
 
 
-def svgd_sigma(x: Tensor) -> float:
+def svgd_sigma(x: Tensor) -> Tensor:
     """RBF sigma of the Liu & Wang SVGD rule h = med^2 / log(n + 1) in exp(-r2 / h), i.e. sigma^2 = h / 2."""
-    n = x.shape[0]
-    h = median_distance(x) ** 2 / math.log(n + 1)
-    return math.sqrt(h / 2.0) if h > 0 else 1.0
+    h = median_distance(x).square() / math.log(x.shape[0] + 1)
+    return torch.sqrt(h / 2.0)

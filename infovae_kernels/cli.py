@@ -105,12 +105,32 @@ def _parse_sigma(text: str):
     return vals[0] if len(vals) == 1 else vals
 
 
+def json_target(path: str) -> Path:
+    """The file a --json path writes: a symlink is followed (its target is replaced, the link stays), a
+    FIFO, device or directory is refused, and the folder must be writable. Checked before any work."""
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        raise InputError(f"--json {path}: not a regular file (a directory, FIFO or device); give a file path")
+    folder = target.parent
+    if not folder.is_dir():
+        raise InputError(f"--json {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise InputError(f"--json {path}: not writable")
+    return target
+
+
 def write_json_atomic(path: str, obj) -> None:
-    """Write to a temporary file beside `path`, fsync, then os.replace: readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Write to a temporary file beside the target (json_target), fsync, then os.replace: readers never
+    see half a file. An existing file keeps its permission bits; a new one gets the umask's."""
+    target = json_target(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        if target.exists():
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
@@ -141,11 +161,13 @@ def _join_torchrun(device: Optional[str]) -> int:
 
 
 def _cmd_mmd(args) -> int:
-    from infovae_kernels import scale
+    import infovae_kernels as ik
 
     rank = _join_torchrun(args.device)
     if rank != 0:  # every rank computes its share of the tile pairs; rank 0 reports
         args.quiet, args.json = True, None
+    if args.json:
+        json_target(args.json)
     x, y = load_points(args.x), load_points(args.y)
     if x.shape[1] != y.shape[1]:
         raise InputError(f"{args.x} has {x.shape[1]} features (shape {tuple(x.shape)}) but {args.y} has "
@@ -156,20 +178,20 @@ def _cmd_mmd(args) -> int:
     else:
         dtype = getattr(torch, args.dtype)
     progress = None if (not args.quiet and sys.stderr.isatty()) else False
-    common = dict(kernel=args.kernel, sigma=sigma, backend=args.backend, device=args.device,
-                  max_memory=args.max_memory, block_size=args.block_size, progress=progress,
-                  median_points=scale.MEDIAN_SUBSAMPLE, median_seed=0, dtype=dtype, group=None,
-                  names=(args.x, args.y))
-    unbiased = args.estimator == "unbiased"
+    info: dict = {}
+    common = dict(kernel=args.kernel, sigma=sigma, estimator=args.estimator, backend=args.backend,
+                  device=args.device, max_memory=args.max_memory, block_size=args.block_size, progress=progress,
+                  dtype=dtype, names=(args.x, args.y), report=info)
+    result = None
     try:
         if args.permutations:
-            info = scale._mmd_test(x, y, permutations=args.permutations, seed=args.seed, unbiased=unbiased,
-                                   **common)
+            result = ik.mmd_test(x, y, permutations=args.permutations, seed=args.seed, **common)
         else:
-            info = scale._mmd_full(x, y, unbiased=unbiased, weights_x=None, weights_y=None, **common)
+            ik.mmd_full(x, y, **common)
     except (ValueError, TypeError) as exc:
         raise InputError(str(exc)) from None
-    result = info.pop("result", None)
+    if not np.isfinite(info["value"]):
+        raise InputError(f"MMD^2 came out {info['value']} (not finite); please report this with the inputs")
     secs = info["seconds"]
     nx, ny = float(info["n_x"]), float(info["n_y"])
     pairs = nx * nx + ny * ny + nx * ny  # the kernel pairs the MMD formula defines
@@ -214,7 +236,7 @@ def _cmd_info(args) -> int:
         status = {}
         for name in backends.NAMES:
             try:
-                s = backends._status(name)
+                s = backends.available()[name]
                 status[name] = (s.available, s.reason)
             except Exception as exc:
                 status[name] = (False, f"status check failed: {type(exc).__name__}: {exc}")
@@ -239,7 +261,7 @@ def _bench_script() -> Optional[Path]:
 def _builtin_ladder(args) -> int:
     import time
 
-    from infovae_kernels import scale
+    import infovae_kernels as ik
 
     sizes = (500, 1000) if args.quick else (1000, 4000, 16000)
     print("| n per set | d | backend | seconds | kernel pairs/s |\n|---|---|---|---|---|")
@@ -247,10 +269,8 @@ def _builtin_ladder(args) -> int:
         g = torch.Generator().manual_seed(0)
         x, y = torch.randn(n, 64, generator=g), torch.randn(n, 64, generator=g)
         t0 = time.perf_counter()
-        info = scale._mmd_full(x, y, kernel="rbf", sigma=1.0, unbiased=False, weights_x=None, weights_y=None,
-                               backend=args.backend, device=None, max_memory=scale.DEFAULT_MAX_MEMORY,
-                               block_size=None, progress=False, median_points=2048, median_seed=0,
-                               dtype=None, group=None)
+        info: dict = {}
+        ik.mmd_full(x, y, sigma=1.0, backend=args.backend, progress=False, report=info)
         secs = time.perf_counter() - t0
         print(f"| {n} | 64 | {info['backend']} | {secs:.3f} | {3 * n * n / secs:.3g} |")
     return 0

@@ -6,7 +6,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from infovae_kernels import functional as F
+from infovae_kernels import ops as F
 from infovae_kernels._checks import Sigma
 
 

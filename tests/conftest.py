@@ -21,13 +21,8 @@ _STATUS = ik.backends.available()
 
 def backends_for(device: str) -> list[str]:
     """Backends that run on `device` in this install, in the registry's order."""
-    names = []
-    for name, status in _STATUS.items():
-        if not status.available:
-            continue
-        if ik.backends._device_reason(name, torch.device(device)) is None:
-            names.append(name)
-    return names
+    runnable = ik.backends.runnable(device)
+    return [name for name in ik.backends.NAMES if name in runnable]
 
 
 DEVICE_BACKENDS = [(d, b) for d in DEVICES for b in backends_for(d)]

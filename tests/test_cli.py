@@ -100,7 +100,7 @@ def test_ctrl_c(files, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(scale, "_mmd_full", interrupted)
+    monkeypatch.setattr(ik, "mmd_full", interrupted)
     out = tmp / "never.json"
     rc, err = _err(capsys, ["mmd", str(tmp / "x.npy"), str(tmp / "y.pt"), "--json", str(out)])
     assert rc == 130 and "interrupted" in err and "Traceback" not in err

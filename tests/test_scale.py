@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 
 import infovae_kernels as ik
 from infovae_kernels import backends
-from infovae_kernels.scale import _labels, mmd_full, mmd_test, parse_memory
+from infovae_kernels.scale import mmd_full, mmd_test, parse_memory
+from infovae_kernels.scale.api import _labels
 
 
 def _cpu_backend_available() -> bool:

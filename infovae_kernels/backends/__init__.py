@@ -1,19 +1,22 @@
-"""Backend registry: which backends this install has, and picking one for a device.
+"""Backend registry: which backends this install has, and which one computes on a device.
 
-| name   | runs on                                                  |
-| ------ | -------------------------------------------------------- |
-| triton | CUDA tensors (CPU tensors only under TRITON_INTERPRET=1) |
-| cuda   | CUDA tensors (CUDA C++ kernels)                          |
-| cpu    | CPU tensors (C++ kernels)                                |
-| torch  | anything (the plain-torch reference)                     |
+| name   | runs on                                                  | primitives from            |
+| ------ | -------------------------------------------------------- | -------------------------- |
+| triton | CUDA tensors (CPU tensors only under TRITON_INTERPRET=1) | backends/triton (Triton)   |
+| cuda   | CUDA tensors                                             | infovae_kernels._C (CUDA)  |
+| cpu    | CPU tensors                                              | infovae_kernels._C (C++)   |
+| torch  | anything                                                 | backends/reference.py      |
 
-"auto" picks triton, cuda, torch on CUDA tensors and cpu, torch on CPU tensors. A backend asked for
-by name runs or raises a ValueError that says why; it never falls back silently.
+"auto" picks triton, cuda, torch on CUDA tensors and cpu, torch on CPU tensors. A backend asked for by
+name runs or raises a ValueError that says why; it never falls back silently.
+
+Every backend module offers the three primitives `gram`, `pair_reduce`, `quad_form` with the contract
+of backends/reference.py. `resolve` runs once per (backend, device) and is a constant under
+torch.compile, so the public ops trace straight to the primitives.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from types import ModuleType
 from typing import NamedTuple
@@ -33,37 +36,42 @@ def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _status(name: str) -> Status:
+_LOADED: dict[str, tuple[Status, ModuleType | None]] = {}
+
+
+def _load(name: str) -> tuple[Status, ModuleType | None]:
+    """(status, module with the primitives) of one backend; imported on first use, then cached."""
+    if name not in _LOADED:
+        _LOADED[name] = _import(name)
+    return _LOADED[name]
+
+
+def _import(name: str) -> tuple[Status, ModuleType | None]:
     if name == "torch":
-        return Status(True, "plain-torch reference")
+        from infovae_kernels.backends import reference
+
+        return Status(True, "plain-torch reference (materialises the N x M matrix)"), reference
     if name in ("cpu", "cuda"):
         from infovae_kernels.backends import native
 
-        return Status(*(native.cpu_status() if name == "cpu" else native.cuda_status()))
+        ok, reason = native.cpu_status() if name == "cpu" else native.cuda_status()
+        return Status(ok, reason), native if ok else None
     try:
-        triton_backend = importlib.import_module("infovae_kernels.backends.triton")
+        from infovae_kernels.backends import triton as triton_backend
     except Exception as exc:  # a broken triton install raises more than ImportError
-        return Status(False, f"triton is not importable ({type(exc).__name__}: {exc})")
-    return Status(*triton_backend.status())
+        return Status(False, f"triton is not importable ({type(exc).__name__}: {exc})"), None
+    ok, reason = triton_backend.status()
+    return Status(ok, reason), triton_backend if ok else None
 
 
 def available() -> dict[str, Status]:
     """Every backend name mapped to Status(available, reason): what runs here, and why the others don't."""
-    return {name: _status(name) for name in NAMES}
+    return {name: _load(name)[0] for name in NAMES}
 
 
-def _module(name: str) -> ModuleType:
-    if name == "torch":
-        return importlib.import_module("infovae_kernels.backends.reference")
-    if name in ("cpu", "cuda"):
-        return importlib.import_module("infovae_kernels.backends.native")
-    return importlib.import_module("infovae_kernels.backends.triton")
-
-
-def _device_reason(name: str, device: torch.device) -> str | None:
-    """Why backend `name` cannot run on `device`, or None."""
-    if name == "torch":
-        return None
+def device_reason(name: str, device: torch.device | str) -> str | None:
+    """Why backend `name` cannot run on tensors of `device` (None when it can, if installed)."""
+    device = torch.device(device)
     if name == "cpu" and device.type != "cpu":
         return f"backend 'cpu' runs on CPU tensors, got a {device.type} tensor"
     if name == "cuda" and device.type != "cuda":
@@ -74,21 +82,35 @@ def _device_reason(name: str, device: torch.device) -> str | None:
     return None
 
 
-def resolve(backend: str, device: torch.device) -> tuple[str, ModuleType]:
-    """(name, module) of the backend that computes on `device`; the module has the three primitives."""
+def runnable(device: torch.device | str) -> list[str]:
+    """Names of the backends that are installed and run on tensors of `device`, in "auto" order first."""
+    device = torch.device(device)
+    order = AUTO_ORDER.get(device.type, ()) + tuple(n for n in NAMES if n not in AUTO_ORDER.get(device.type, ()))
+    return [n for n in order if _load(n)[0].available and device_reason(n, device) is None]
+
+
+@torch.compiler.assume_constant_result
+def resolve(backend: str, device: torch.device) -> str:
+    """The name of the backend that computes on `device`: `backend` itself, or the first of AUTO_ORDER."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     if backend == "auto":
-        for name in AUTO_ORDER.get(device.type, ("torch",)):
-            if _status(name).available and _device_reason(name, device) is None:
-                return name, _module(name)
-        return "torch", _module("torch")
+        names = runnable(device)
+        return names[0] if names else "torch"
     if backend not in NAMES:
         raise ValueError(f"backend must be 'auto' or one of {NAMES}, got {backend!r}")
-    status = _status(backend)
+    status = _load(backend)[0]
     if not status.available:
         raise ValueError(f"backend {backend!r} is not available: {status.reason}")
-    reason = _device_reason(backend, device)
+    reason = device_reason(backend, device)
     if reason:
         raise ValueError(reason)
-    return backend, _module(backend)
+    return backend
+
+
+def primitives(name: str) -> ModuleType:
+    """The module holding backend `name`'s gram, pair_reduce and quad_form (after `resolve`)."""
+    module = _load(name)[1]
+    if module is None:
+        raise ValueError(f"backend {name!r} is not available: {_load(name)[0].reason}")
+    return module

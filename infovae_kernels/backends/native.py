@@ -16,6 +16,9 @@ try:
 except ImportError as exc:  # no compiler at install time, or a broken build
     IMPORT_ERROR = f"the compiled extension infovae_kernels._C is not importable ({exc})"
     WITH_CUDA = False
+if IMPORT_ERROR is None and not all(hasattr(torch.ops.infovae, op) for op in ("gram", "pair_reduce", "quad_form")):
+    IMPORT_ERROR = "the compiled extension infovae_kernels._C is out of date (it lacks infovae::gram)"
+    WITH_CUDA = False
 
 
 def cpu_status() -> tuple[bool, str]:

@@ -1,25 +1,35 @@
-"""Triton kernels of the "triton" backend: one tiled pairwise-reduction family plus a Gram writer.
+"""Triton kernels of the "triton" backend: the three primitives plus two fixed-order combine kernels.
 
-A program owns a block of BLOCK_M rows of X and streams a range of Y tiles (BLOCK_N rows each)
-through. Per tile:
-  r2     squared distances, either directly from coordinate differences (DIRECT = d <= 16, a static
-         loop over the d columns: no cancellation) or as |x|^2 + |y|^2 - 2 x.y from tl.dot over
-         BLOCK_D-wide chunks of d, on inputs centred on the pooled mean (shrinks the norms and the
-         cancellation), clamped at 0;
-  k, g   kernel value and gradient weight g = -2 dk/dr2 summed over NS scales (constants in a small
-         float64 tensor: rbf c_s = 1/(2 sigma_s^2), imq C_s = 2 d sigma_s^2);
-  S      += k @ V[:, chunk]                      (tl.dot, or a row sum when p == 1)
-  G      += x_i * sum_j w_ij - w @ Y[:, chunk]   with w_ij = g_ij (a_i . v_j)
-Every tile partial is a float32 (float64 for float64 inputs) block that is added to a float64
-accumulator, tile after tile in a fixed order; the program writes its float64 row partials to its own
-slot of a (SPLIT, N, cols) buffer, which the caller sums in float64 in torch. No atomics anywhere, so a
-given launch configuration is bitwise reproducible.
+Per-pair math lives in two jit helpers used by every kernel:
+  _sqdist      r2 of a tile. d <= 16 (DIRECT): coordinate differences, a static loop over d.
+               d > 16: |x|^2 + |y|^2 - 2 x.y by tl.dot over BLOCK_D-wide chunks, clamped at 0, and then,
+               per tile, the lossy-distance rule of infovae_kernels/kernels.py: when
+               (max_i |x_i|^2 + max_j |y_j|^2) * kappa > LOSSY_BOUND (= LOSSY_TOLERANCE / u, u the unit
+               roundoff of the compute type) the tile recomputes r2 from coordinate differences (a runtime
+               branch on a scalar of the tile: no host sync).
+  _pair_terms  k(r2) and g(r2) = -2 dk/dr2 summed over the NS scales; params (float64, one per scale) are
+               loaded from their pointer; g := 0 where r2 == 0. Adding a kernel means editing this one
+               function (and KERNELS/kernel_params in infovae_kernels/kernels.py).
 
-Grid: (row blocks, output-column chunks, SPLIT). The column chunk axis splits wide S (p > BLOCK_P) and
-G (d > BLOCK_G) outputs over programs (the distances of a tile are then recomputed per chunk); the
-SPLIT axis splits the Y tiles so that small N still fills the GPU.
+The points arrive centred and scaled (the op layer does it); nothing here centres again.
 
-All offsets are computed in int64.
+Summation order. Every reduction a result passes through has an order fixed by the tile shapes, which
+are a function of (d, dtype) only, and by num_warps (it picks the register layout and so the reduction
+tree of tl.sum / tl.dot), which is also fixed per (d, dtype). Only num_stages (software pipelining of
+loads: the arithmetic is unchanged) is ever autotuned. Partials are stored, never added with atomics, and
+combined in float64 by sum_slots_kernel / sum_rows_kernel in a fixed order. So results depend on
+(shapes, dtype, flags) only: not on the tuned choice, the SM count or the process.
+
+quad_form's symmetric sweep (quad_form_kernel): row tiles of B points, nb = cdiv(N, B) of them. Round t
+(0 <= t <= nb // 2) pairs tile I with tile J = (I + t) mod nb, which visits every unordered tile pair
+once (for even nb, round nb / 2 keeps I < J). A launch runs a block of T rounds, grid (nb, T). The
+program (I, t) evaluates the B x B pairs once and:
+  - writes q's partial sum_i w_i (K_IJ w_J)_i, times 2 when I != J, to q_part[t, I] (its own cell);
+  - adds the row part of S and G (rows of I) to slot t - t0 of a float64 slot buffer and the column
+    part (rows of J, the pair's other side) to slot T + t - t0: within one launch no two programs write
+    the same (slot, row), and launches are ordered, so the read-add-write needs no atomics.
+HAS_S and HAS_G are runtime flags, not constexpr: the value-only and the value+gradient calls run the
+same compiled kernel, so q is bitwise the same with and without S / G.
 """
 
 from __future__ import annotations
@@ -28,88 +38,119 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
-def _load_centered(ptr, rows, cols, n_rows, n_cols, stride, mean_ptr, CT: tl.constexpr):
-    """Tile ptr[rows, cols] (row stride `stride`, unit column stride) upcast to CT, minus the mean;
-    out-of-range entries are exactly 0."""
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    t = tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(CT)
-    m = tl.load(mean_ptr + cols, mask=cols < n_cols, other=0.0).to(CT)
-    return tl.where(mask, t - m[None, :], 0.0)
-
+# ------------------------------------------------------------------------------------ per-pair math
 
 @triton.jit
-def _load_tile(ptr, rows, cols, n_rows, n_cols, stride, CT: tl.constexpr):
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(CT)
-
-
-@triton.jit
-def _sqdist(x_ptr, y_ptr, mean_ptr, rows, cols, N, M, D, sx, sy,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-            DIRECT: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr):
-    if DIRECT > 0:
-        r2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=CT)
-        for k in tl.static_range(DIRECT):
-            xk = tl.load(x_ptr + rows * sx + k, mask=rows < N, other=0.0).to(CT)
-            yk = tl.load(y_ptr + cols * sy + k, mask=cols < M, other=0.0).to(CT)
-            diff = xk[:, None] - yk[None, :]
-            r2 += diff * diff
-    else:
-        dot = tl.zeros([BLOCK_M, BLOCK_N], dtype=CT)
-        xn = tl.zeros([BLOCK_M], dtype=CT)
-        yn = tl.zeros([BLOCK_N], dtype=CT)
-        for k0 in range(0, D, BLOCK_D):
-            kk = k0 + tl.arange(0, BLOCK_D)
-            xt = _load_centered(x_ptr, rows, kk, N, D, sx, mean_ptr, CT)
-            yt = _load_centered(y_ptr, cols, kk, M, D, sy, mean_ptr, CT)
-            dot += tl.dot(xt, tl.trans(yt), input_precision=PREC, out_dtype=CT)
-            xn += tl.sum(xt * xt, axis=1)
-            yn += tl.sum(yt * yt, axis=1)
-        r2 = xn[:, None] + yn[None, :] - 2.0 * dot
-        r2 = tl.maximum(r2, 0.0)
-    return r2
+def _kappa(c_ptr, NS: tl.constexpr, KIND: tl.constexpr):
+    """Inverse squared length scale of the narrowest scale, float64: max c_s (rbf), max 1 / C_s (imq)."""
+    kap = tl.load(c_ptr).to(tl.float64) * 0.0
+    for s in tl.static_range(NS):
+        c = tl.load(c_ptr + s).to(tl.float64)
+        if KIND == 0:
+            kap = tl.maximum(kap, c)
+        else:
+            kap = tl.maximum(kap, 1.0 / c)
+    return kap
 
 
 @triton.jit
-def _kernel_terms(r2, c_ptr, NS: tl.constexpr, KIND: tl.constexpr, CT: tl.constexpr):
-    """k = sum_s k_s(r2), g = sum_s -2 dk_s/dr2. KIND 0: rbf, c_s = 1/(2 sigma_s^2); 1: imq, c_s = C_s."""
+def _pair_terms(r2, c_ptr, NS: tl.constexpr, KIND: tl.constexpr, CT: tl.constexpr):
+    """k = sum_s k_s(r2) and g = -2 dk/dr2 (0 where r2 == 0). KIND 0: rbf, c_s = 1 / (2 sigma_s^2),
+    k_s = exp(-c_s r2), g_s = 2 c_s k_s; KIND 1: imq, C_s = 2 d sigma_s^2, k_s = C_s / (C_s + r2),
+    g_s = 2 k_s^2 / C_s."""
     k = tl.zeros(r2.shape, dtype=CT)
     g = tl.zeros(r2.shape, dtype=CT)
     for s in tl.static_range(NS):
         c = tl.load(c_ptr + s).to(CT)
         if KIND == 0:
-            ks = tl.exp(-c * r2)
-            k += ks
-            g += (2.0 * c) * ks
+            e = tl.exp(-c * r2)
+            k += e
+            g += (2.0 * c) * e
         else:
             ks = c / (c + r2)
             k += ks
             g += (2.0 / c) * ks * ks
+    g = tl.where(r2 == 0.0, 0.0, g)
     return k, g
 
 
 @triton.jit
-def _times_v(k, v_ptr, cols, M, pc, P, sv, P_ONE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr):
-    """k (BM, BN) @ V[cols, pc] -> (BM, BLOCK_P) in CT (BLOCK_P == 1 when P_ONE); V has M rows."""
-    if P_ONE:
-        v = tl.load(v_ptr + cols * sv, mask=cols < M, other=0.0).to(CT)
-        out = tl.sum(k * v[None, :], axis=1)[:, None]
-    else:
-        vt = _load_tile(v_ptr, cols, pc, M, P, sv, CT)
-        out = tl.dot(k, vt, input_precision=PREC, out_dtype=CT)
-    return out
+def _load_tile(ptr, rows, cols, n_rows, n_cols, stride, CT: tl.constexpr):
+    """ptr[rows, cols] (row stride `stride`, unit column stride) as CT; out-of-range entries are 0."""
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(CT)
 
 
 @triton.jit
+def _load_col(ptr, rows, k, n_rows, stride, CT: tl.constexpr):
+    return tl.load(ptr + rows * stride + k, mask=rows < n_rows, other=0.0).to(CT)
+
+
+@triton.jit
+def _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, c_ptr,
+            NS: tl.constexpr, KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+            BLOCK_D: tl.constexpr, DIRECT: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
+            LOSSY_BOUND: tl.constexpr):
+    """r2[i, j] = |x_rows[i] - y_cols[j]|^2 in CT (see the module docstring for the two formulas)."""
+    if DIRECT > 0:
+        r2 = tl.zeros([BM, BN], dtype=CT)
+        for k in tl.static_range(DIRECT):
+            diff = _load_col(x_ptr, rows, k, N, sx, CT)[:, None] - _load_col(y_ptr, cols, k, M, sy, CT)[None, :]
+            r2 += diff * diff
+    else:
+        dot = tl.zeros([BM, BN], dtype=CT)
+        xn = tl.zeros([BM], dtype=CT)
+        yn = tl.zeros([BN], dtype=CT)
+        for k0 in range(0, D, BLOCK_D):
+            kk = k0 + tl.arange(0, BLOCK_D)
+            xt = _load_tile(x_ptr, rows, kk, N, D, sx, CT)
+            yt = _load_tile(y_ptr, cols, kk, M, D, sy, CT)
+            dot += tl.dot(xt, tl.trans(yt), input_precision=PREC, out_dtype=CT)
+            xn += tl.sum(xt * xt, axis=1)
+            yn += tl.sum(yt * yt, axis=1)
+        r2 = tl.maximum(xn[:, None] + yn[None, :] - 2.0 * dot, 0.0)
+        bound = (tl.max(xn, axis=0).to(tl.float64) + tl.max(yn, axis=0).to(tl.float64)) * _kappa(c_ptr, NS, KIND)
+        if bound > LOSSY_BOUND:  # the expansion would lose the distance at this bandwidth: differences
+            r2 = tl.zeros([BM, BN], dtype=CT)
+            for k in range(0, D):
+                diff = _load_col(x_ptr, rows, k, N, sx, CT)[:, None] - _load_col(y_ptr, cols, k, M, sy, CT)[None, :]
+                r2 += diff * diff
+    return r2
+
+
+# ------------------------------------------------------------------------------------ gram
+
+@triton.jit
+def gram_kernel(
+    x_ptr, y_ptr, c_ptr, out_ptr, N, M, D, sx, sy, N_KEY, M_KEY,
+    NS: tl.constexpr, KIND: tl.constexpr, DERIV: tl.constexpr, DIRECT: tl.constexpr, CT: tl.constexpr,
+    PREC: tl.constexpr, LOSSY_BOUND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    r2 = _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, c_ptr, NS, KIND, BLOCK_M, BLOCK_N, BLOCK_D,
+                 DIRECT, CT, PREC, LOSSY_BOUND)
+    k, g = _pair_terms(r2, c_ptr, NS, KIND, CT)
+    out = g if DERIV else k
+    mask = (rows[:, None] < N) & (cols[None, :] < M)
+    tl.store(out_ptr + rows[:, None] * M + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------------ pair_reduce
+
+@triton.jit
 def pair_reduce_kernel(
-    x_ptr, y_ptr, v_ptr, a_ptr, mean_ptr, c_ptr, s_ptr, g_ptr,
+    x_ptr, y_ptr, v_ptr, a_ptr, c_ptr, s_ptr, g_ptr,
     N, M, D, P, sx, sy, sv, sa, tiles_per_split, n_s_chunks, n_g_chunks, N_KEY, M_KEY,
     NS: tl.constexpr, KIND: tl.constexpr, HAS_A: tl.constexpr, EXCL: tl.constexpr,
     DIRECT: tl.constexpr, P_ONE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_PA: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr,
+    LOSSY_BOUND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_PA: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
+    """Program (row block, output-column chunk, split s): rows of X against the Y tiles of split s, in
+    order; S_i += k_ij v_j and G_i += g_ij (a_i . v_j) (x_i - y_j) accumulated in float64 across tiles;
+    writes its float64 partials to s_part[s] / g_part[s] (combined by sum_slots_kernel)."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2).to(tl.int64)
@@ -130,31 +171,34 @@ def pair_reduce_kernel(
     for t in range(t_begin, t_end):
         cols = t * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
         col_ok = cols < M
-        r2 = _sqdist(x_ptr, y_ptr, mean_ptr, rows, cols, N, M, D, sx, sy,
-                     BLOCK_M, BLOCK_N, BLOCK_D, DIRECT, CT, PREC)
-        k, g = _kernel_terms(r2, c_ptr, NS, KIND, CT)
+        r2 = _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, c_ptr, NS, KIND, BLOCK_M, BLOCK_N, BLOCK_D,
+                     DIRECT, CT, PREC, LOSSY_BOUND)
+        k, g = _pair_terms(r2, c_ptr, NS, KIND, CT)
         valid = row_ok[:, None] & col_ok[None, :]
         if EXCL:
             valid = valid & (rows[:, None] != cols[None, :])
         k = tl.where(valid, k, 0.0)
         if do_s:
-            acc_s += _times_v(k, v_ptr, cols, M, pc, P, sv, P_ONE, CT, PREC).to(tl.float64)
+            if P_ONE:
+                vj = _load_col(v_ptr, cols, 0, M, sv, CT)
+                acc_s += tl.sum(k * vj[None, :], axis=1)[:, None].to(tl.float64)
+            else:
+                vt = _load_tile(v_ptr, cols, pc, M, P, sv, CT)
+                acc_s += tl.dot(k, vt, input_precision=PREC, out_dtype=CT).to(tl.float64)
         if HAS_A:
             if P_ONE:
-                a0 = tl.load(a_ptr + rows * sa, mask=row_ok, other=0.0).to(CT)
-                v0 = tl.load(v_ptr + cols * sv, mask=col_ok, other=0.0).to(CT)
-                av = a0[:, None] * v0[None, :]
+                av = _load_col(a_ptr, rows, 0, N, sa, CT)[:, None] * _load_col(v_ptr, cols, 0, M, sv, CT)[None, :]
             else:
                 av = tl.zeros([BLOCK_M, BLOCK_N], dtype=CT)
                 for p0 in range(0, P, BLOCK_PA):
                     pp = p0 + tl.arange(0, BLOCK_PA)
                     at = _load_tile(a_ptr, rows, pp, N, P, sa, CT)
-                    vt = _load_tile(v_ptr, cols, pp, M, P, sv, CT)
-                    av += tl.dot(at, tl.trans(vt), input_precision=PREC, out_dtype=CT)
+                    vt2 = _load_tile(v_ptr, cols, pp, M, P, sv, CT)
+                    av += tl.dot(at, tl.trans(vt2), input_precision=PREC, out_dtype=CT)
             w = tl.where(valid, g * av, 0.0)
             acc_w += tl.sum(w, axis=1).to(tl.float64)
             if do_g:
-                yt = _load_centered(y_ptr, cols, gc, M, D, sy, mean_ptr, CT)
+                yt = _load_tile(y_ptr, cols, gc, M, D, sy, CT)
                 acc_g += tl.dot(w, yt, input_precision=PREC, out_dtype=CT).to(tl.float64)
 
     if do_s:
@@ -162,63 +206,139 @@ def pair_reduce_kernel(
         tl.store(s_ptr + s_off, acc_s, mask=row_ok[:, None] & (pc[None, :] < P))
     if HAS_A:
         if do_g:
-            xt = _load_centered(x_ptr, rows, gc, N, D, sx, mean_ptr, CT).to(tl.float64)
-            gval = xt * acc_w[:, None] - acc_g
+            xt = _load_tile(x_ptr, rows, gc, N, D, sx, CT).to(tl.float64)
             g_off = pid_s * N * D + rows[:, None] * D + gc[None, :]
-            tl.store(g_ptr + g_off, gval, mask=row_ok[:, None] & (gc[None, :] < D))
+            tl.store(g_ptr + g_off, xt * acc_w[:, None] - acc_g, mask=row_ok[:, None] & (gc[None, :] < D))
+
+
+# ------------------------------------------------------------------------------------ quad_form
+
+@triton.jit
+def _add_rows(ptr, slot, rows, cols, n_rows, n_cols, val):
+    """ptr[slot, rows, cols] += val (float64 slot buffer of shape (slots, n_rows, n_cols))."""
+    off = (slot * n_rows + rows[:, None]) * n_cols + cols[None, :]
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    old = tl.load(ptr + off, mask=mask, other=0.0)
+    tl.store(ptr + off, old + val, mask=mask)
 
 
 @triton.jit
 def quad_form_kernel(
-    z_ptr, w_ptr, mean_ptr, c_ptr, q_ptr,
-    N, D, P, sz, sw, n_blocks, SPLIT, N_KEY,
+    z_ptr, w_ptr, a_ptr, c_ptr, q_ptr, s_ptr, g_ptr,
+    N, D, P, sz, sw, sa, nb, t0, n_rounds, T, has_s, has_g, N_KEY,
     NS: tl.constexpr, KIND: tl.constexpr, EXCL: tl.constexpr, DIRECT: tl.constexpr,
-    P_ONE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
+    P_ONE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr, LOSSY_BOUND: tl.constexpr,
+    B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
-    """q partial of row block I: sum_{i in I} w_ip sum_{J >= I} f_J (K_IJ W_J)_ip, f_J = 1 if J == I else 2.
-    Split s visits J = I + s, I + s + SPLIT, ...; writes q_part[s, I, pc]."""
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_c = tl.program_id(1).to(tl.int64)
-    pid_s = tl.program_id(2).to(tl.int64)
-    rows = pid_m * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    """Program (I, t - t0) of the circulant sweep (module docstring). q_part: (n_rounds, nb, P);
+    s_ptr: (2T, N, P) and g_ptr: (2T, N, D) float64 slot buffers, used when has_s / has_g."""
+    I = tl.program_id(0).to(tl.int64)
+    lt = tl.program_id(1).to(tl.int64)
+    t = t0 + lt
+    J = (I + t) % nb
+    if t >= n_rounds:
+        return
+    if (2 * t == nb) & (J < I):  # even nb, last round: the pair (J, I) is the program (J, t)
+        return
+    rows = I * B + tl.arange(0, B).to(tl.int64)
+    cols = J * B + tl.arange(0, B).to(tl.int64)
     row_ok = rows < N
-    pc = pid_c * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    acc = tl.zeros([BLOCK, BLOCK_P], dtype=tl.float64)
-    for jb in range(pid_m + pid_s, n_blocks, SPLIT):
-        cols = jb * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-        col_ok = cols < N
-        r2 = _sqdist(z_ptr, z_ptr, mean_ptr, rows, cols, N, N, D, sz, sz,
-                     BLOCK, BLOCK, BLOCK_D, DIRECT, CT, PREC)
-        r2 = tl.where(rows[:, None] == cols[None, :], 0.0, r2)  # z against itself: exactly 0
-        k, g = _kernel_terms(r2, c_ptr, NS, KIND, CT)
-        valid = row_ok[:, None] & col_ok[None, :]
-        if EXCL:
-            valid = valid & (rows[:, None] != cols[None, :])
-        k = tl.where(valid, k, 0.0)
-        part = _times_v(k, w_ptr, cols, N, pc, P, sw, P_ONE, CT, PREC).to(tl.float64)
-        factor = tl.where(jb == pid_m, 1.0, 2.0).to(tl.float64)
-        acc += part * factor
+    col_ok = cols < N
+    r2 = _sqdist(z_ptr, z_ptr, rows, cols, N, N, D, sz, sz, c_ptr, NS, KIND, B, B, BLOCK_D,
+                 DIRECT, CT, PREC, LOSSY_BOUND)
+    r2 = tl.where(rows[:, None] == cols[None, :], 0.0, r2)  # a point against itself: exactly 0
+    k, g = _pair_terms(r2, c_ptr, NS, KIND, CT)
+    valid = row_ok[:, None] & col_ok[None, :]
+    if EXCL:
+        valid = valid & (rows[:, None] != cols[None, :])
+    k = tl.where(valid, k, 0.0)
+    g = tl.where(valid, g, 0.0)
+    factor = tl.where(t == 0, 1.0, 2.0).to(tl.float64)
+    off_diag = t > 0
+    slot_r = lt
+    slot_c = T + lt
+
+    # q and S: row part (K_IJ W_J), column part (K_IJ^T W_I)
     if P_ONE:
-        wi = tl.load(w_ptr + rows * sw, mask=row_ok, other=0.0).to(tl.float64)[:, None]
+        wi = _load_col(w_ptr, rows, 0, N, sw, CT)
+        wj = _load_col(w_ptr, cols, 0, N, sw, CT)
+        rs = tl.sum(k * wj[None, :], axis=1)
+        qv = tl.sum(wi.to(tl.float64) * rs.to(tl.float64), axis=0) * factor
+        tl.store(q_ptr + t * nb + I, qv)
+        if has_s:
+            zero = tl.arange(0, 1).to(tl.int64)
+            _add_rows(s_ptr, slot_r, rows, zero, N, 1, rs.to(tl.float64)[:, None])
+            if off_diag:
+                cs = tl.sum(k * wi[:, None], axis=0)
+                _add_rows(s_ptr, slot_c, cols, zero, N, 1, cs.to(tl.float64)[:, None])
     else:
-        wi = _load_tile(w_ptr, rows, pc, N, P, sw, CT).to(tl.float64)
-    q = tl.sum(acc * wi, axis=0)
-    tl.store(q_ptr + (pid_s * n_blocks + pid_m) * P + pc, q, mask=pc < P)
+        for p0 in range(0, P, BLOCK_P):
+            pc = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+            Wi = _load_tile(w_ptr, rows, pc, N, P, sw, CT)
+            Wj = _load_tile(w_ptr, cols, pc, N, P, sw, CT)
+            rs = tl.dot(k, Wj, input_precision=PREC, out_dtype=CT)
+            qv = tl.sum(Wi.to(tl.float64) * rs.to(tl.float64), axis=0) * factor
+            tl.store(q_ptr + (t * nb + I) * P + pc, qv, mask=pc < P)
+            if has_s:
+                _add_rows(s_ptr, slot_r, rows, pc, N, P, rs.to(tl.float64))
+                if off_diag:
+                    cs = tl.dot(tl.trans(k), Wi, input_precision=PREC, out_dtype=CT)
+                    _add_rows(s_ptr, slot_c, cols, pc, N, P, cs.to(tl.float64))
+
+    # G: row i gets sum_j g_ij (a_i . w_j)(z_i - z_j), row j gets sum_i g_ij (a_j . w_i)(z_j - z_i)
+    if has_g:
+        if P_ONE:
+            ai = _load_col(a_ptr, rows, 0, N, sa, CT)
+            aj = _load_col(a_ptr, cols, 0, N, sa, CT)
+            u = g * (ai[:, None] * _load_col(w_ptr, cols, 0, N, sw, CT)[None, :])
+            v = g * (_load_col(w_ptr, rows, 0, N, sw, CT)[:, None] * aj[None, :])
+        else:
+            au = tl.zeros([B, B], dtype=CT)
+            av = tl.zeros([B, B], dtype=CT)
+            for p0 in range(0, P, BLOCK_P):
+                pc = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+                Wi = _load_tile(w_ptr, rows, pc, N, P, sw, CT)
+                Wj = _load_tile(w_ptr, cols, pc, N, P, sw, CT)
+                Ai = _load_tile(a_ptr, rows, pc, N, P, sa, CT)
+                Aj = _load_tile(a_ptr, cols, pc, N, P, sa, CT)
+                au += tl.dot(Ai, tl.trans(Wj), input_precision=PREC, out_dtype=CT)
+                av += tl.dot(Wi, tl.trans(Aj), input_precision=PREC, out_dtype=CT)
+            u = g * au
+            v = g * av
+        ru = tl.sum(u, axis=1).to(tl.float64)
+        cv = tl.sum(v, axis=0).to(tl.float64)
+        for g0 in range(0, D, BLOCK_G):
+            gc = g0 + tl.arange(0, BLOCK_G).to(tl.int64)
+            Zi = _load_tile(z_ptr, rows, gc, N, D, sz, CT)
+            Zj = _load_tile(z_ptr, cols, gc, N, D, sz, CT)
+            grow = Zi.to(tl.float64) * ru[:, None] - tl.dot(u, Zj, input_precision=PREC, out_dtype=CT).to(tl.float64)
+            _add_rows(g_ptr, slot_r, rows, gc, N, D, grow)
+            if off_diag:
+                gcol = Zj.to(tl.float64) * cv[:, None] - tl.dot(tl.trans(v), Zi, input_precision=PREC,
+                                                                out_dtype=CT).to(tl.float64)
+                _add_rows(g_ptr, slot_c, cols, gc, N, D, gcol)
+
+
+# ------------------------------------------------------------------------------------ combines
+
+@triton.jit
+def sum_slots_kernel(src_ptr, dst_ptr, n_slots, n_elems, BLOCK: tl.constexpr):
+    """dst[e] = sum_s src[s, e], s = 0, 1, ... in order (float64): the fixed-order combine of partials."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < n_elems
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
+    for s in range(0, n_slots):
+        acc += tl.load(src_ptr + s * n_elems + offs, mask=mask, other=0.0)
+    tl.store(dst_ptr + offs, acc, mask=mask)
 
 
 @triton.jit
-def rbf_gram_kernel(
-    x_ptr, y_ptr, mean_ptr, c_ptr, out_ptr, N, M, D, sx, sy, N_KEY, M_KEY,
-    NS: tl.constexpr, DIRECT: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-):
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    r2 = _sqdist(x_ptr, y_ptr, mean_ptr, rows, cols, N, M, D, sx, sy,
-                 BLOCK_M, BLOCK_N, BLOCK_D, DIRECT, CT, PREC)
-    k, g = _kernel_terms(r2, c_ptr, NS, 0, CT)
-    mask = (rows[:, None] < N) & (cols[None, :] < M)
-    tl.store(out_ptr + rows[:, None] * M + cols[None, :], k.to(out_ptr.dtype.element_ty), mask=mask)
+def sum_rows_kernel(src_ptr, dst_ptr, n_rows, n_cols, BLOCK: tl.constexpr):
+    """dst[c] = sum_r src[r, c] (float64): BLOCK running sums over the rows in order, then one tree of
+    fixed shape (a fixed launch configuration: never tuned)."""
+    c = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
+    for r0 in range(0, n_rows, BLOCK):
+        r = r0 + tl.arange(0, BLOCK).to(tl.int64)
+        acc += tl.load(src_ptr + r * n_cols + c, mask=r < n_rows, other=0.0)
+    tl.store(dst_ptr + c, tl.sum(acc, axis=0))

@@ -1,0 +1,9 @@
+"""The public ops, one module each: the function, its algebra over the backend primitives
+(gram, pair_reduce, quad_form; see backends/reference.py) and its backward."""
+
+from infovae_kernels.ops.kernel_sum import kernel_sum
+from infovae_kernels.ops.mmd import mmd
+from infovae_kernels.ops.rbf_gram import rbf_gram
+from infovae_kernels.ops.svgd import svgd_direction
+
+__all__ = ["kernel_sum", "mmd", "rbf_gram", "svgd_direction"]
