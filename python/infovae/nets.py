@@ -1,9 +1,10 @@
 """Encoders (diagonal Gaussian q(z|x)) and decoders (the parameters of p(x|z)) chosen by name.
 
 encoders: "mlp", "conv" (DCGAN-like, images whose side is a multiple of 4, e.g. 28 x 28), "linear"
-decoders: "mlp", "conv", "pixelcnn" (small gated PixelCNN conditioned on z, binary images), "linear"
+decoders: "mlp", "conv", "pixelcnn" (two-stack gated PixelCNN conditioned on z, depth `layers`, binary images),
+"linear"
 
-An encoder maps x (N, *shape) to (mu, logvar), each (N, latent). A decoder maps z to the logits
+An encoder maps x (N, *shape) to (mu, h), each (N, latent); the model turns h into the std of q(z|x). A decoder maps z to the logits
 (Bernoulli) or the mean (Gaussian) of p(x|z), shape (N, *shape); the PixelCNN decoder also needs x
 (teacher forcing) and samples autoregressively.
 """
@@ -110,7 +111,7 @@ class ConvDecoder(nn.Module):
 
 class MaskedConv2d(nn.Conv2d):
     """Convolution that sees only pixels above, and to the left in the same row (mask "A" excludes the
-    centre pixel, mask "B" includes it)."""
+    centre pixel, mask "B" includes it). Kept for the one-stack variant's tests and old checkpoints."""
 
     def __init__(self, mask: str, cin: int, cout: int, k: int):
         super().__init__(cin, cout, k, padding=k // 2)
@@ -123,26 +124,53 @@ class MaskedConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
 
-class GatedBlock(nn.Module):
-    """h + W_o(tanh(W_f h + V_f z) * sigmoid(W_g h + V_g z)), a gated masked convolution conditioned on z."""
+def _down(v: Tensor) -> Tensor:
+    """Shift down one row (row r gets row r - 1; row 0 gets zeros)."""
+    return F.pad(v, (0, 0, 1, 0))[:, :, :-1, :]
 
-    def __init__(self, ch: int, latent: int, k: int = 3):
+
+class GatedLayer(nn.Module):
+    """One two-stack gated layer (van den Oord et al. 2016, "Conditional image generation with PixelCNN
+    decoders"), conditioned on z, without the blind spot of a masked 3x3 stack.
+
+    vertical stack: a (k//2 + 1) x k convolution over rows r - k//2 .. r (every column within k//2):
+        v_out(r) depends on input rows <= r only.
+    horizontal stack: a 1 x (k//2 + 1) convolution over columns c - k//2 .. c of the same row (the
+        first layer shifts it right by one: columns < c, the "A" mask), plus the vertical stack shifted
+        down one row (rows < r): h_out(r, c) depends on pixels strictly before (r, c) in raster order.
+    Both gates are tanh(f) * sigmoid(g) with V z added; the horizontal stack is residual after layer 0."""
+
+    def __init__(self, cin: int, ch: int, latent: int, k: int, first: bool):
         super().__init__()
-        self.conv = MaskedConv2d("B", ch, 2 * ch, k)
-        self.cond = nn.Linear(latent, 2 * ch)
-        self.out = nn.Conv2d(ch, ch, 1)
+        self.k, self.first = k, first
+        self.vconv = nn.Conv2d(cin, 2 * ch, (k // 2 + 1, k))
+        self.hconv = nn.Conv2d(cin, 2 * ch, (1, k // 2 + 1))
+        self.v2h = nn.Conv2d(2 * ch, 2 * ch, 1)
+        self.cond_v = nn.Linear(latent, 2 * ch)
+        self.cond_h = nn.Linear(latent, 2 * ch)
+        self.hout = nn.Conv2d(ch, ch, 1)
 
-    def forward(self, h: Tensor, z: Tensor) -> Tensor:
-        a = self.conv(h) + self.cond(z)[:, :, None, None]
+    @staticmethod
+    def _gate(a: Tensor) -> Tensor:
         f, g = a.chunk(2, dim=1)
-        return h + self.out(torch.tanh(f) * torch.sigmoid(g))
+        return torch.tanh(f) * torch.sigmoid(g)
+
+    def forward(self, v: Tensor, h: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        k = self.k
+        va = self.vconv(F.pad(v, (k // 2, k // 2, k // 2, 0)))  # rows r - k//2 .. r
+        hin = F.pad(h, (k // 2 + 1, 0, 0, 0))[:, :, :, :-1] if self.first else F.pad(h, (k // 2, 0, 0, 0))
+        ha = self.hconv(hin) + self.v2h(_down(va)) + self.cond_h(z)[:, :, None, None]
+        v_out = self._gate(va + self.cond_v(z)[:, :, None, None])
+        h_new = self.hout(self._gate(ha))
+        return v_out, (h_new if self.first else h + h_new)
 
 
 class PixelCNNDecoder(nn.Module):
-    """A small gated conditional PixelCNN for binary images: p(x|z) = prod_i p(x_i | x_<i, z).
+    """A gated two-stack conditional PixelCNN for binary images: p(x|z) = prod_i p(x_i | x_<i, z).
 
-    mask-A 7x7 conv -> `layers` gated mask-B 3x3 blocks, each conditioned on z -> 1x1 convs -> logits.
-    Training is one parallel pass (teacher forcing); sampling is one pass per pixel."""
+    `layers` gated layers (the first a 7 x 7 "A" layer, the rest 3 x 3), `channels` channels, every
+    layer conditioned on z, then 1x1 convs -> logits. The receptive field has no blind spot. Training is
+    one parallel pass (teacher forcing); sampling is one pass per pixel. The authors used 12 layers."""
 
     autoregressive = True
 
@@ -151,27 +179,28 @@ class PixelCNNDecoder(nn.Module):
         if len(shape) != 3 or shape[0] != 1:
             raise ValueError(f"the pixelcnn decoder needs single-channel images (1, H, W), got shape {tuple(shape)}")
         self.shape = tuple(shape)
-        self.inp = MaskedConv2d("A", 1, channels, 7)
-        self.cond0 = nn.Linear(latent, channels)
-        self.blocks = nn.ModuleList(GatedBlock(channels, latent) for _ in range(layers))
+        self.layers = nn.ModuleList([GatedLayer(1, channels, latent, 7, True)] +
+                                    [GatedLayer(channels, channels, latent, 3, False) for _ in range(layers - 1)])
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, 1, 1))
 
     def forward(self, z: Tensor, x: Optional[Tensor] = None) -> Tensor:
         if x is None:
             raise ValueError("the pixelcnn decoder needs x for its logits (teacher forcing); use sample()")
-        h = self.inp(2 * x - 1) + self.cond0(z)[:, :, None, None]
-        for b in self.blocks:
-            h = b(h, z)
+        v = h = 2 * x - 1
+        for layer in self.layers:
+            v, h = layer(v, h, z)
         return self.head(h)
 
     @torch.no_grad()
     def sample(self, z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Autoregressive draws; the uniforms come from `generator` on the CPU (same draws on any device)."""
         x = z.new_zeros(z.shape[0], *self.shape)
         _, h, w = self.shape
+        u = torch.rand(z.shape[0], h, w, generator=generator, dtype=z.dtype).to(z.device)
         for i in range(h):
             for j in range(w):
                 p = torch.sigmoid(self.forward(z, x)[:, 0, i, j])
-                x[:, 0, i, j] = torch.bernoulli(p, generator=generator)
+                x[:, 0, i, j] = (u[:, i, j] < p).to(x.dtype)
         return x
 
 
@@ -197,7 +226,7 @@ def make_decoder(name: str, shape, latent: int, hidden: Optional[int] = None, la
     if name == "conv":
         return ConvDecoder(shape, latent, **kw)
     if name == "pixelcnn":
-        return PixelCNNDecoder(shape, latent)
+        return PixelCNNDecoder(shape, latent, **({} if layers is None else {"layers": layers}))
     if name == "linear":
         return LinearDecoder(shape, latent)
     raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
