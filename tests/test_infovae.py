@@ -49,13 +49,24 @@ def tiny(name, shape=(1, 8, 8), latent=3, **kw):
 
 # ---- presets ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,alpha,lam,div", [("elbo", 0, 1, "mmd"), ("aae", 1, 1, "adversarial"),
-                                                ("mmd", 1, 100, "mmd"), ("stein", 1, 1, "stein")])
-def test_preset_alpha_lambda(name, alpha, lam, div):
+@pytest.mark.parametrize("name,alpha,div", [("elbo", 0, "mmd"), ("aae", 1, "adversarial"), ("mmd", 1, "mmd"),
+                                            ("stein", 1, "stein")])
+def test_preset_alpha_lambda(name, alpha, div):
     m = tiny(name)
+    lam = PRESETS[name]["lambda_"]
     assert (m.alpha, m.lambda_, m.divergence) == (alpha, lam, div)
     assert m.kl_weight == 1 - alpha and m.div_weight == alpha + lam - 1
     assert PRESETS[name]["paper"]
+
+
+def test_faithful_preset_options():
+    """The authors' runs: Stein summed over the batch with the fixed bandwidth sqrt(d) (k = exp(-r2/(2d))),
+    AAE with a WGAN-GP critic, the sigmoid encoder std; the weights on the per-image NLL sum."""
+    st, aae = tiny("stein", latent=4), tiny("aae", latent=4)
+    assert st.stein_reduction == "sum" and st.stein_sigma == pytest.approx(2.0) and st.div_weight == 784
+    assert aae.adversary == "wgan-gp" and aae.div_weight == 784 and aae.gp_weight == 10
+    assert st.encoder_std == "sigmoid" and set(aae.critic_parameters()) == set(aae.discriminator.parameters())
+    assert not set(aae.critic_parameters()) & set(aae.generator_parameters())
 
 
 def test_beta_preset():
@@ -74,8 +85,11 @@ def _fixed(m, n=6, seed=1):
 
 
 def _by_hand(m, x, eps):
-    mu, lv = m.encoder(x)
-    lv = lv.clamp(-15, 10)
+    mu, h = m.encoder(x)
+    if m.encoder_std == "exp":
+        lv = h.clamp(-15, 10)
+    else:  # the authors' sigmoid with a floor
+        lv = 2 * torch.log(m.std_floor + (1 - m.std_floor) / (1 + torch.exp(-h)))
     z = mu + eps * (0.5 * lv).exp()
     logits = m.decoder(z, x)
     p = torch.sigmoid(logits)
@@ -90,9 +104,9 @@ def _mmd_hand(z, prior, sigma):
     return k(z, z).mean() + k(prior, prior).mean() - 2 * k(z, prior).mean()
 
 
-@pytest.mark.parametrize("name", ["elbo", "beta", "mmd"])
-def test_loss_terms_by_hand(name):
-    m = tiny(name)
+@pytest.mark.parametrize("name,std", [("elbo", "sigmoid"), ("beta", "sigmoid"), ("mmd", "sigmoid"), ("mmd", "exp")])
+def test_loss_terms_by_hand(name, std):
+    m = tiny(name, encoder_std=std)
     x, eps, prior = _fixed(m)
     out = m(x, eps=eps, prior=prior)
     z, recon, kl = _by_hand(m, x, eps)
@@ -104,9 +118,10 @@ def test_loss_terms_by_hand(name):
     torch.testing.assert_close(out["loss"].double(), total, rtol=1e-5, atol=1e-3)
 
 
-def test_stein_term_by_hand():
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_stein_term_by_hand(reduction):
     sigma = 1.3
-    m = tiny("stein", stein_sigma=sigma)
+    m = tiny("stein", stein_sigma=sigma, stein_reduction=reduction, lambda_=1.0)
     x, eps, _ = _fixed(m, n=7)
     out = m(x, eps=eps)
     z = out["z"]
@@ -114,15 +129,16 @@ def test_stein_term_by_hand():
     k = torch.exp(-torch.cdist(zd, zd) ** 2 / (2 * sigma ** 2))  # k[j, i]
     # phi_i = 1/n sum_j k(z_j, z_i) score_j + grad_{z_j} k(z_j, z_i), score = -z, grad = k (z_i - z_j) / sigma^2
     phi = (k @ -zd + (k.sum(0)[:, None] * zd - k @ zd) / sigma ** 2) / zd.shape[0]
-    torch.testing.assert_close(out["div"].double(), -(phi * zd).sum(1).mean(), rtol=1e-4, atol=1e-5)
+    scale = 1.0 / zd.shape[0] if reduction == "mean" else 1.0
+    torch.testing.assert_close(out["div"].double(), -(phi * zd).sum() * scale, rtol=1e-4, atol=1e-5)
     g, = torch.autograd.grad(out["div"], z)
-    torch.testing.assert_close(g.double(), -phi / zd.shape[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(g.double(), -phi * scale, rtol=1e-4, atol=1e-6)
     _, recon, kl = _by_hand(m, x, eps)
     torch.testing.assert_close(out["loss"], recon + out["div"], rtol=1e-5, atol=1e-4)
 
 
-def test_adversarial_terms_by_hand():
-    m = tiny("aae")
+def test_adversarial_logistic_terms_by_hand():
+    m = tiny("aae", adversary="logistic", lambda_=1.0)
     x, eps, prior = _fixed(m)
     out = m(x, eps=eps, prior=prior)
     z, recon, _ = _by_hand(m, x, eps)
@@ -144,13 +160,91 @@ def test_each_preset_loss_goes_down(name, digits):
     steps = h["steps"]
     first = lambda k: sum(s[k] for s in steps[:4]) / 4
     last = lambda k: sum(s[k] for s in steps[-4:]) / 4
-    # the Stein surrogate's value is not a divergence: judge the stein preset on its reconstruction
-    key = "recon" if name == "stein" else "objective_"
+    # the Stein surrogate's value is not a divergence and the WGAN critic moves: judge those on reconstruction
+    key = "recon" if name in ("stein", "aae") else "objective_"
     if key == "objective_":
         w = (m.kl_weight, m.div_weight)
         for s in steps:
             s[key] = s["recon"] + w[0] * s["kl"] + w[1] * s["div"]
     assert last(key) < first(key) - 1.0, (name, first(key), last(key))
+
+
+def test_wgan_gp_terms_by_hand():
+    m = tiny("aae", lambda_=1.0)
+    x, eps, prior = _fixed(m)
+    torch.manual_seed(5)
+    out = m(x, eps=eps, prior=prior)
+    torch.manual_seed(5)
+    u = torch.rand(x.shape[0], 1)
+    z, recon, _ = _by_hand(m, x, eps)
+    zi = (u * z.detach() + (1 - u) * prior).requires_grad_(True)
+    g, = torch.autograd.grad(m.discriminator(zi).sum(), zi)
+    gp = ((g.norm(dim=1) - 1) ** 2).mean()
+    critic = m.discriminator(z.detach()).mean() - m.discriminator(prior).mean() + 10 * gp
+    torch.testing.assert_close(out["div"], -m.discriminator(z).mean())
+    torch.testing.assert_close(out["disc"], critic, rtol=1e-5, atol=1e-6)
+    # the encoder's term does not train the critic, the critic's term does not train the encoder
+    dps = m.critic_parameters()
+    assert all(g is None or not g.abs().any() for g in torch.autograd.grad(out["objective"], dps, allow_unused=True,
+                                                                          retain_graph=True))
+    assert all(g is None for g in torch.autograd.grad(out["disc"], list(m.encoder.parameters()), allow_unused=True))
+
+
+def test_critic_has_its_own_optimiser(digits):
+    """The critic moves at the authors' 2e-5, not the model's lr: after one step its largest change is
+    about 2e-5 (Adam's first step is lr * sign), the encoder's about lr."""
+    m = tiny("aae", lambda_=1.0)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    train(m, digits, epochs=1, batch_size=256, lr=1e-3, progress=False, device="cpu")
+    assert len(digits.x_train) // 256 == 1
+    delta = {n: float((p.detach() - before[n]).abs().max()) for n, p in m.named_parameters()}
+    crit = max(v for n, v in delta.items() if n.startswith("discriminator."))
+    enc = max(v for n, v in delta.items() if n.startswith("encoder."))
+    assert crit == pytest.approx(2e-5, rel=0.05) and enc == pytest.approx(1e-3, rel=0.05)
+
+
+@pytest.mark.parametrize("std", ["global", "z"])
+def test_gaussian_decoder_variance_init_floor_and_z(std):
+    torch.manual_seed(0)
+    m = InfoVAE((3,), 2, alpha=0.0, lambda_=1.0, likelihood="gaussian", decoder_std=std, hidden=8, backend="torch",
+                decoder_logvar_init=math.log(0.25), decoder_logvar_floor=-2.0)
+    z = torch.randn(4, 2)
+    torch.testing.assert_close(m.decoder_logvar(z).expand(4, 3), torch.full((4, 3), math.log(0.25)))
+    with torch.no_grad():
+        m.logvar_x.fill_(-50.0)
+    assert float(m.decoder_logvar(z).min()) == -2.0  # the floor holds
+    if std == "z":
+        with torch.no_grad():
+            m.logvar_x.fill_(0.0)
+            m.logvar_head.weight.fill_(1.0)
+        lv = m.decoder_logvar(z)
+        assert not torch.allclose(lv[0], lv[1])  # depends on z
+        x = torch.randn(4, 3)
+        out = m.decoder(z)
+        ref = -0.5 * ((x - out) ** 2 / lv.exp() + lv + math.log(2 * math.pi)).sum(1)
+        torch.testing.assert_close(m.log_px_given_z(x, z), ref)
+
+
+def test_sigmoid_encoder_std_is_floored_and_starts_near_half():
+    m = tiny("mmd", std_floor=0.01)
+    with torch.no_grad():
+        m.encoder.head.bias[m.latent:] = -100.0  # h -> -inf
+        m.encoder.head.weight.zero_()
+    _, lv = m.encode(torch.zeros(2, 1, 8, 8))
+    torch.testing.assert_close((0.5 * lv).exp(), torch.full((2, m.latent), 0.01))
+    fresh = tiny("mmd")
+    x = torch.bernoulli(torch.full((64, 1, 8, 8), 0.3))
+    sd = (0.5 * fresh.encode(x)[1]).exp()
+    assert 0.35 < float(sd.mean()) < 0.65
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "imq"])
+def test_mmd_kernel_option(kernel):
+    m = tiny("mmd", kernel=kernel)
+    x, eps, prior = _fixed(m)
+    out = m(x, eps=eps, prior=prior)
+    ref = ik.mmd(out["z"].detach(), prior, kernel=kernel, sigma=m.sigma, backend="torch")
+    torch.testing.assert_close(out["div"].detach(), ref)
 
 
 # ---- backends -----------------------------------------------------------------------------------
@@ -239,7 +333,7 @@ def _linear_gaussian(dx=4, dz=2, s2=0.3):
     N(S W^T (x - b) / s2, S), S = (I + W^T W / s2)^-1, is diagonal; p(x) = N(b, W W^T + s2 I)."""
     torch.manual_seed(0)
     m = InfoVAE((dx,), dz, alpha=0.0, lambda_=1.0, encoder="linear", decoder="linear", likelihood="gaussian",
-                backend="torch").double()
+                backend="torch", encoder_std="exp").double()
     q, _ = torch.linalg.qr(torch.randn(dx, dz, dtype=torch.float64))
     w = q * torch.tensor([1.5, 0.7], dtype=torch.float64)
     b = torch.randn(dx, dtype=torch.float64)
@@ -261,7 +355,29 @@ def _linear_gaussian(dx=4, dz=2, s2=0.3):
 def test_iwae_exact_posterior_gives_exact_likelihood():
     m, marg = _linear_gaussian()
     x = marg.sample((50,))
-    torch.testing.assert_close(iwae_log_likelihood(m, x, k=5), marg.log_prob(x), rtol=0, atol=1e-8)
+    torch.testing.assert_close(iwae_log_likelihood(m, x, k=5, proposal="q"), marg.log_prob(x), rtol=0, atol=1e-8)
+    torch.manual_seed(0)  # the defensive mixture is unbiased for p(x): close with many samples
+    torch.testing.assert_close(iwae_log_likelihood(m, x, k=4000), marg.log_prob(x), rtol=0, atol=0.06)
+
+
+def test_defensive_proposal_stays_tight_for_a_near_deterministic_wrong_posterior():
+    """A decoder that ignores z (p(x|z) = p(x)) and a posterior with sd 1e-3 far from 0: the q proposal's
+    log-weights are log p(x) + log p(z) - log q(z|x), many nats below log p(x); the defensive mixture
+    recovers log p(x)."""
+    m, _ = _linear_gaussian()
+    with torch.no_grad():
+        m.decoder.net.weight.zero_()
+        m.encoder.head.weight.zero_()
+        m.encoder.head.bias[:2] = 1.5
+        m.encoder.head.bias[2:] = 2 * math.log(1e-3)
+    b, s2 = m.decoder.net.bias.detach(), float(m.logvar_x[0].exp())
+    x = b + math.sqrt(s2) * torch.randn(10, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = torch.distributions.Normal(b, math.sqrt(s2)).log_prob(x).sum(1)
+    torch.manual_seed(0)
+    loose = iwae_log_likelihood(m, x, k=200, proposal="q")
+    tight = iwae_log_likelihood(m, x, k=4000)
+    assert float((exact - loose).min()) > 3.0
+    torch.testing.assert_close(tight, exact, rtol=0, atol=0.15)
 
 
 def test_iwae_converges_with_an_imperfect_encoder():
@@ -271,8 +387,8 @@ def test_iwae_converges_with_an_imperfect_encoder():
         m.encoder.head.bias[2:] += 0.5
     torch.manual_seed(1)
     x = marg.sample((20,))
-    one = iwae_log_likelihood(m, x, k=1).mean()
-    many = iwae_log_likelihood(m, x, k=4000).mean()
+    one = iwae_log_likelihood(m, x, k=1, proposal="q").mean()
+    many = iwae_log_likelihood(m, x, k=4000, proposal="q").mean()
     exact = marg.log_prob(x).mean()
     assert one < many <= exact + 0.01
     assert abs(float(many - exact)) < 0.01
@@ -283,10 +399,31 @@ def test_mutual_information_bounds():
     mu = torch.zeros(n, 2)
     assert abs(mutual_information(mu, torch.zeros(n, 2))) < 1e-9
     far = torch.randn(n, 2) * 100
-    assert abs(mutual_information(far, torch.full((n, 2), -10.0)) - math.log(n)) < 0.05
+    assert abs(mutual_information(far, torch.full((n, 2), -10.0)) - math.log(n)) < 0.05  # the cap log N
 
 
 # ---- nets and data -------------------------------------------------------------------------------
+
+def test_pixelcnn_has_no_blind_spot():
+    """Every pixel in the window above and to the left AND right of (i, j) (rows i-2..i-1, columns j-2..j+2)
+    and left of it in its row reaches the logit of (i, j): the masked 3x3 stack's blind spot (above-right)
+    is gone. Nothing at or after (i, j) reaches it."""
+    torch.manual_seed(0)
+    m = InfoVAE.preset("elbo", (1, 8, 8), 2, decoder="pixelcnn", encoder="mlp", hidden=16, layers=3).double()
+    assert len(m.decoder.layers) == 3  # depth follows `layers`
+    z = torch.randn(1, 2, dtype=torch.float64)
+    x = torch.bernoulli(torch.full((1, 1, 8, 8), 0.5)).double().requires_grad_(True)
+    out = m.decoder(z, x)
+    i, j = 5, 4
+    g, = torch.autograd.grad(out[0, 0, i, j], x)
+    dep = g[0, 0] != 0
+    order = torch.arange(64).view(8, 8)
+    assert not dep[order >= i * 8 + j].any()
+    window = torch.zeros(8, 8, dtype=torch.bool)
+    window[i - 2:i, j - 2:j + 3] = True
+    window[i, j - 2:j] = True
+    assert dep[window].all(), dep.int()
+
 
 def test_pixelcnn_is_causal():
     torch.manual_seed(0)
@@ -359,6 +496,16 @@ def test_mnist_idx_reader(tmp_path):
     (lambda: train(tiny("mmd"), "digits", epochs=0), ValueError, "epochs must be a positive integer"),
     (lambda: train(tiny("mmd", shape=(4,)), "digits"), ValueError, "does not match"),
     (lambda: load_checkpoint("/nonexistent/run"), ValueError, "does not exist"),
+    (lambda: InfoVAE.preset("mmd", (4,), 2, encoder_std="softplus"), ValueError, "unknown encoder_std"),
+    (lambda: InfoVAE.preset("mmd", (4,), 2, decoder_std="pixel"), ValueError, "unknown decoder_std"),
+    (lambda: InfoVAE.preset("mmd", (4,), 2, decoder_std="z"), ValueError, "decoder_std 'z' needs likelihood"),
+    (lambda: InfoVAE.preset("aae", (4,), 2, adversary="hinge"), ValueError, "unknown adversary"),
+    (lambda: InfoVAE.preset("stein", (4,), 2, stein_reduction="max"), ValueError, "unknown stein_reduction"),
+    (lambda: InfoVAE.preset("mmd", (4,), 2, std_floor=1.5), ValueError, "std_floor"),
+    (lambda: InfoVAE.preset("mmd", (4,), 2, gp_weight="x"), TypeError, "gp_weight must be a number"),
+    (lambda: InfoVAE.preset("mmd", (4,), 2, likelihood="gaussian", decoder_logvar_init=-10.0), ValueError,
+     "below decoder_logvar_floor"),
+    (lambda: iwae_log_likelihood(tiny("mmd"), torch.zeros(2, 1, 8, 8), k=3, proposal="p"), ValueError, "unknown proposal"),
 ])
 def test_bad_arguments(call, exc, msg):
     with pytest.raises(exc, match=msg):
@@ -391,14 +538,17 @@ def test_cli_train_eval_sample(tmp_path, capsys):
 
     run = str(tmp_path / "run")
     assert main(["train", "--model", "mmd", "--data", "digits", "--latent", "2", "--epochs", "2", "--hidden", "32",
-                 "--backend", "torch", "--out", run, "--no-progress"]) == 0
+                 "--backend", "torch", "--out", run, "--no-progress", "--device", "cpu"]) == 0
     assert main(["train", "--resume", "--epochs", "3", "--out", run, "--no-progress"]) == 0
     assert load_checkpoint(run)["epoch"] == 3
-    assert main(["eval", run, "--iwae-k", "5", "--n-iwae", "50", "--n-samples", "200"]) == 0
+    assert main(["eval", run, "--iwae-k", "5", "--n-iwae", "50", "--n-samples", "200", "--device", "cpu"]) == 0
     m = json.load(open(os.path.join(run, "metrics.json")))
-    for k in ("mmd", "logdet_cov_train", "logdet_cov_test", "nll", "mi", "acc_100", "acc_1000", "class_ce"):
+    for k in ("mmd", "logdet_cov_train", "logdet_cov_test", "logdet_cov_total_test", "nll", "mi", "acc_100", "acc_1000",
+              "acc_floor_1000", "acc_mean_1000", "class_ce", "class_ce_floor", "tail_fraction"):
         assert isinstance(m[k], float) and math.isfinite(m[k]), k
-    assert m["nll"] > 0 and m["class_ce"] >= m["class_ce_min"] - 1e-9
+    assert m["logdet_cov_total_test"] == pytest.approx(m["logdet_cov_test"] * m["latent"])
+    assert m["mi"] <= m["mi_cap"] + 1e-6 and m["mi_cap"] == pytest.approx(math.log(360))
+    assert m["nll"] > 0 and m["class_ce"] >= 0 and m["probe_draws"] >= 10
     assert main(["sample", run, "--n", "20"]) == 0
     for f in ("config.json", "history.json", "checkpoint.pt", "latent.png", "qz_pz.png", "samples.png"):
         assert os.path.getsize(os.path.join(run, f)) > 0, f
