@@ -266,6 +266,7 @@ def test_broken_triton_install_is_reported_not_raised(monkeypatch):
         return real_import(name, *args)
 
     monkeypatch.setattr(ik.backends.importlib, "import_module", broken)
+    monkeypatch.setattr(ik.backends, "_LOADED", {})  # forget what was loaded
     status = ik.backends.available()["triton"]
     assert not status.available and "undefined symbol" in status.reason
     assert ik.backends.available()["torch"].available

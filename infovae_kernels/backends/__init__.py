@@ -17,6 +17,7 @@ torch.compile, so the public ops trace straight to the primitives.
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 from typing import NamedTuple
@@ -57,7 +58,7 @@ def _import(name: str) -> tuple[Status, ModuleType | None]:
         ok, reason = native.cpu_status() if name == "cpu" else native.cuda_status()
         return Status(ok, reason), native if ok else None
     try:
-        from infovae_kernels.backends import triton as triton_backend
+        triton_backend = importlib.import_module("infovae_kernels.backends.triton")
     except Exception as exc:  # a broken triton install raises more than ImportError
         return Status(False, f"triton is not importable ({type(exc).__name__}: {exc})"), None
     ok, reason = triton_backend.status()
