@@ -28,8 +28,9 @@ program (I, t) evaluates the B x B pairs once and:
   - adds the row part of S and G (rows of I) to slot t - t0 of a float64 slot buffer and the column
     part (rows of J, the pair's other side) to slot T + t - t0: within one launch no two programs write
     the same (slot, row), and launches are ordered, so the read-add-write needs no atomics.
-HAS_S and HAS_G are runtime flags, not constexpr: the value-only and the value+gradient calls run the
-same compiled kernel, so q is bitwise the same with and without S / G.
+has_s and has_g are runtime flags, not constexpr, and not specialised (do_not_specialize): the value-only
+and the value+gradient calls run the same compiled kernel, so q is bitwise the same with and without
+S / G.
 """
 
 from __future__ import annotations
@@ -222,7 +223,9 @@ def _add_rows(ptr, slot, rows, cols, n_rows, n_cols, val):
     tl.store(ptr + off, old + val, mask=mask)
 
 
-@triton.jit
+# The flags and the launch-block ints are never specialised (Triton would compile a separate binary for
+# a value of 1): the value-only and the value+gradient launches must run the same binary.
+@triton.jit(do_not_specialize=["t0", "n_rounds", "T", "has_s", "has_g"])
 def quad_form_kernel(
     z_ptr, w_ptr, a_ptr, c_ptr, q_ptr, s_ptr, g_ptr,
     N, D, P, sz, sw, sa, nb, t0, n_rounds, T, has_s, has_g, N_KEY,
