@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from infovae_kernels.kernels import prepare
+
 MEDIAN_SUBSAMPLE = 2048  # points; below this the median is exact
 _STRIDE = 2654435761  # a prime (Knuth's multiplicative hash): i * _STRIDE mod n visits distinct rows
 
@@ -33,9 +35,9 @@ def median_distance(z: Tensor, *, max_points: int = MEDIAN_SUBSAMPLE, seed: int 
     if n > max_points:
         z = z.index_select(0, subsample_rows(n, max_points, seed).to(z.device))
         n = max_points
-    z = z.detach().to(torch.float64 if z.dtype == torch.float64 else torch.float32)
     if n < 2:
         return torch.ones((), dtype=torch.float64, device=z.device)
+    z, _, scale = prepare(z.detach(), z.detach()[:1])  # centred, divided by a power of two: no overflow
     # The full matrix holds each pair twice and n diagonal zeros, which sort first: its entry of rank
     # n + m (m = n (n - 1) / 2 pairs) is the lower median of the pair distances, as Tensor.median gives.
     eye = torch.eye(n, dtype=torch.bool, device=z.device)
@@ -46,6 +48,7 @@ def median_distance(z: Tensor, *, max_points: int = MEDIAN_SUBSAMPLE, seed: int 
         med = torch.tensor(float(np.partition(dist.numpy(), k)[k]), dtype=torch.float64)
     else:
         med = dist.kthvalue(k + 1).values.to(torch.float64)
+    med = med * scale
     return torch.where((med > 0) & torch.isfinite(med), med, torch.ones_like(med))
 
 
