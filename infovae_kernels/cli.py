@@ -107,13 +107,16 @@ def _parse_sigma(text: str):
 
 def json_target(path: str) -> Path:
     """The file a --json path writes: a symlink is followed (its target is replaced, the link stays), a
-    FIFO, device or directory is refused, and the folder must be writable. Checked before any work."""
+    FIFO, device or directory is refused, a missing folder is made, and it must be writable. Checked
+    before any work."""
     target = Path(os.path.realpath(path))
     if target.exists() and not target.is_file():
         raise InputError(f"--json {path}: not a regular file (a directory, FIFO or device); give a file path")
     folder = target.parent
-    if not folder.is_dir():
-        raise InputError(f"--json {path}: the folder {folder} does not exist")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--json {path}: cannot create the folder {folder} ({exc.strerror})") from None
     if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise InputError(f"--json {path}: not writable")
     return target

@@ -139,3 +139,66 @@ def test_torchrun_two_ranks_equal_one_process(files):
     assert b["mmd2"] == a["mmd2"]  # bitwise: the per-pair partials are summed exactly in a fixed order
     assert b["tile_pairs"] == a["tile_pairs"] > 2
     assert (a["world_size"], b["world_size"]) == (1, 2)
+
+
+def _mmd_argv(tmp, out):
+    return ["mmd", str(tmp / "x.npy"), str(tmp / "y.pt"), "--backend", "torch", "--json", str(out), "-q"]
+
+
+def test_json_keeps_mode_and_writes_through_symlinks(files):
+    tmp, _, _ = files
+    real = tmp / "real.json"
+    real.write_text("{}")
+    os.chmod(real, 0o644)
+    link = tmp / "link.json"
+    link.symlink_to(real)
+    assert cli.main(_mmd_argv(tmp, link)) == 0
+    assert link.is_symlink() and "mmd2" in json.loads(real.read_text())
+    assert (real.stat().st_mode & 0o777) == 0o644
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_json_refuses_special_files_before_computing(files, capsys, monkeypatch):
+    tmp, _, _ = files
+    fifo = tmp / "pipe"
+    os.mkfifo(fifo)
+    computed = []
+    monkeypatch.setattr(ik, "mmd_full", lambda *a, **k: computed.append(1))
+    rc, err = _err(capsys, _mmd_argv(tmp, fifo))
+    assert rc == 2 and "not a regular file" in err and not computed
+    assert fifo.exists() and not fifo.is_file()  # still the FIFO
+
+
+def test_json_unwritable_fails_before_computing(files, capsys, monkeypatch):
+    tmp, _, _ = files
+    ro = tmp / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    real_access = os.access  # root passes any permission check: make os.access answer as for a user
+    monkeypatch.setattr(cli.os, "access", lambda p, mode: False if str(p) == str(ro) else real_access(p, mode))
+    computed = []
+    monkeypatch.setattr(ik, "mmd_full", lambda *a, **k: computed.append(1))
+    rc, err = _err(capsys, _mmd_argv(tmp, ro / "out.json"))
+    assert rc == 2 and "not writable" in err and not computed
+
+
+def test_json_readonly_target_fails_before_computing(files, capsys, monkeypatch):
+    """Also as root: a directory where the file should be is refused before any work."""
+    tmp, _, _ = files
+    (tmp / "dir.json").mkdir()
+    computed = []
+    monkeypatch.setattr(ik, "mmd_full", lambda *a, **k: computed.append(1))
+    rc, err = _err(capsys, _mmd_argv(tmp, tmp / "dir.json"))
+    assert rc == 2 and "not a regular file" in err and not computed
+
+
+def test_non_finite_result_is_an_error_not_a_number(files, capsys, monkeypatch):
+    tmp, _, _ = files
+
+    def nan_run(*args, report=None, **kwargs):
+        report.update(value=float("nan"))
+        return float("nan")
+
+    monkeypatch.setattr(ik, "mmd_full", nan_run)
+    rc, err = _err(capsys, ["mmd", str(tmp / "x.npy"), str(tmp / "y.pt")])
+    assert rc != 0 and "not finite" in err
