@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     _add_device(d)
 
-    r = sub.add_parser("reproduce", help="reproduce the InfoVAE paper's experiments (issue 6)")
+    r = sub.add_parser("reproduce", help="reproduce the InfoVAE paper's experiments")
     r.add_argument("--out", required=True)
     r.add_argument("--quick", action="store_true", help="toy sizes, under 2 minutes (checks the pipeline, not the paper)")
     r.add_argument("--budget", default="cpu", help="cpu (about 100-120 min on 2 cores, default) or gpu (the authors' step counts)")
