@@ -2,10 +2,16 @@
 # One command for a CUDA machine with no network (torch 2.11+, triton 3.6+, Python 3.12, nvcc):
 #   bash benchmarks/gpu_check.sh            (from the repo root; results under $OUT)
 # 1. builds the package in place with what is installed (C++ CPU kernels, CUDA kernels when present);
-# 2. runs the GPU tests (pytest -m gpu) and the backend test suite on CUDA (-x, wall-clock timeouts);
-# 3. runs the benchmark ladder (benchmarks/bench_gpu.py) with what is left of an 8-minute budget.
-# Everything is logged to $OUT/gpu_check.log; the benchmark writes $OUT/bench_<gpu>.csv, $OUT/bench.png
-# and prints its short table last. A failing step is reported and the next one still runs.
+# 2. runs the GPU tests (pytest -m gpu: Triton precision modes, value bitwise with/without gradient,
+#    bit-neutral tuning, CUDA graphs, Inductor);
+# 3. bench targets: mmd value vs value + gradient at N = M = 8192, d = 8 and 64, for triton, cuda, torch
+#    and the naive formula ($OUT/full_<gpu>.csv), and the error of each Triton tl.dot precision mode
+#    against float64 ($OUT/precision_<gpu>.csv);
+# 4. the Triton test file and the backend suite on CUDA (-x, wall-clock limits);
+# 5. the benchmark ladder (benchmarks/bench_gpu.py, both mmd modes) with what is left of an 8-minute
+#    budget: $OUT/bench_<gpu>.csv and $OUT/bench.png.
+# Everything is logged to $OUT/gpu_check.log; the short tables are printed last. A failing step is
+# reported and the next one still runs.
 set -u -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-benchmarks/results/gpu_check}"
@@ -41,27 +47,34 @@ EOF
 # 1. build in place (no network: no build isolation, no dependency resolution); GPU_CHECK_SKIP_BUILD=1 skips
 export MAX_JOBS="${MAX_JOBS:-16}"
 RESULT[build]=0
-[ "${GPU_CHECK_SKIP_BUILD:-0}" = 1 ] || step build 200 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
+[ "${GPU_CHECK_SKIP_BUILD:-0}" = 1 ] || step build 180 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
 if [ "${RESULT[build]}" != 0 ]; then
-  step build_inplace 200 "$PY" setup.py build_ext --inplace
+  step build_inplace 150 "$PY" setup.py build_ext --inplace
 fi
 "$PY" -c "import infovae_kernels as ik; [print(f'backend {k}: {v}') for k, v in ik.backends.available().items()]"
 
-# 2. tests: the GPU-marked tests, then the backend suite (its CUDA parametrisations and the triton file)
+# 2. GPU tests (Triton and CUDA engineers' gpu-marked tests)
 export INFOVAE_TRITON_AUTOTUNE="${INFOVAE_TRITON_AUTOTUNE:-1}"
-step pytest_gpu 110 "$PY" -m pytest -x -q -rs -s -m gpu tests/ -p no:cacheprovider
-step pytest_triton 80 "$PY" -m pytest -x -q tests/test_triton.py -m "not gpu" -p no:cacheprovider
-step pytest_cuda_suite 90 "$PY" -m pytest -x -q tests/ -k "cuda" -m "not gpu" -p no:cacheprovider
+SKIP_TESTS="${GPU_CHECK_SKIP_TESTS:-0}"  # 1: benchmarks only (a dry run of the script on CPU: BENCH_ARGS=--smoke)
+[ "$SKIP_TESTS" = 1 ] || step pytest_gpu 100 "$PY" -m pytest -x -q -rs -s -m gpu tests/ -p no:cacheprovider
+
+# 3. bench targets (value vs full at N = M = 8192) and the tl.dot precision errors
+BENCH_ARGS=${BENCH_ARGS:-}
+step bench_targets 100 "$PY" benchmarks/bench_gpu.py --out "$OUT" --skip ladder --budget-s 90 $BENCH_ARGS
+
+# 4. the Triton test file and the backend suite on CUDA
+[ "$SKIP_TESTS" = 1 ] || step pytest_triton 70 "$PY" -m pytest -x -q tests/test_triton.py -m "not gpu" -p no:cacheprovider
+[ "$SKIP_TESTS" = 1 ] || step pytest_cuda_suite 60 "$PY" -m pytest -x -q tests/ -k "cuda" -m "not gpu" -p no:cacheprovider
 
 echo "=== [$SECONDS s] results so far:"
-for k in build build_inplace pytest_gpu pytest_triton pytest_cuda_suite; do
+for k in build build_inplace pytest_gpu bench_targets pytest_triton pytest_cuda_suite; do
   [ -n "${RESULT[$k]+x}" ] && echo "  $k: rc=${RESULT[$k]}"
 done
 
-# 3. benchmark with the rest of the budget (at least 60 s); its short table is the last output
-LEFT=$(( TOTAL_S - SECONDS - 25 ))
-[ "$LEFT" -lt 60 ] && LEFT=60
-BENCH_ARGS=${BENCH_ARGS:-}
-step bench $(( LEFT + 20 )) "$PY" benchmarks/bench_gpu.py --out "$OUT" --budget-s "$LEFT" $BENCH_ARGS
+# 5. the ladder with the rest of the budget (at least 30 s); its short tables are the last output
+LEFT=$(( TOTAL_S - SECONDS - 20 ))
+[ "$LEFT" -lt 30 ] && LEFT=30
+step bench $(( LEFT + 15 )) "$PY" benchmarks/bench_gpu.py --out "$OUT" --skip targets,precision --budget-s "$LEFT" $BENCH_ARGS
 [ "${RESULT[bench]}" != 0 ] && echo "bench: rc=${RESULT[bench]}"
+if ls "$OUT"/full_*.csv >/dev/null 2>&1; then echo "targets:"; cat "$OUT"/full_*.csv; fi
 exit 0
