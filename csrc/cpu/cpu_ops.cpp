@@ -1,5 +1,7 @@
-// infovae::cpu ops: input checks, centering on the pooled mean, packing into the engine's layouts
-// (engine_api.h), dispatch on the compute type (float64 for float64 inputs, float32 otherwise).
+// infovae::cpu ops: argument checks (written once, below, for all three ops), packing into the
+// engine's layouts (engine_api.h), dispatch on the compute type (float64 for float64 inputs, float32
+// otherwise). The points arrive centred and scaled and the params clamped (the op layer does both);
+// nothing here changes the data.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -19,8 +21,10 @@ using engine::Dims;
 using engine::divup;
 using engine::roundup;
 
+// ---- checks ---------------------------------------------------------------------------------------
+// A 2-D floating CPU tensor; `shape` names its expected shape in the message.
 void check_matrix(const char* op, const char* name, const at::Tensor& t, const char* shape) {
-  TORCH_CHECK(t.dim() == 2, "infovae::", op, ": ", name, " must be a 2-D tensor ", shape, ", got ", t.dim(),
+  TORCH_CHECK(t.dim() == 2, "infovae::", op, ": ", name, " must be a 2-D tensor ", shape, ", got a ", t.dim(),
               "-D tensor of shape ", t.sizes());
   TORCH_CHECK(t.device().is_cpu(), "infovae::", op, ": ", name, " must be a CPU tensor, got ", t.device());
   const auto st = t.scalar_type();
@@ -28,65 +32,64 @@ void check_matrix(const char* op, const char* name, const at::Tensor& t, const c
               ": ", name, " must be float16, bfloat16, float32 or float64, got ", st);
 }
 
-void check_same_dtype(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "infovae::", op, ": ", name,
-              " must have the same dtype as the first input (", ref.scalar_type(), "), got ", t.scalar_type());
+// Same dtype as the first input `ref_name`.
+void check_dtype(const char* op, const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "infovae::", op, ": ", name, " must have the dtype of ",
+              ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
 }
 
-KernelKind parse_kernel(const char* op, c10::string_view kernel) {
+// size(dim) of t equals `want` (named `what` in the message).
+void check_size(const char* op, const char* name, const at::Tensor& t, int64_t dim, int64_t want, const char* what) {
+  TORCH_CHECK(t.size(dim) == want, "infovae::", op, ": ", name, " must have ", what, " (", want, "), got shape ",
+              t.sizes());
+}
+
+KernelKind check_kernel(const char* op, c10::string_view kernel) {
   if (kernel == "rbf") return KernelKind::RBF;
   if (kernel == "imq") return KernelKind::IMQ;
   TORCH_CHECK(false, "infovae::", op, ": kernel must be \"rbf\" or \"imq\", got \"", std::string(kernel), "\"");
 }
 
-KernelSpec build_spec(const char* op, KernelKind kind, at::ArrayRef<double> sigmas, int64_t d) {
-  TORCH_CHECK(!sigmas.empty() && static_cast<int64_t>(sigmas.size()) <= kMaxScales, "infovae::", op,
-              ": sigmas must hold 1 to ", kMaxScales, " bandwidths, got ", sigmas.size());
-  for (double s : sigmas)
-    TORCH_CHECK(std::isfinite(s) && s > 0.0, "infovae::", op, ": every sigma must be finite and > 0, got ", s);
-  KernelSpec spec{};
-  const bool ok = make_kernel_spec(kind, sigmas.data(), static_cast<int>(sigmas.size()), d, &spec);
-  TORCH_CHECK(ok, "infovae::", op, ": could not build the kernel from ", sigmas.size(), " sigmas");
-  return spec;
+// params: float64 CPU (n_scales,), 1 <= n_scales <= kMaxScales, every entry finite and > 0 (the op
+// layer clamps them into the compute type's range). Returns a contiguous copy-free view's values.
+std::vector<double> check_params(const char* op, const at::Tensor& params) {
+  TORCH_CHECK(params.dim() == 1, "infovae::", op, ": params must be a 1-D tensor (n_scales,), got shape ",
+              params.sizes());
+  TORCH_CHECK(params.device().is_cpu(), "infovae::", op, ": params must be on the CPU like the points, got ",
+              params.device());
+  TORCH_CHECK(params.scalar_type() == at::kDouble, "infovae::", op, ": params must be float64, got ",
+              params.scalar_type());
+  TORCH_CHECK(valid_scale_count(params.size(0)), "infovae::", op, ": params must hold 1 to ", kMaxScales,
+              " scales, got ", params.size(0));
+  const at::Tensor pc = params.contiguous();
+  std::vector<double> out(pc.data_ptr<double>(), pc.data_ptr<double>() + pc.size(0));
+  for (double v : out)
+    TORCH_CHECK(std::isfinite(v) && v > 0.0, "infovae::", op, ": every entry of params must be finite and > 0, got ",
+                v);
+  return out;
 }
 
+// ---- packing ----------------------------------------------------------------------------------------
 template <typename T>
 at::ScalarType scalar_of() {
   return sizeof(T) == 8 ? at::kDouble : at::kFloat;
 }
 
-// Column means of the rows of a and b together (float64, fixed order).
-std::vector<double> pooled_mean(const at::Tensor& a, const at::Tensor& b) {
-  const int64_t d = a.size(1);
-  std::vector<double> mu(d, 0.0);
-  int64_t n = 0;
-  for (const at::Tensor* t : {&a, &b}) {
-    if (!t->defined()) continue;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t->scalar_type(), "infovae_mean", [&] {
-      const scalar_t* p = t->data_ptr<scalar_t>();
-      for (int64_t i = 0; i < t->size(0); ++i)
-        for (int64_t k = 0; k < d; ++k) mu[k] += static_cast<double>(p[i * d + k]);
-    });
-    n += t->size(0);
-  }
-  if (n > 0)
-    for (auto& m : mu) m /= static_cast<double>(n);
-  return mu;
-}
-
-// Rows of src (contiguous, n x q), minus mu (if given), in T: [n_pad][q_pad], zero padded.
+// Rows of src (n x q, any strides), optionally times scale_col[i] (a T column), in T: [n_pad][q_pad],
+// zero padded.
 template <typename T>
-at::Tensor to_rows(const at::Tensor& src, const double* mu, int64_t n_pad, int64_t q_pad) {
+at::Tensor to_rows(const at::Tensor& src, int64_t n_pad, int64_t q_pad, const T* scale_col = nullptr) {
   const int64_t n = src.size(0), q = src.size(1);
   at::Tensor out = at::zeros({n_pad, q_pad}, src.options().dtype(scalar_of<T>()));
   T* o = out.data_ptr<T>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "infovae_rows", [&] {
     const scalar_t* s = src.data_ptr<scalar_t>();
+    const int64_t s0 = src.stride(0), s1 = src.stride(1);
     at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t k = 0; k < q; ++k) {
-          const double x = static_cast<double>(s[i * q + k]);
-          o[i * q_pad + k] = static_cast<T>(mu ? x - mu[k] : x);
+          const T x = static_cast<T>(s[i * s0 + k * s1]);
+          o[i * q_pad + k] = scale_col ? scale_col[i] * x : x;
         }
     });
   });
@@ -127,160 +130,191 @@ at::Tensor norms(const at::Tensor& rows, int64_t q) {
   return out;
 }
 
+// A point set in every layout the engine may read; the tensors keep the buffers alive.
+template <typename T>
+struct Packed {
+  at::Tensor rows, rp, cp, nrm;
+  engine::PointSet<T> ps;
+  Packed(const at::Tensor& x, bool row_panels, bool col_panels) {
+    constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
+    const int64_t n = x.size(0), d = x.size(1), n_pad = roundup(n, NR), d_pad = roundup(d, L);
+    rows = to_rows<T>(x, n_pad, d_pad);
+    nrm = norms<T>(rows, d);
+    ps.n = n, ps.d = d, ps.d_pad = d_pad;
+    ps.rows = rows.data_ptr<T>(), ps.norms = nrm.data_ptr<T>();
+    if (row_panels) rp = to_panels<T>(rows, d, MR), ps.rp = rp.data_ptr<T>();
+    if (col_panels) cp = to_panels<T>(rows, d, NR), ps.cp = cp.data_ptr<T>();
+  }
+};
+
+engine::KernelArg kernel_arg(KernelKind kind, const std::vector<double>& params) {
+  engine::KernelArg ka;
+  ka.kind = kind, ka.n_scales = static_cast<int>(params.size()), ka.params = params.data();
+  return ka;
+}
+
+template <typename T>
+at::Tensor gram_typed(const at::Tensor& x, const at::Tensor& y, const engine::KernelArg& ka, bool derivative) {
+  const Packed<T> px(x, true, false), py(y, false, true);
+  at::Tensor K = at::empty({x.size(0), y.size(0)}, x.options().dtype(scalar_of<T>()));
+  engine::GramProblem<T> pb;
+  pb.x = px.ps, pb.y = py.ps, pb.kernel = ka, pb.derivative = derivative;
+  pb.K = K.data_ptr<T>();
+  engine::run_gram<T>(pb);
+  return K;
+}
+
 template <typename T>
 void pair_reduce_typed(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v,
-                       const std::optional<at::Tensor>& a, const KernelSpec& spec, bool exclude_diagonal,
+                       const std::optional<at::Tensor>& a, const engine::KernelArg& ka, bool exclude_diagonal,
                        at::Tensor& S, at::Tensor& G) {
   constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
-  const int64_t N = x.size(0), M = y.size(0), d = x.size(1), p = v.size(1);
+  const int64_t N = x.size(0), M = y.size(0), p = v.size(1);
   const bool grad = a.has_value();
   const int64_t N_pad = roundup(N, NR), M_pad = roundup(M, NR);
-  const auto mu = pooled_mean(x, y);
-  at::Tensor xr = to_rows<T>(x, mu.data(), N_pad, d), yr0 = to_rows<T>(y, mu.data(), M_pad, d);
-  at::Tensor xp = to_panels<T>(xr, d, MR), yp = to_panels<T>(yr0, d, NR);
-  at::Tensor xn = norms<T>(xr, d), yn = norms<T>(yr0, d);
+  const Packed<T> px(x, true, false), py(y, false, true);
   engine::PairProblem<T> pb;
-  pb.N = N, pb.M = M, pb.d = d, pb.p = p;
-  pb.d_pad = roundup(d, L), pb.p_pad = roundup(p, L);
-  pb.xp = xp.data_ptr<T>(), pb.xn = xn.data_ptr<T>(), pb.yp = yp.data_ptr<T>(), pb.yn = yn.data_ptr<T>();
-  at::Tensor vr, vp, acol, ap, yr;
+  pb.x = px.ps, pb.y = py.ps, pb.p = p, pb.p_pad = roundup(p, L);
+  at::Tensor vr, vp, acol, ap, vy;
   if (p == 1) {
-    vr = to_rows<T>(v, nullptr, M_pad, 1);
+    vr = to_rows<T>(v, M_pad, 1);
     pb.vcol = vr.data_ptr<T>();
   } else {
-    vr = to_rows<T>(v, nullptr, M_pad, pb.p_pad);
+    vr = to_rows<T>(v, M_pad, pb.p_pad);
     pb.vr = vr.data_ptr<T>();
   }
   if (grad) {
-    const at::Tensor ac = a->contiguous();
     if (p == 1) {
-      acol = to_rows<T>(ac, nullptr, N_pad, 1);
+      acol = to_rows<T>(*a, N_pad, 1);
       pb.acol = acol.data_ptr<T>();
+      vy = to_rows<T>(y, M_pad, pb.y.d_pad, pb.vcol);
+      pb.vy = vy.data_ptr<T>();
     } else {
-      at::Tensor arows = to_rows<T>(ac, nullptr, N_pad, p);
-      ap = to_panels<T>(arows, p, MR);
+      ap = to_panels<T>(to_rows<T>(*a, N_pad, p), p, MR);
       vp = to_panels<T>(vr, p, NR);
       pb.ap = ap.data_ptr<T>(), pb.vp = vp.data_ptr<T>();
     }
-    yr = pb.d_pad == d ? yr0 : to_rows<T>(y, mu.data(), M_pad, pb.d_pad);
-    pb.yr = yr.data_ptr<T>();
-    pb.xr = xr.data_ptr<T>();
     pb.G = G.data_ptr<double>();
   }
-  pb.spec = spec;
+  pb.kernel = ka;
   pb.exclude_diagonal = exclude_diagonal;
   pb.S = S.data_ptr<double>();
   engine::run_pair_reduce<T>(pb);
 }
 
 template <typename T>
-at::Tensor quad_form_typed(const at::Tensor& z, const at::Tensor& w, const KernelSpec& spec, bool exclude_diagonal) {
+void quad_form_typed(const at::Tensor& z, const at::Tensor& w, const std::optional<at::Tensor>& a,
+                     const engine::KernelArg& ka, bool exclude_diagonal, at::Tensor& q, at::Tensor& S, at::Tensor& G) {
   constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
-  const int64_t N = z.size(0), d = z.size(1), P = w.size(1);
+  const int64_t N = z.size(0), P = w.size(1);
   const int64_t N_pad = roundup(N, NR);
-  const auto mu = pooled_mean(z, at::Tensor());
-  at::Tensor zr = to_rows<T>(z, mu.data(), N_pad, d);
-  at::Tensor zp = to_panels<T>(zr, d, MR), zq = to_panels<T>(zr, d, NR), zn = norms<T>(zr, d);
+  const bool grad = a.has_value();
+  const Packed<T> pz(z, true, true);
   engine::QuadProblem<T> pb;
-  pb.N = N, pb.d = d, pb.P = P, pb.P_pad = roundup(P, L);
-  pb.zp = zp.data_ptr<T>(), pb.zq = zq.data_ptr<T>(), pb.zn = zn.data_ptr<T>();
-  at::Tensor wr = to_rows<T>(w, nullptr, N_pad, P == 1 ? 1 : pb.P_pad);
+  pb.z = pz.ps, pb.P = P, pb.P_pad = roundup(P, L);
+  at::Tensor wr, acol, wz, wrp, wcp, arp, acp;
+  wr = to_rows<T>(w, N_pad, P == 1 ? 1 : pb.P_pad);
   (P == 1 ? pb.wcol : pb.wr) = wr.data_ptr<T>();
-  pb.spec = spec;
+  if (grad) {
+    if (P == 1) {
+      acol = to_rows<T>(*a, N_pad, 1);
+      pb.acol = acol.data_ptr<T>();
+      wz = to_rows<T>(z, N_pad, pb.z.d_pad, pb.wcol);
+      pb.wz = wz.data_ptr<T>();
+    } else {
+      const at::Tensor ar = to_rows<T>(*a, N_pad, P);
+      wrp = to_panels<T>(wr, P, MR), wcp = to_panels<T>(wr, P, NR);
+      arp = to_panels<T>(ar, P, MR), acp = to_panels<T>(ar, P, NR);
+      pb.wrp = wrp.data_ptr<T>(), pb.wcp = wcp.data_ptr<T>(), pb.arp = arp.data_ptr<T>(), pb.acp = acp.data_ptr<T>();
+    }
+    pb.G = G.data_ptr<double>();
+  }
+  if (S.size(0) > 0) pb.S = S.data_ptr<double>();
+  pb.kernel = ka;
   pb.exclude_diagonal = exclude_diagonal;
-  at::Tensor q = at::empty({P}, z.options().dtype(at::kDouble));
   pb.q = q.data_ptr<double>();
   engine::run_quad_form<T>(pb);
-  return q;
-}
-
-template <typename T>
-at::Tensor gram_typed(const at::Tensor& x, const at::Tensor& y, const KernelSpec& spec) {
-  constexpr int MR = Dims<T>::MR, NR = Dims<T>::NR;
-  const int64_t N = x.size(0), M = y.size(0), d = x.size(1);
-  const int64_t N_pad = roundup(N, NR), M_pad = roundup(M, NR);
-  const auto mu = pooled_mean(x, y);
-  at::Tensor xr = to_rows<T>(x, mu.data(), N_pad, d), yr = to_rows<T>(y, mu.data(), M_pad, d);
-  at::Tensor xp = to_panels<T>(xr, d, MR), yp = to_panels<T>(yr, d, NR);
-  at::Tensor xn = norms<T>(xr, d), yn = norms<T>(yr, d);
-  at::Tensor K = at::empty({N, M}, x.options().dtype(scalar_of<T>()));
-  engine::GramProblem<T> pb;
-  pb.N = N, pb.M = M, pb.d = d;
-  pb.xp = xp.data_ptr<T>(), pb.xn = xn.data_ptr<T>(), pb.yp = yp.data_ptr<T>(), pb.yn = yn.data_ptr<T>();
-  pb.spec = spec;
-  pb.K = K.data_ptr<T>();
-  engine::run_gram<T>(pb);
-  return K;
 }
 
 }  // namespace
 
-at::Tensor rbf_gram(const at::Tensor& x, const at::Tensor& y, at::ArrayRef<double> sigmas) {
-  const char* op = "rbf_gram";
+at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& params, c10::string_view kernel,
+                bool derivative) {
+  const char* op = "gram";
   check_matrix(op, "x", x, "(N, d)");
   check_matrix(op, "y", y, "(M, d)");
-  check_same_dtype(op, "y", y, x);
-  TORCH_CHECK(x.size(1) == y.size(1), "infovae::rbf_gram: x and y must have the same number of columns d, got ",
-              x.size(1), " and ", y.size(1));
-  const KernelSpec spec = build_spec(op, KernelKind::RBF, sigmas, x.size(1));
+  check_dtype(op, "y", y, "x", x);
+  check_size(op, "y", y, 1, x.size(1), "the number of columns d of x");
+  const auto prm = check_params(op, params);
+  const auto ka = kernel_arg(check_kernel(op, kernel), prm);
   const int64_t N = x.size(0), M = y.size(0);
   if (N == 0 || M == 0) return at::zeros({N, M}, x.options());
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
-  if (x.scalar_type() == at::kDouble) return gram_typed<double>(xc, yc, spec);
-  at::Tensor K = gram_typed<float>(xc, yc, spec);
+  if (x.scalar_type() == at::kDouble) return gram_typed<double>(x, y, ka, derivative);
+  at::Tensor K = gram_typed<float>(x, y, ka, derivative);
   return x.scalar_type() == at::kFloat ? K : K.to(x.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v,
-                                               const std::optional<at::Tensor>& a, at::ArrayRef<double> sigmas,
+                                               const std::optional<at::Tensor>& a, const at::Tensor& params,
                                                c10::string_view kernel, bool exclude_diagonal) {
   const char* op = "pair_reduce";
   check_matrix(op, "x", x, "(N, d)");
   check_matrix(op, "y", y, "(M, d)");
   check_matrix(op, "v", v, "(M, p)");
-  check_same_dtype(op, "y", y, x);
-  check_same_dtype(op, "v", v, x);
-  TORCH_CHECK(x.size(1) == y.size(1), "infovae::pair_reduce: x and y must have the same number of columns d, got ",
-              x.size(1), " and ", y.size(1));
-  TORCH_CHECK(v.size(0) == y.size(0), "infovae::pair_reduce: v must have one row per row of y (", y.size(0),
-              "), got ", v.size(0));
+  check_dtype(op, "y", y, "x", x);
+  check_dtype(op, "v", v, "x", x);
+  check_size(op, "y", y, 1, x.size(1), "the number of columns d of x");
+  check_size(op, "v", v, 0, y.size(0), "one row per row of y");
   if (a.has_value()) {
     check_matrix(op, "a", *a, "(N, p)");
-    check_same_dtype(op, "a", *a, x);
-    TORCH_CHECK(a->size(0) == x.size(0) && a->size(1) == v.size(1), "infovae::pair_reduce: a must have shape (N, p) = (",
-                x.size(0), ", ", v.size(1), "), got ", a->sizes());
+    check_dtype(op, "a", *a, "x", x);
+    check_size(op, "a", *a, 0, x.size(0), "one row per row of x");
+    check_size(op, "a", *a, 1, v.size(1), "the number of columns p of v");
   }
-  TORCH_CHECK(!exclude_diagonal || x.size(0) == y.size(0),
-              "infovae::pair_reduce: exclude_diagonal requires x and y with the same number of rows, got ", x.size(0),
-              " and ", y.size(0));
-  const KernelSpec spec = build_spec(op, parse_kernel(op, kernel), sigmas, x.size(1));
+  TORCH_CHECK(!exclude_diagonal || x.size(0) == y.size(0), "infovae::", op,
+              ": exclude_diagonal requires x and y with the same number of rows, got ", x.size(0), " and ", y.size(0));
+  const auto prm = check_params(op, params);
+  const auto ka = kernel_arg(check_kernel(op, kernel), prm);
   const int64_t N = x.size(0), M = y.size(0), d = x.size(1), p = v.size(1);
   const auto dopt = x.options().dtype(at::kDouble);
   at::Tensor S = at::zeros({N, p}, dopt);
   at::Tensor G = a.has_value() ? at::zeros({N, d}, dopt) : at::zeros({0, d}, dopt);
   if (N == 0 || M == 0 || p == 0) return {S, G};
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous(), vc = v.contiguous();
   if (x.scalar_type() == at::kDouble)
-    pair_reduce_typed<double>(xc, yc, vc, a, spec, exclude_diagonal, S, G);
+    pair_reduce_typed<double>(x, y, v, a, ka, exclude_diagonal, S, G);
   else
-    pair_reduce_typed<float>(xc, yc, vc, a, spec, exclude_diagonal, S, G);
+    pair_reduce_typed<float>(x, y, v, a, ka, exclude_diagonal, S, G);
   return {S, G};
 }
 
-at::Tensor quad_form(const at::Tensor& z, const at::Tensor& w, at::ArrayRef<double> sigmas, c10::string_view kernel,
-                     bool exclude_diagonal) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z, const at::Tensor& w,
+                                                         const std::optional<at::Tensor>& a, const at::Tensor& params,
+                                                         c10::string_view kernel, bool exclude_diagonal,
+                                                         bool row_sums) {
   const char* op = "quad_form";
   check_matrix(op, "z", z, "(N, d)");
   check_matrix(op, "w", w, "(N, P)");
-  check_same_dtype(op, "w", w, z);
-  TORCH_CHECK(w.size(0) == z.size(0), "infovae::quad_form: w must have one row per row of z (", z.size(0), "), got ",
-              w.size(0));
-  const KernelSpec spec = build_spec(op, parse_kernel(op, kernel), sigmas, z.size(1));
-  const int64_t N = z.size(0), P = w.size(1);
-  if (N == 0 || P == 0) return at::zeros({P}, z.options().dtype(at::kDouble));
-  const at::Tensor zc = z.contiguous(), wc = w.contiguous();
-  if (z.scalar_type() == at::kDouble) return quad_form_typed<double>(zc, wc, spec, exclude_diagonal);
-  return quad_form_typed<float>(zc, wc, spec, exclude_diagonal);
+  check_dtype(op, "w", w, "z", z);
+  check_size(op, "w", w, 0, z.size(0), "one row per row of z");
+  if (a.has_value()) {
+    check_matrix(op, "a", *a, "(N, P)");
+    check_dtype(op, "a", *a, "z", z);
+    check_size(op, "a", *a, 0, z.size(0), "one row per row of z");
+    check_size(op, "a", *a, 1, w.size(1), "the number of columns P of w");
+  }
+  const auto prm = check_params(op, params);
+  const auto ka = kernel_arg(check_kernel(op, kernel), prm);
+  const int64_t N = z.size(0), d = z.size(1), P = w.size(1);
+  const auto dopt = z.options().dtype(at::kDouble);
+  at::Tensor q = at::zeros({P}, dopt);
+  at::Tensor S = at::zeros({row_sums ? N : 0, P}, dopt);
+  at::Tensor G = at::zeros({a.has_value() ? N : 0, d}, dopt);
+  if (N == 0 || P == 0) return {q, S, G};
+  if (z.scalar_type() == at::kDouble)
+    quad_form_typed<double>(z, w, a, ka, exclude_diagonal, q, S, G);
+  else
+    quad_form_typed<float>(z, w, a, ka, exclude_diagonal, q, S, G);
+  return {q, S, G};
 }
 
 }  // namespace cpu

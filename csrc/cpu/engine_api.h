@@ -1,12 +1,12 @@
-// Internal interface between the ATen-facing CPU ops (cpu_ops.cpp: checks, centering, packing) and the
-// tiled pair engine (engine_impl.h, instantiated once per compute type in engine_f32.cpp / engine_f64.cpp).
+// Internal interface between the ATen-facing CPU ops (cpu_ops.cpp: checks, packing) and the tiled pair
+// engine (engine_impl.h, instantiated once per compute type in engine_f32.cpp / engine_f64.cpp).
 //
 // Data layout the engine reads (all in the compute type T, zero padded to a multiple of NR rows):
-//   row panels  [n_pad / MR][q][MR]   for the points broadcast in the micro-kernel (x, a)
-//   col panels  [n_pad / NR][q][NR]   for the points loaded as vectors (y, v)
-//   rows        [n_pad][q_pad]        row-major with q padded to the vector width (v, y, w rows for
-//                                     the matmul-shaped second stage)
-// Everything is torch-free except at::parallel_for.
+//   row panels  [n_pad / MR][q][MR]   for the points broadcast in the micro-kernel (x, a, w)
+//   col panels  [n_pad / NR][q][NR]   for the points loaded as vectors (y, v, w, a)
+//   rows        [n_pad][q_pad]        row-major with q padded to the vector width (the B operand of the
+//                                     matmul-shaped second stage)
+// Per-pair math: infovae/pair_math.h. Everything is torch-free except at::parallel_for.
 #pragma once
 
 #include <cstdint>
@@ -39,49 +39,67 @@ struct Dims {
 inline int64_t divup(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t roundup(int64_t a, int64_t b) { return divup(a, b) * b; }
 
-template <typename T>
-struct PairProblem {
-  int64_t N = 0, M = 0, d = 0, p = 0;
-  int64_t d_pad = 0, p_pad = 0;  // row lengths of yr / vr
-  const T* xp = nullptr;         // x row panels (MR), centered
-  const T* xn = nullptr;         // |x_i|^2, [N_pad]
-  const T* yp = nullptr;         // y col panels (NR), centered
-  const T* yn = nullptr;         // |y_j|^2, [M_pad]
-  const T* vcol = nullptr;       // p == 1: v as [M_pad]
-  const T* vr = nullptr;         // p > 1: v rows [M_pad][p_pad]
-  const T* vp = nullptr;         // grad and p > 1: v col panels (NR) with q = p
-  const T* acol = nullptr;       // grad and p == 1: a as [N_pad]
-  const T* ap = nullptr;         // grad and p > 1: a row panels (MR) with q = p
-  const T* yr = nullptr;         // grad: centered y rows [M_pad][d_pad]
-  const T* xr = nullptr;         // grad: centered x rows [N_pad][d]
-  KernelSpec spec{};
-  bool exclude_diagonal = false;
-  double* S = nullptr;  // (N, p), zero on entry
-  double* G = nullptr;  // (N, d) or nullptr
+// The kernel: kind and the float64 params as the op received them (1 <= n_scales <= kMaxScales).
+struct KernelArg {
+  KernelKind kind = KernelKind::RBF;
+  int n_scales = 0;
+  const double* params = nullptr;
 };
 
+// One point set: x of gram / pair_reduce, or z of quad_form.
+template <typename T>
+struct PointSet {
+  int64_t n = 0, d = 0, d_pad = 0;
+  const T* rp = nullptr;     // row panels (MR), q = d
+  const T* cp = nullptr;     // col panels (NR), q = d
+  const T* norms = nullptr;  // |p_i|^2 [n_pad], accumulated like one lane of the dot micro-kernel
+  const T* rows = nullptr;   // [n_pad][d_pad]
+};
+
+// S_i = sum_j k_ij v_j, G_i = sum_j g_ij (a_i . v_j)(x_i - y_j).
+template <typename T>
+struct PairProblem {
+  PointSet<T> x, y;          // x: rp, norms, rows; y: cp, norms, rows
+  int64_t p = 0, p_pad = 0;
+  const T* vcol = nullptr;   // p == 1: v as [M_pad]
+  const T* vr = nullptr;     // p > 1: v rows [M_pad][p_pad]
+  const T* vp = nullptr;     // grad and p > 1: v col panels (NR), q = p
+  const T* acol = nullptr;   // grad and p == 1: a as [N_pad]
+  const T* ap = nullptr;     // grad and p > 1: a row panels (MR), q = p
+  const T* vy = nullptr;     // grad and p == 1: v_j y_j rows [M_pad][d_pad]
+  KernelArg kernel;
+  bool exclude_diagonal = false;
+  double* S = nullptr;       // (N, p)
+  double* G = nullptr;       // (N, d) or nullptr
+};
+
+// q_p = sum_ij w_ip k_ij w_jp, S_i = sum_j k_ij w_j, G_i = sum_j g_ij (a_i . w_j)(z_i - z_j), from one
+// symmetric sweep.
 template <typename T>
 struct QuadProblem {
-  int64_t N = 0, d = 0, P = 0, P_pad = 0;
-  const T* zp = nullptr;    // row panels (MR), centered
-  const T* zq = nullptr;    // col panels (NR), centered
-  const T* zn = nullptr;    // norms [N_pad]
-  const T* wcol = nullptr;  // P == 1: w as [N_pad]
-  const T* wr = nullptr;    // P > 1: w rows [N_pad][P_pad]
-  KernelSpec spec{};
+  PointSet<T> z;             // rp, cp, norms, rows
+  int64_t P = 0, P_pad = 0;
+  const T* wcol = nullptr;   // P == 1: w as [N_pad]
+  const T* acol = nullptr;   // grad and P == 1: a as [N_pad]
+  const T* wz = nullptr;     // grad and P == 1: w_i z_i rows [N_pad][d_pad]
+  const T* wr = nullptr;     // P > 1: w rows [N_pad][P_pad]
+  const T* wrp = nullptr;    // grad and P > 1: w row panels (MR), q = P
+  const T* wcp = nullptr;    // grad and P > 1: w col panels (NR), q = P
+  const T* arp = nullptr;    // grad and P > 1: a row panels (MR), q = P
+  const T* acp = nullptr;    // grad and P > 1: a col panels (NR), q = P
+  KernelArg kernel;
   bool exclude_diagonal = false;
-  double* q = nullptr;  // (P,)
+  double* q = nullptr;       // (P,)
+  double* S = nullptr;       // (N, P) or nullptr
+  double* G = nullptr;       // (N, d) or nullptr
 };
 
 template <typename T>
 struct GramProblem {
-  int64_t N = 0, M = 0, d = 0;
-  const T* xp = nullptr;
-  const T* xn = nullptr;
-  const T* yp = nullptr;
-  const T* yn = nullptr;
-  KernelSpec spec{};
-  T* K = nullptr;  // (N, M) row-major
+  PointSet<T> x, y;          // x: rp, norms; y: cp, norms
+  KernelArg kernel;
+  bool derivative = false;
+  T* K = nullptr;            // (N, M) row-major
 };
 
 template <typename T>

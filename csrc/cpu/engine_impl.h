@@ -1,11 +1,21 @@
-// The tiled pair engine (KeOps style): at::parallel_for over row blocks of X; each row block owns its
-// accumulators; Y streams through in column tiles. Per MR x NR micro-tile: register-blocked dot products
-// (explicit SIMD through GCC/Clang vector extensions, so the width is the -march width: zmm with AVX-512
-// even where the auto-vectoriser would prefer ymm), then r2 = |x|^2 + |y|^2 - 2 x.y clamped at 0, the
-// kernel value / gradient weight per pair, and the reductions. Partials over one column tile are
-// accumulated in T (float32 for float32/half inputs) and added to float64 per-row accumulators in
-// column-tile order. Row blocks are independent and no accumulator is shared, so there are no atomics
-// and the result does not depend on the thread count or on scheduling (bitwise).
+// The tiled pair engine (KeOps style). Per MR x NR micro-tile: register-blocked dot products (explicit
+// SIMD through GCC/Clang vector extensions, so the width is the -march width), or, on tiles where the
+// expansion |x|^2 + |y|^2 - 2 x.y would lose the distance (the lossy rule of infovae/pair_math.h),
+// coordinate differences; then the per-pair math of infovae/pair_math.h on SIMD vectors (exp: vexp
+// below) and the reductions. Products of a tile of weights with a block of rows (K W, the gradient's
+// sum_j W_ij z_j) run as a matmul-shaped second stage on a tile buffer.
+//
+// Partials over one tile are accumulated in T (float32 for float32/half inputs) and added to float64
+// accumulators in a fixed order; no accumulator is written by two threads, so there are no atomics
+// and results do not depend on the thread count or on scheduling (bitwise).
+//
+// quad_form is symmetric: blocks of B points; row block I owns the tiles (I, (I + t) mod nb) for
+// t = 0 .. nb/2 (t = nb/2 only for I < nb/2 when nb is even), so each unordered pair of blocks is one
+// tile, and every row block has the same number of tiles. Value only: row blocks run in parallel.
+// With S or G: the same tiles run in rounds t (in order); within a round no two tiles share a row
+// block or a column block, so a tile adds its row part to the row accumulators of I and its column
+// part to the column accumulators of J without sharing. Per-tile q partials are stored and summed in
+// one canonical order: q is bitwise the same with and without S and G.
 //
 // Included only by engine_f32.cpp / engine_f64.cpp.
 #pragma once
@@ -128,69 +138,20 @@ INFOVAE_AI vf64 vexp(vf64 x) {
   return x < lo ? zero : y;
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Per-pair math, vectorised: the same formulas as infovae/pair_math.h (squared_distance and
-// kernel_value_and_weight), written on SIMD vectors because GCC vector types cannot be built from
-// scalars the way the header's T(2) / T(0) do. Scale loop order, and so rounding, match the header.
-template <typename T>
-struct KParams {
-  using V = typename VecT<T>::V;
-  int ns = 0;
-  V a[kMaxScales];  // rbf: -c_s;  imq: C_s
-  V b[kMaxScales];  // rbf: 2 c_s; imq: 2 / C_s
-  explicit KParams(const KernelSpec& spec) {
-    ns = spec.n_scales;
-    for (int s = 0; s < ns; ++s) {
-      const T c = static_cast<T>(spec.param[s]);
-      if (spec.kind == KernelKind::RBF) {
-        a[s] = vset<T>(-c);
-        b[s] = vset<T>(T(2) * c);
-      } else {
-        a[s] = vset<T>(c);
-        b[s] = vset<T>(T(2) / c);
-      }
-    }
+// The exp policy of infovae/pair_math.h on SIMD vectors.
+struct VExp {
+  template <class V>
+  INFOVAE_AI V operator()(V x) const {
+    return vexp(x);
   }
 };
 
-template <typename V>
-INFOVAE_AI V vsquared_distance(V xn, V yn, V dot) {
-  const V r2 = xn + yn - dot * 2;
-  const V zero = {};
-  return r2 > zero ? r2 : zero;
-}
-
-template <typename T, KernelKind K, bool NS1, bool Grad>
-INFOVAE_AI void keval(const KParams<T>& kp, typename VecT<T>::V r2, typename VecT<T>::V& k,
-                      typename VecT<T>::V& g) {
-  using V = typename VecT<T>::V;
-  const int ns = NS1 ? 1 : kp.ns;
-  if constexpr (K == KernelKind::RBF) {
-    V e = vexp(r2 * kp.a[0]);
-    k = e;
-    if constexpr (Grad) g = kp.b[0] * e;
-    for (int s = 1; s < ns; ++s) {
-      e = vexp(r2 * kp.a[s]);
-      k += e;
-      if constexpr (Grad) g += kp.b[s] * e;
-    }
-  } else {
-    V ks = kp.a[0] / (kp.a[0] + r2);
-    k = ks;
-    if constexpr (Grad) g = ks * ks * kp.b[0];
-    for (int s = 1; s < ns; ++s) {
-      ks = kp.a[s] / (kp.a[s] + r2);
-      k += ks;
-      if constexpr (Grad) g += ks * ks * kp.b[s];
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------
-// Micro-kernel: acc[r][v] = sum_k xp[k][r] * yp[k][v*L + lane] (row panel x col panel), q-long.
-template <typename T>
-INFOVAE_AI void dot_micro(const T* __restrict xp, const T* __restrict yp, int64_t q,
-                          typename VecT<T>::V (&acc)[Dims<T>::MR][Dims<T>::NRV]) {
+// Micro-kernel: acc[r][v] = sum_k xp[k][r] * yp[k][v*L + lane] (row panel x col panel), q-long, or with
+// Diff, sum_k (xp[k][r] - yp[k][v*L + lane])^2.
+template <typename T, bool Diff = false>
+INFOVAE_AI void pair_micro(const T* __restrict xp, const T* __restrict yp, int64_t q,
+                           typename VecT<T>::V (&acc)[Dims<T>::MR][Dims<T>::NRV]) {
   using V = typename VecT<T>::V;
   constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NRV = Dims<T>::NRV, NR = Dims<T>::NR;
 #pragma GCC unroll 16
@@ -205,7 +166,12 @@ INFOVAE_AI void dot_micro(const T* __restrict xp, const T* __restrict yp, int64_
     for (int r = 0; r < MR; ++r) {
       const V xb = vset<T>(xp[k * MR + r]);
 #pragma GCC unroll 8
-      for (int v = 0; v < NRV; ++v) acc[r][v] += xb * yv[v];
+      for (int v = 0; v < NRV; ++v) {
+        if constexpr (Diff)
+          acc[r][v] = add_squared_difference(acc[r][v], xb, yv[v]);
+        else
+          acc[r][v] += xb * yv[v];
+      }
     }
   }
 }
@@ -221,82 +187,138 @@ struct Iota {
   }
 };
 
-// Flags of one sweep: FuseS: accumulate S_i = sum_j k_ij v_j (p == 1) in registers; StoreK: write k to
-// the tile buffer kb; Grad: w_ij = g_ij (a_i . v_j) written to wb and its row sums accumulated;
-// AvP1: p == 1, so a_i . v_j = a_i v_j (else an a x v micro-tile is computed with inner length p).
-struct SweepArgs {
-  int64_t d, p, gi0, gj0, ncp;
-  bool excl;
+// One row panel (MR rows from gi0) against ncp column panels (from gj0).
+template <typename T>
+struct PanelArgs {
+  int64_t d = 0, p = 0, gi0 = 0, gj0 = 0, ncp = 0;
+  bool excl = false;                  // drop i == j (global indices)
+  const T* xpan = nullptr;            // row panel [d][MR]
+  const T* xn = nullptr;              // its norms
+  const T* ypan = nullptr;            // col panels [ncp][d][NR]
+  const T* yn = nullptr;              // their norms
+  const T* vcol = nullptr;            // v_j (p == 1) from gj0
+  const T* wrow = nullptr;            // w_i (p == 1) from gi0: column sums
+  const T* appan = nullptr;           // a row panel [p][MR]         (GradPG)
+  const T* vppan = nullptr;           // v col panels [ncp][p][NR]   (GradPG)
+  const T* wppan = nullptr;           // w row panel [p][MR]         (GradPG, column side)
+  const T* acpan = nullptr;           // a col panels [ncp][p][NR]   (GradPG, column side)
+  T* kb = nullptr;                    // StoreK / StoreG: k or g tile, row stride ldb
+  T* hb = nullptr;                    // GradP1: g; GradPG: g (a_i . v_j)
+  T* hcb = nullptr;                   // GradPG column side: g (w_i . a_j), or nullptr
+  int64_t ldb = 0;
+  T* colS = nullptr;                  // ColS: += sum_i k_ij w_i per column, or nullptr
+  T* colU = nullptr;                  // GradP1: += sum_i g_ij w_i; GradPG: += sum_i hc_ij; or nullptr
 };
 
-// One row panel (MR rows from gi0) against ncp column panels (from gj0). s_out / rs_out: the float
-// partials (row sums of k v and of w) over these columns.
-template <typename T, KernelKind K, bool NS1, bool FuseS, bool StoreK, bool Grad, bool AvP1>
-void sweep_row_panel(const KParams<T>& kp, const SweepArgs& sa, const T* __restrict xpan,
-                     const T* __restrict xn, const T* __restrict ypan0, const T* __restrict yn0,
-                     const T* __restrict vcol0, const T* __restrict arow, const T* __restrict appan,
-                     const T* __restrict vppan0, T* __restrict kb, T* __restrict wb, int64_t ldb,
-                     T* s_out, T* rs_out) {
+// Flags. FuseS: s_out[r] = sum_j k_ij v_j (p == 1) in registers. StoreK / StoreG: write k / g to kb.
+// ColS: column sums of k w_i into colS. GradP1: g to hb, rs_out[r] = sum_j g_ij v_j, column sums of
+// g w_i into colU. GradPG: W = g (a_i . v_j) to hb, rs_out[r] = its row sums; with hcb, the column side
+// g (w_i . a_j) to hcb and its column sums into colU.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // wat: read only when written (col_side)
+template <typename T, KernelKind K, int NS, bool Diff, bool FuseS, bool StoreK, bool StoreG, bool ColS, bool GradP1,
+          bool GradPG>
+void sweep_row_panel(const KernelParams<T>& kp, const PanelArgs<T>& pa, T* s_out, T* rs_out) {
   using V = typename VecT<T>::V;
   using VI = typename VecT<T>::VI;
   constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NRV = Dims<T>::NRV, NR = Dims<T>::NR;
+  constexpr bool NeedG = StoreG || GradP1 || GradPG;
   static const Iota<T> iota;
-  const int64_t d = sa.d, p = sa.p;
+  const int64_t d = pa.d, p = pa.p;
   V s_acc[MR], rs_acc[MR];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) s_acc[r] = rs_acc[r] = V{};
+  V wi[MR];  // w_i for the column sums (zero where there is no column side: pair_reduce)
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) wi[r] = V{};
+  if constexpr (ColS || GradP1) {
+    if (pa.wrow) {
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) wi[r] = vset<T>(pa.wrow[r]);
+    }
+  }
+  const bool col_side = GradPG && pa.hcb != nullptr;
 
-  for (int64_t jp = 0; jp < sa.ncp; ++jp) {
-    const int64_t gj = sa.gj0 + jp * NR;
-    alignas(64) T avt[Grad && !AvP1 ? MR * NR : 1];
-    if constexpr (Grad && !AvP1) {
+  for (int64_t jp = 0; jp < pa.ncp; ++jp) {
+    const int64_t gj = pa.gj0 + jp * NR;
+    alignas(64) T avt[GradPG ? MR * NR : 1];
+    alignas(64) T wat[GradPG ? MR * NR : 1];
+    if constexpr (GradPG) {
       V av[MR][NRV];
-      dot_micro<T>(appan, vppan0 + jp * p * NR, p, av);
+      pair_micro<T>(pa.appan, pa.vppan + jp * p * NR, p, av);
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
         for (int v = 0; v < NRV; ++v) vstore(avt + r * NR + v * L, av[r][v]);
+      if (col_side) {
+        pair_micro<T>(pa.wppan, pa.acpan + jp * p * NR, p, av);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+          for (int v = 0; v < NRV; ++v) vstore(wat + r * NR + v * L, av[r][v]);
+      }
     }
     V acc[MR][NRV];
-    dot_micro<T>(xpan, ypan0 + jp * d * NR, d, acc);
+    pair_micro<T, Diff>(pa.xpan, pa.ypan + jp * d * NR, d, acc);
 
     auto epilogue = [&](auto masked_tag) {
       constexpr bool Masked = decltype(masked_tag)::value;
 #pragma GCC unroll 8
       for (int v = 0; v < NRV; ++v) {
-        const V ynv = vload(yn0 + jp * NR + v * L);
+        const int64_t off = jp * NR + v * L;
+        V ynv = {};
+        if constexpr (!Diff) ynv = vload(pa.yn + off);
         V vv = {};
-        if constexpr (FuseS || (Grad && AvP1)) vv = vload(vcol0 + jp * NR + v * L);
+        if constexpr (FuseS || GradP1) vv = vload(pa.vcol + off);
+        V cs = {}, cu = {};
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
-          const V r2 = vsquared_distance(vset<T>(xn[r]), ynv, acc[r][v]);
+          V r2;
+          if constexpr (Diff)
+            r2 = acc[r][v];
+          else
+            r2 = squared_distance(vset<T>(pa.xn[r]), ynv, acc[r][v]);
           V k, g;
-          keval<T, K, NS1, Grad>(kp, r2, k, g);
+          if constexpr (NeedG)
+            kernel_value_and_weight<K, NS>(kp, r2, VExp{}, k, g);
+          else
+            k = kernel_value<K, NS>(kp, r2, VExp{});
           if constexpr (Masked) {
             // i == j  <=>  gj + v*L + lane - (gi0 + r) == 0
-            const VI idx = iota.v + static_cast<std::remove_reference_t<decltype(iota.v[0])>>(
-                                        gj + v * L - sa.gi0 - r);
+            const VI idx =
+                iota.v + static_cast<std::remove_reference_t<decltype(iota.v[0])>>(gj + v * L - pa.gi0 - r);
             const VI zi = {};
             const V zero = {};
             k = idx == zi ? zero : k;
-            if constexpr (Grad) g = idx == zi ? zero : g;
+            if constexpr (NeedG) g = idx == zi ? zero : g;
           }
           if constexpr (FuseS) s_acc[r] += k * vv;
-          if constexpr (StoreK) vstore(kb + r * ldb + jp * NR + v * L, k);
-          if constexpr (Grad) {
-            V av;
-            if constexpr (AvP1)
-              av = vset<T>(arow[r]) * vv;
-            else
-              av = vload(avt + r * NR + v * L);
-            const V w = g * av;
+          if constexpr (StoreK) vstore(pa.kb + r * pa.ldb + off, k);
+          if constexpr (StoreG) vstore(pa.kb + r * pa.ldb + off, g);
+          if constexpr (ColS) cs += k * wi[r];
+          if constexpr (GradP1) {
+            rs_acc[r] += g * vv;
+            cu += g * wi[r];
+            vstore(pa.hb + r * pa.ldb + off, g);
+          }
+          if constexpr (GradPG) {
+            const V w = g * vload(avt + r * NR + v * L);
             rs_acc[r] += w;
-            vstore(wb + r * ldb + jp * NR + v * L, w);
+            vstore(pa.hb + r * pa.ldb + off, w);
+            if (col_side) {
+              const V wc = g * vload(wat + r * NR + v * L);
+              cu += wc;
+              vstore(pa.hcb + r * pa.ldb + off, wc);
+            }
           }
         }
+        if constexpr (ColS)
+          if (pa.colS) vstore(pa.colS + off, vload(pa.colS + off) + cs);
+        if constexpr (GradP1 || GradPG)
+          if (pa.colU) vstore(pa.colU + off, vload(pa.colU + off) + cu);
       }
     };
-    const bool masked = sa.excl && gj < sa.gi0 + MR && sa.gi0 < gj + NR;
+    const bool masked = pa.excl && gj < pa.gi0 + MR && pa.gi0 < gj + NR;
     if (masked)
       epilogue(std::true_type{});
     else
@@ -305,17 +327,20 @@ void sweep_row_panel(const KParams<T>& kp, const SweepArgs& sa, const T* __restr
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
     if constexpr (FuseS) s_out[r] = hsum<T>(s_acc[r]);
-    if constexpr (Grad) rs_out[r] = hsum<T>(rs_acc[r]);
+    if constexpr (GradP1 || GradPG) rs_out[r] = hsum<T>(rs_acc[r]);
   }
 }
 
+#pragma GCC diagnostic pop
+
 // ---------------------------------------------------------------------------------------------------
-// Matmul-shaped second stage: C[i][q] = sum_{j < ncols} A[i][j] * B[j][q] for nrows (multiple of RI)
-// rows and nqv vectors of q; A is a tile buffer (row stride lda), B rows have stride ldb. Broadcast form
-// (q vectorised), accumulated in T in j order.
-template <typename T, int RI, int QV>
-INFOVAE_AI void bgemm_block(const T* __restrict A, int64_t lda, int64_t ncols, const T* __restrict B,
-                            int64_t ldb, T* __restrict C, int64_t ldc) {
+// Matmul-shaped second stage: C[o][q] = sum_{j < ninner} A(o, j) * B[j][q] for nout (multiple of RI)
+// output rows and nqv vectors of q, A(o, j) = A[o * lda + j], or with Tr A[j * lda + o] (the transposed
+// tile: column sums of a tile against the rows of the row block). Broadcast form (q vectorised),
+// accumulated in T in j order.
+template <typename T, int RI, int QV, bool Tr>
+INFOVAE_AI void bgemm_block(const T* __restrict A, int64_t lda, int64_t ninner, const T* __restrict B, int64_t ldb,
+                            T* __restrict C, int64_t ldc) {
   using V = typename VecT<T>::V;
   constexpr int L = Dims<T>::L;
   V acc[RI][QV];
@@ -323,13 +348,13 @@ INFOVAE_AI void bgemm_block(const T* __restrict A, int64_t lda, int64_t ncols, c
   for (int r = 0; r < RI; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < QV; ++v) acc[r][v] = V{};
-  for (int64_t j = 0; j < ncols; ++j) {
+  for (int64_t j = 0; j < ninner; ++j) {
     V b[QV];
 #pragma GCC unroll 4
     for (int v = 0; v < QV; ++v) b[v] = vload(B + j * ldb + v * L);
 #pragma GCC unroll 16
     for (int r = 0; r < RI; ++r) {
-      const V a = vset<T>(A[r * lda + j]);
+      const V a = vset<T>(Tr ? A[j * lda + r] : A[r * lda + j]);
 #pragma GCC unroll 4
       for (int v = 0; v < QV; ++v) acc[r][v] += a * b[v];
     }
@@ -340,18 +365,87 @@ INFOVAE_AI void bgemm_block(const T* __restrict A, int64_t lda, int64_t ncols, c
     for (int v = 0; v < QV; ++v) vstore(C + r * ldc + v * L, acc[r][v]);
 }
 
-template <typename T>
-void bgemm(const T* A, int64_t lda, int64_t nrows, int64_t ncols, const T* B, int64_t ldb, int64_t nqv,
-           T* C, int64_t ldc) {
+template <typename T, bool Tr = false>
+void bgemm(const T* A, int64_t lda, int64_t nout, int64_t ninner, const T* B, int64_t ldb, int64_t nqv, T* C,
+           int64_t ldc) {
   constexpr int L = Dims<T>::L, RI = Dims<T>::RI;
-  for (int64_t i = 0; i < nrows; i += RI) {
+  for (int64_t i = 0; i < nout; i += RI) {
+    const T* Ai = Tr ? A + i : A + i * lda;
     int64_t qv = 0;
     for (; qv + 3 <= nqv; qv += 3)
-      bgemm_block<T, RI, 3>(A + i * lda, lda, ncols, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 3, Tr>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
     if (nqv - qv == 2)
-      bgemm_block<T, RI, 2>(A + i * lda, lda, ncols, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 2, Tr>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
     else if (nqv - qv == 1)
-      bgemm_block<T, RI, 1>(A + i * lda, lda, ncols, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 1, Tr>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+  }
+}
+
+// Both sides of a symmetric tile in one pass over H (small d: each broadcast H_ij feeds two FMAs):
+//   Cr[i][q] = sum_j H[i][j] BJ[j][q]  (i < nout, multiple of RI),  Cc[j][q] += sum_i H[i][j] BI[i][q]
+// (j < ncols; Cc zeroed by the caller; summed over i in blocks of RI, in order). One vector of q per pass.
+template <typename T>
+void bgemm_sym(const T* __restrict H, int64_t lda, int64_t nout, int64_t ncols, const T* __restrict BJ,
+               const T* __restrict BI, int64_t ldb, int64_t nqv, T* __restrict Cr, T* __restrict Cc, int64_t ldc) {
+  using V = typename VecT<T>::V;
+  constexpr int L = Dims<T>::L, RI = Dims<T>::RI;
+  for (int64_t qv = 0; qv < nqv; ++qv) {
+    const int64_t qo = qv * L;
+    for (int64_t i = 0; i < nout; i += RI) {
+      V acc[RI], bi[RI];
+#pragma GCC unroll 16
+      for (int r = 0; r < RI; ++r) acc[r] = V{}, bi[r] = vload(BI + (i + r) * ldb + qo);
+      const T* Hi = H + i * lda;
+      for (int64_t j = 0; j < ncols; ++j) {
+        const V b = vload(BJ + j * ldb + qo);
+        V cc = {};
+#pragma GCC unroll 16
+        for (int r = 0; r < RI; ++r) {
+          const V a = vset<T>(Hi[r * lda + j]);
+          acc[r] += a * b;
+          cc += a * bi[r];
+        }
+        vstore(Cc + j * ldc + qo, vload(Cc + j * ldc + qo) + cc);
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < RI; ++r) vstore(Cr + (i + r) * ldc + qo, acc[r]);
+    }
+  }
+}
+
+// The gradient's second stage in difference form, for tiles whose distances use coordinate differences
+// (there, z_i sum_j W_ij - sum_j W_ij z_j would cancel the same way the expansion does). For rows
+// i < nrow and columns j < ncp * NR (y in col panels [jp][k][NR]):
+//   row_out[i][k] += sum_j Ar_ij (x_ik - y_jk),  Ar_ij = Ar[i * ld + j] * (vr ? vr[j] : 1)
+//   col_out[k][j] += sum_i Ac_ij (y_jk - x_ik),  Ac_ij = Ac[i * ld + j] * (wc ? wc[i] : 1)
+// (either side skipped when its tile is nullptr), accumulated in T in a fixed order.
+template <typename T>
+void diff_stage(int64_t nrow, int64_t ncp, int64_t d, const T* __restrict xrows, int64_t ldx,
+                const T* __restrict ycp, const T* Ar, const T* vr, const T* Ac, const T* wc, int64_t ld,
+                T* __restrict row_out, T* __restrict col_out) {
+  using V = typename VecT<T>::V;
+  constexpr int L = Dims<T>::L, NRV = Dims<T>::NRV, NR = Dims<T>::NR;
+  const int64_t ldc = ncp * NR;
+  for (int64_t i = 0; i < nrow; ++i) {
+    const V wi = vset<T>(wc ? wc[i] : T(1));
+    for (int64_t k = 0; k < d; ++k) {
+      const V xb = vset<T>(xrows[i * ldx + k]);
+      V racc = {};
+      for (int64_t jp = 0; jp < ncp; ++jp) {
+#pragma GCC unroll 8
+        for (int v = 0; v < NRV; ++v) {
+          const int64_t j = jp * NR + v * L;
+          const V t = xb - vload(ycp + (jp * d + k) * NR + v * L);
+          if (Ar) {
+            V a = vload(Ar + i * ld + j);
+            if (vr) a *= vload(vr + j);
+            racc += a * t;
+          }
+          if (Ac) vstore(col_out + k * ldc + j, vload(col_out + k * ldc + j) - vload(Ac + i * ld + j) * wi * t);
+        }
+      }
+      if (Ar) row_out[i * d + k] += hsum<T>(racc);
+    }
   }
 }
 
@@ -372,36 +466,56 @@ int64_t row_block(int64_t N) {
   return std::min<int64_t>(128, std::max<int64_t>(MR, roundup(divup(N, 4 * nt), MR)));
 }
 
-// Row-block scheduling: one worker per thread, each taking the next block from a shared counter, so a
-// thread slowed down (a busy core, a block with more tiles) does not hold the others up. Which thread
-// computes a block never changes what is computed: blocks own their outputs and partials.
+// Dynamic scheduling: one worker per thread, each taking the next item from a shared counter, so a
+// thread slowed down (a busy core) does not hold the others up. Which thread computes an item never
+// changes what is computed: items own their outputs and partials. worker(slot, next): slot is a
+// per-worker index below max_workers() (for scratch buffers).
+inline int64_t max_workers() { return std::max(1, at::get_num_threads()); }
+
 template <class Worker>
-void for_each_block(int64_t nblocks, Worker&& worker) {
-  if (nblocks <= 0) return;
+void for_each_item(int64_t nitems, Worker&& worker) {
+  if (nitems <= 0) return;
   std::atomic<int64_t> counter{0};
-  const int64_t nw = std::min<int64_t>(nblocks, std::max(1, at::get_num_threads()));
+  const int64_t nw = std::min<int64_t>(nitems, max_workers());
+  auto next = [&counter, nitems]() -> int64_t {
+    const int64_t b = counter.fetch_add(1, std::memory_order_relaxed);
+    return b < nitems ? b : -1;
+  };
+  if (nw == 1) {
+    worker(int64_t{0}, next);
+    return;
+  }
   at::parallel_for(0, nw, 1, [&](int64_t w0, int64_t w1) {
-    for (int64_t w = w0; w < w1; ++w)
-      worker([&counter, nblocks]() -> int64_t {
-        const int64_t b = counter.fetch_add(1, std::memory_order_relaxed);
-        return b < nblocks ? b : -1;
-      });
+    for (int64_t w = w0; w < w1; ++w) worker(w, next);
   });
 }
 
+template <typename T>
+double max_norm(const T* norms, int64_t n) {
+  double m = 0.0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(norms[i]));
+  return m;
+}
+
+template <typename T>
+bool lossy_call(const KernelArg& ka, const PointSet<T>& x, const PointSet<T>& y) {
+  return expansion_is_lossy<T>(max_norm(x.norms, x.n), max_norm(y.norms, y.n),
+                               lossy_kappa(ka.kind, ka.params, ka.n_scales));
+}
+
 // ---------------------------------------------------------------------------------------------------
-template <typename T, KernelKind K, bool NS1, bool FuseS, bool StoreK, bool Grad, bool AvP1>
+// pair_reduce: row blocks of x own their accumulators; y streams through in column tiles.
+template <typename T, KernelKind K, int NS, bool Diff, bool P1, bool Grad>
 void pair_reduce_mode(const PairProblem<T>& pb) {
   constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
-  (void)L;
-  const int64_t N = pb.N, M = pb.M, d = pb.d, p = pb.p;
+  const int64_t N = pb.x.n, M = pb.y.n, d = pb.x.d, p = pb.p, dp = pb.y.d_pad, pp = pb.p_pad;
   const int64_t RB = row_block<T>(N);
-  const int64_t CB = column_tile<T>(d, StoreK || Grad);
+  const int64_t CB = column_tile<T>(d, !P1 || Grad);
   const int64_t nrb = divup(N, RB);
-  const KParams<T> kp(pb.spec);
-  for_each_block(nrb, [&](auto next) {
-    std::vector<T> kb(StoreK ? RB * CB : 0), wb(Grad ? RB * CB : 0);
-    std::vector<T> ct((StoreK ? RB * pb.p_pad : 0) + (Grad ? RB * pb.d_pad : 0));
+  const KernelParams<T> kp = make_kernel_params<T>(pb.kernel.kind, pb.kernel.params, pb.kernel.n_scales);
+  for_each_item(nrb, [&](int64_t, auto next) {
+    std::vector<T> kb(P1 ? 0 : RB * CB), hb(Grad ? RB * CB : 0);
+    std::vector<T> ct(P1 ? 0 : RB * pp), cy(Grad ? RB * dp : 0);
     std::vector<double> rs(Grad ? RB : 0), wy(Grad ? RB * d : 0);
     for (int64_t rb = next(); rb >= 0; rb = next()) {
       const int64_t i0 = rb * RB, rows = std::min(RB, N - i0), npan = divup(rows, MR);
@@ -411,132 +525,365 @@ void pair_reduce_mode(const PairProblem<T>& pb) {
         const int64_t cols = std::min(CB, M - j0), ncp = divup(cols, NR);
         for (int64_t ip = 0; ip < npan; ++ip) {
           const int64_t gi0 = i0 + ip * MR;
-          const SweepArgs sa{d, p, gi0, j0, ncp, pb.exclude_diagonal};
+          PanelArgs<T> pa;
+          pa.d = d, pa.p = p, pa.gi0 = gi0, pa.gj0 = j0, pa.ncp = ncp, pa.excl = pb.exclude_diagonal;
+          pa.xpan = pb.x.rp + gi0 * d, pa.xn = pb.x.norms + gi0;
+          pa.ypan = pb.y.cp + j0 * d, pa.yn = pb.y.norms + j0;
+          pa.ldb = CB;
+          if (P1) pa.vcol = pb.vcol + j0;
+          if (!P1) pa.kb = kb.data() + ip * MR * CB;
+          if (Grad) pa.hb = hb.data() + ip * MR * CB;
+          if (Grad && !P1) pa.appan = pb.ap + gi0 * p, pa.vppan = pb.vp + j0 * p;
           T s_out[MR], rs_out[MR];
-          sweep_row_panel<T, K, NS1, FuseS, StoreK, Grad, AvP1>(
-              kp, sa, pb.xp + gi0 * d, pb.xn + gi0, pb.yp + j0 * d, pb.yn + j0,
-              pb.vcol ? pb.vcol + j0 : nullptr, pb.acol ? pb.acol + gi0 : nullptr,
-              pb.ap ? pb.ap + gi0 * p : nullptr, pb.vp ? pb.vp + j0 * p : nullptr,
-              StoreK ? kb.data() + ip * MR * CB : nullptr, Grad ? wb.data() + ip * MR * CB : nullptr, CB,
-              s_out, rs_out);
+          sweep_row_panel<T, K, NS, Diff, P1, !P1, false, false, Grad && P1, Grad && !P1>(kp, pa, s_out, rs_out);
           for (int r = 0; r < MR && gi0 + r < N; ++r) {
-            if constexpr (FuseS) pb.S[gi0 + r] += static_cast<double>(s_out[r]);
-            if constexpr (Grad) rs[gi0 + r - i0] += static_cast<double>(rs_out[r]);
+            if constexpr (P1) pb.S[gi0 + r] += static_cast<double>(s_out[r]);
+            if constexpr (Grad && !Diff) rs[gi0 + r - i0] += static_cast<double>(rs_out[r]);
           }
         }
-        if constexpr (StoreK) {
+        if constexpr (!P1) {
           T* c = ct.data();
-          bgemm<T>(kb.data(), CB, npan * MR, ncp * NR, pb.vr + j0 * pb.p_pad, pb.p_pad, pb.p_pad / L, c,
-                   pb.p_pad);
+          bgemm<T>(kb.data(), CB, npan * MR, ncp * NR, pb.vr + j0 * pp, pp, pp / L, c, pp);
           for (int64_t i = 0; i < rows; ++i)
-            for (int64_t q = 0; q < p; ++q) pb.S[(i0 + i) * p + q] += static_cast<double>(c[i * pb.p_pad + q]);
+            for (int64_t q = 0; q < p; ++q) pb.S[(i0 + i) * p + q] += static_cast<double>(c[i * pp + q]);
         }
-        if constexpr (Grad) {
-          T* c = ct.data() + (StoreK ? RB * pb.p_pad : 0);
-          bgemm<T>(wb.data(), CB, npan * MR, ncp * NR, pb.yr + j0 * pb.d_pad, pb.d_pad, pb.d_pad / L, c,
-                   pb.d_pad);
+        if constexpr (Grad && Diff) {
+          T* c = cy.data();  // rows x d: sum_j W_ij (x_i - y_j), entered as -wy (G = x rs - wy)
+          std::fill(c, c + rows * d, T(0));
+          diff_stage<T>(rows, ncp, d, pb.x.rows + i0 * pb.x.d_pad, pb.x.d_pad, pb.y.cp + j0 * d, hb.data(),
+                        P1 ? pb.vcol + j0 : nullptr, nullptr, nullptr, CB, c, nullptr);
           for (int64_t i = 0; i < rows; ++i)
-            for (int64_t k = 0; k < d; ++k) wy[i * d + k] += static_cast<double>(c[i * pb.d_pad + k]);
+            for (int64_t k = 0; k < d; ++k) wy[i * d + k] -= static_cast<double>(c[i * d + k]);
+        } else if constexpr (Grad) {
+          T* c = cy.data();
+          bgemm<T>(hb.data(), CB, npan * MR, ncp * NR, (P1 ? pb.vy : pb.y.rows) + j0 * dp, dp, dp / L, c, dp);
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t k = 0; k < d; ++k) wy[i * d + k] += static_cast<double>(c[i * dp + k]);
         }
       }
       if constexpr (Grad) {
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t k = 0; k < d; ++k)
-            pb.G[(i0 + i) * d + k] =
-                static_cast<double>(pb.xr[(i0 + i) * d + k]) * rs[i] - wy[i * d + k];
-      }
-    }
-  });
-}
-
-template <typename T, KernelKind K, bool NS1>
-void pair_reduce_kernel(const PairProblem<T>& pb) {
-  const bool grad = pb.G != nullptr, p1 = pb.p == 1;
-  if (!grad && p1)
-    pair_reduce_mode<T, K, NS1, true, false, false, false>(pb);
-  else if (grad && p1)
-    pair_reduce_mode<T, K, NS1, true, false, true, true>(pb);
-  else if (!grad)
-    pair_reduce_mode<T, K, NS1, false, true, false, false>(pb);
-  else
-    pair_reduce_mode<T, K, NS1, false, true, true, false>(pb);
-}
-
-// ---------------------------------------------------------------------------------------------------
-// quad_form: symmetric. Blocks of B rows; row block I visits column tiles J >= I; the diagonal tile
-// counts once, the others twice. One float64 partial per (block, column of w), summed in block order.
-template <typename T, KernelKind K, bool NS1, bool P1>
-void quad_form_mode(const QuadProblem<T>& pb) {
-  constexpr int L = Dims<T>::L;
-  (void)L;
-  constexpr int MR = Dims<T>::MR, NR = Dims<T>::NR;
-  const int64_t N = pb.N, d = pb.d, P = pb.P, Pp = pb.P_pad;
-  const int64_t B = N >= 2048 ? 128 : 64;  // a multiple of MR and NR; a function of N only
-  const int64_t nb = divup(N, B);
-  const KParams<T> kp(pb.spec);
-  std::vector<double> qpart(nb * P, 0.0);
-  // blocks are handed out in order 0, 1, ...: most tiles first, so the dynamic schedule balances
-  for_each_block(nb, [&](auto next) {
-    std::vector<T> kb(P1 ? 0 : B * B), ct(P1 ? 0 : B * Pp);
-    std::vector<double> tile(P);
-    for (int64_t I = next(); I >= 0; I = next()) {
-      {
-        const int64_t i0 = I * B, rows = std::min(B, N - i0), npan = divup(rows, MR);
-        for (int64_t J = I; J < nb; ++J) {
-          const int64_t j0 = J * B, cols = std::min(B, N - j0), ncp = divup(cols, NR);
-          const double factor = J == I ? 1.0 : 2.0;
-          std::fill(tile.begin(), tile.end(), 0.0);
-          for (int64_t ip = 0; ip < npan; ++ip) {
-            const int64_t gi0 = i0 + ip * MR;
-            const SweepArgs sa{d, 1, gi0, j0, ncp, pb.exclude_diagonal && I == J};
-            T s_out[MR], rs_out[MR];
-            sweep_row_panel<T, K, NS1, P1, !P1, false, false>(
-                kp, sa, pb.zp + gi0 * d, pb.zn + gi0, pb.zq + j0 * d, pb.zn + j0,
-                P1 ? pb.wcol + j0 : nullptr, nullptr, nullptr, nullptr,
-                P1 ? nullptr : kb.data() + ip * MR * B, nullptr, B, s_out, rs_out);
-            if constexpr (P1) {
-              for (int r = 0; r < MR && gi0 + r < N; ++r)
-                tile[0] += static_cast<double>(pb.wcol[gi0 + r]) * static_cast<double>(s_out[r]);
-            }
+        const int64_t xdp = pb.x.d_pad;
+        for (int64_t i = 0; i < rows; ++i) {
+          const double ai = P1 ? static_cast<double>(pb.acol[i0 + i]) : 1.0;
+          for (int64_t k = 0; k < d; ++k) {
+            const double g = static_cast<double>(pb.x.rows[(i0 + i) * xdp + k]) * rs[i] - wy[i * d + k];
+            pb.G[(i0 + i) * d + k] = P1 ? ai * g : g;
           }
-          if constexpr (!P1) {
-            T* c = ct.data();
-            bgemm<T>(kb.data(), B, npan * MR, ncp * NR, pb.wr + j0 * Pp, Pp, Pp / L, c, Pp);
-            for (int64_t i = 0; i < rows; ++i) {
-              const T* wi = pb.wr + (i0 + i) * Pp;
-              for (int64_t q = 0; q < P; ++q)
-                tile[q] += static_cast<double>(wi[q]) * static_cast<double>(c[i * Pp + q]);
-            }
-          }
-          for (int64_t q = 0; q < P; ++q) qpart[I * P + q] += factor * tile[q];
         }
       }
     }
   });
-  for (int64_t q = 0; q < P; ++q) {
-    double s = 0.0;
-    for (int64_t I = 0; I < nb; ++I) s += qpart[I * P + q];
-    pb.q[q] = s;
-  }
 }
 
-template <typename T, KernelKind K, bool NS1>
-void quad_form_kernel(const QuadProblem<T>& pb) {
-  if (pb.P == 1)
-    quad_form_mode<T, K, NS1, true>(pb);
-  else
-    quad_form_mode<T, K, NS1, false>(pb);
+template <typename T, KernelKind K, int NS>
+void pair_reduce_kernel(const PairProblem<T>& pb) {
+  const bool diff = lossy_call(pb.kernel, pb.x, pb.y);
+  const bool grad = pb.G != nullptr, p1 = pb.p == 1;
+  auto go = [&](auto diff_tag) {
+    constexpr bool D = decltype(diff_tag)::value;
+    if (!grad && p1)
+      pair_reduce_mode<T, K, NS, D, true, false>(pb);
+    else if (grad && p1)
+      pair_reduce_mode<T, K, NS, D, true, true>(pb);
+    else if (!grad)
+      pair_reduce_mode<T, K, NS, D, false, false>(pb);
+    else
+      pair_reduce_mode<T, K, NS, D, false, true>(pb);
+  };
+  diff ? go(std::true_type{}) : go(std::false_type{});
 }
 
 // ---------------------------------------------------------------------------------------------------
-template <typename T, bool NS1>
-void gram_kernel(const GramProblem<T>& pb) {
+// quad_form (see the top of this file).
+template <typename T>
+struct QuadScratch {
+  std::vector<T> kb, hb, hcb, colS, colU, c, cc;
+};
+
+struct QuadAcc {
+  double* Srow = nullptr;  // (N, P): pb.S
+  double* Scol = nullptr;  // (N, P)
+  double* Urow = nullptr;  // (N)
+  double* Ucol = nullptr;  // (N)
+  double* Yrow = nullptr;  // (N, d): pb.G
+  double* Ycol = nullptr;  // (N, d)
+};
+
+struct TileJob {
+  int64_t I, J, B;
+  bool diag, rowG, colG;
+};
+
+// A lossy tile's gradient terms in difference form (diff_stage), entered as -D into Y: G = z u - Y
+// (times a for P == 1) then gets + D, and such a tile adds nothing to u.
+template <typename T>
+void diff_tile_out(const PointSet<T>& z, const TileJob& tj, int64_t rows, int64_t cols, int64_t ncp, const T* Ar,
+                   const T* vr, const T* Ac, const T* wc, const QuadAcc& acc, QuadScratch<T>& ws) {
+  constexpr int NR = Dims<T>::NR;
+  const int64_t d = z.d, dp = z.d_pad, i0 = tj.I * tj.B, j0 = tj.J * tj.B, ldc = ncp * NR;
+  T* dr = ws.c.data();
+  T* dc = ws.cc.data();
+  std::fill(dr, dr + rows * d, T(0));
+  if (Ac) std::fill(dc, dc + d * ldc, T(0));
+  diff_stage<T>(rows, ncp, d, z.rows + i0 * dp, dp, z.cp + j0 * d, tj.rowG ? Ar : nullptr, vr, Ac, wc, tj.B, dr, dc);
+  if (tj.rowG)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t k = 0; k < d; ++k) acc.Yrow[(i0 + i) * d + k] -= static_cast<double>(dr[i * d + k]);
+  if (Ac)
+    for (int64_t j = 0; j < cols; ++j)
+      for (int64_t k = 0; k < d; ++k) acc.Ycol[(j0 + j) * d + k] -= static_cast<double>(dc[k * ldc + j]);
+}
+
+// One tile (I, J) with P == 1. RowS: S wanted; Grad: the tile needs g (rowG or colG).
+template <typename T, KernelKind K, int NS, bool Diff, bool RowS, bool Grad>
+void quad_tile_p1(const QuadProblem<T>& pb, const KernelParams<T>& kp, const TileJob& tj, const QuadAcc& acc,
+                  QuadScratch<T>& ws, double* qt) {
+  constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
+  const int64_t N = pb.z.n, d = pb.z.d, dp = pb.z.d_pad, B = tj.B;
+  const int64_t i0 = tj.I * B, rows = std::min(B, N - i0), npan = divup(rows, MR);
+  const int64_t j0 = tj.J * B, cols = std::min(B, N - j0), ncp = divup(cols, NR);
+  const bool cs_on = RowS && !tj.diag, cu_on = Grad && tj.colG && !tj.diag;
+  if (cs_on) std::fill(ws.colS.begin(), ws.colS.end(), T(0));
+  if (cu_on) std::fill(ws.colU.begin(), ws.colU.end(), T(0));
+  double tq = 0.0;
+  for (int64_t ip = 0; ip < npan; ++ip) {
+    const int64_t gi0 = i0 + ip * MR;
+    PanelArgs<T> pa;
+    pa.d = d, pa.p = 1, pa.gi0 = gi0, pa.gj0 = j0, pa.ncp = ncp, pa.excl = pb.exclude_diagonal && tj.diag;
+    pa.xpan = pb.z.rp + gi0 * d, pa.xn = pb.z.norms + gi0;
+    pa.ypan = pb.z.cp + j0 * d, pa.yn = pb.z.norms + j0;
+    pa.vcol = pb.wcol + j0, pa.wrow = pb.wcol + gi0;
+    pa.ldb = B;
+    if (Grad) pa.hb = ws.hb.data() + ip * MR * B;
+    pa.colS = cs_on ? ws.colS.data() : nullptr;
+    pa.colU = cu_on ? ws.colU.data() : nullptr;
+    T s_out[MR], rs_out[MR];
+    sweep_row_panel<T, K, NS, Diff, true, false, false, RowS, Grad, false>(kp, pa, s_out, rs_out);
+    for (int r = 0; r < MR && gi0 + r < N; ++r) {
+      tq += static_cast<double>(pb.wcol[gi0 + r]) * static_cast<double>(s_out[r]);
+      if constexpr (RowS) acc.Srow[gi0 + r] += static_cast<double>(s_out[r]);
+      if constexpr (Grad && !Diff) acc.Urow[gi0 + r] += static_cast<double>(rs_out[r]);
+    }
+  }
+  qt[0] = tq;
+  if (cs_on)
+    for (int64_t j = 0; j < cols; ++j) acc.Scol[j0 + j] += static_cast<double>(ws.colS[j]);
+  if constexpr (Grad && Diff) {
+    diff_tile_out<T>(pb.z, tj, rows, cols, ncp, ws.hb.data(), pb.wcol + j0, cu_on ? ws.hb.data() : nullptr, pb.wcol + i0,
+                  acc, ws);
+  } else if constexpr (Grad) {
+    const bool fused = tj.rowG && cu_on && dp / L <= 2;
+    if (fused) {
+      std::fill(ws.cc.begin(), ws.cc.begin() + ncp * NR * dp, T(0));
+      bgemm_sym<T>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, pb.wz + i0 * dp, dp, dp / L, ws.c.data(),
+                   ws.cc.data(), dp);
+    }
+    if (tj.rowG) {
+      T* c = ws.c.data();
+      if (!fused) bgemm<T>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, dp, dp / L, c, dp);
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t k = 0; k < d; ++k) acc.Yrow[(i0 + i) * d + k] += static_cast<double>(c[i * dp + k]);
+    }
+    if (cu_on) {
+      T* c = ws.cc.data();
+      if (!fused) bgemm<T, true>(ws.hb.data(), B, ncp * NR, npan * MR, pb.wz + i0 * dp, dp, dp / L, c, dp);
+      for (int64_t j = 0; j < cols; ++j) {
+        acc.Ucol[j0 + j] += static_cast<double>(ws.colU[j]);
+        for (int64_t k = 0; k < d; ++k) acc.Ycol[(j0 + j) * d + k] += static_cast<double>(c[j * dp + k]);
+      }
+    }
+  }
+}
+
+// One tile with P > 1 (the unbiased estimator's P = 3, permutation tests): k and the weighted g tiles go
+// through the matmul stage. Correct first; slower than P == 1 per column of w.
+template <typename T, KernelKind K, bool Diff, bool Grad>
+void quad_tile_pg(const QuadProblem<T>& pb, const KernelParams<T>& kp, const TileJob& tj, const QuadAcc& acc,
+                  QuadScratch<T>& ws, double* qt) {
+  constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
+  const int64_t N = pb.z.n, d = pb.z.d, dp = pb.z.d_pad, B = tj.B, P = pb.P, Pp = pb.P_pad;
+  const int64_t i0 = tj.I * B, rows = std::min(B, N - i0), npan = divup(rows, MR);
+  const int64_t j0 = tj.J * B, cols = std::min(B, N - j0), ncp = divup(cols, NR);
+  const bool rows_S = pb.S != nullptr, cs_on = rows_S && !tj.diag, cu_on = Grad && tj.colG && !tj.diag;
+  if (cu_on) std::fill(ws.colU.begin(), ws.colU.end(), T(0));
+  for (int64_t ip = 0; ip < npan; ++ip) {
+    const int64_t gi0 = i0 + ip * MR;
+    PanelArgs<T> pa;
+    pa.d = d, pa.p = P, pa.gi0 = gi0, pa.gj0 = j0, pa.ncp = ncp, pa.excl = pb.exclude_diagonal && tj.diag;
+    pa.xpan = pb.z.rp + gi0 * d, pa.xn = pb.z.norms + gi0;
+    pa.ypan = pb.z.cp + j0 * d, pa.yn = pb.z.norms + j0;
+    pa.ldb = B;
+    pa.kb = ws.kb.data() + ip * MR * B;
+    if (Grad) {
+      pa.hb = ws.hb.data() + ip * MR * B;
+      pa.appan = pb.arp + gi0 * P, pa.vppan = pb.wcp + j0 * P;
+      if (cu_on) {
+        pa.hcb = ws.hcb.data() + ip * MR * B;
+        pa.wppan = pb.wrp + gi0 * P, pa.acpan = pb.acp + j0 * P;
+        pa.colU = ws.colU.data();
+      }
+    }
+    T s_out[MR], rs_out[MR];
+    sweep_row_panel<T, K, 0, Diff, false, true, false, false, false, Grad>(kp, pa, s_out, rs_out);
+    if constexpr (Grad && !Diff)
+      for (int r = 0; r < MR && gi0 + r < N; ++r) acc.Urow[gi0 + r] += static_cast<double>(rs_out[r]);
+  }
+  {
+    T* c = ws.c.data();
+    bgemm<T>(ws.kb.data(), B, npan * MR, ncp * NR, pb.wr + j0 * Pp, Pp, Pp / L, c, Pp);
+    for (int64_t q = 0; q < P; ++q) qt[q] = 0.0;
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* wi = pb.wr + (i0 + i) * Pp;
+      for (int64_t q = 0; q < P; ++q) {
+        qt[q] += static_cast<double>(wi[q]) * static_cast<double>(c[i * Pp + q]);
+        if (rows_S) acc.Srow[(i0 + i) * P + q] += static_cast<double>(c[i * Pp + q]);
+      }
+    }
+  }
+  if (cs_on) {
+    T* c = ws.cc.data();
+    bgemm<T, true>(ws.kb.data(), B, ncp * NR, npan * MR, pb.wr + i0 * Pp, Pp, Pp / L, c, Pp);
+    for (int64_t j = 0; j < cols; ++j)
+      for (int64_t q = 0; q < P; ++q) acc.Scol[(j0 + j) * P + q] += static_cast<double>(c[j * Pp + q]);
+  }
+  if constexpr (Grad && Diff) {
+    diff_tile_out<T>(pb.z, tj, rows, cols, ncp, ws.hb.data(), nullptr, cu_on ? ws.hcb.data() : nullptr, nullptr, acc, ws);
+  } else if constexpr (Grad) {
+    if (tj.rowG) {
+      T* c = ws.c.data();
+      bgemm<T>(ws.hb.data(), B, npan * MR, ncp * NR, pb.z.rows + j0 * dp, dp, dp / L, c, dp);
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t k = 0; k < d; ++k) acc.Yrow[(i0 + i) * d + k] += static_cast<double>(c[i * dp + k]);
+    }
+    if (cu_on) {
+      T* c = ws.cc.data();
+      bgemm<T, true>(ws.hcb.data(), B, ncp * NR, npan * MR, pb.z.rows + i0 * dp, dp, dp / L, c, dp);
+      for (int64_t j = 0; j < cols; ++j) {
+        acc.Ucol[j0 + j] += static_cast<double>(ws.colU[j]);
+        for (int64_t k = 0; k < d; ++k) acc.Ycol[(j0 + j) * d + k] += static_cast<double>(c[j * dp + k]);
+      }
+    }
+  }
+}
+
+template <typename T, KernelKind K, int NS>
+void quad_form_kernel(const QuadProblem<T>& pb) {
+  const int64_t N = pb.z.n, d = pb.z.d, P = pb.P, dp = pb.z.d_pad, Pp = pb.P_pad;
+  const int64_t B = N >= 2048 ? 128 : 64;  // a multiple of MR, NR and RI; a function of N only
+  const int64_t nb = divup(N, B), half = nb / 2;
+  const bool even = nb % 2 == 0;
+  const KernelParams<T> kp = make_kernel_params<T>(pb.kernel.kind, pb.kernel.params, pb.kernel.n_scales);
+  const double kappa = lossy_kappa(pb.kernel.kind, pb.kernel.params, pb.kernel.n_scales);
+  const bool grad = pb.G != nullptr, rows_S = pb.S != nullptr, p1 = P == 1;
+  // per block: largest norm (lossy rule per tile) and whether a is zero on it (no G for its rows)
+  std::vector<double> bmax(nb, 0.0);
+  std::vector<char> a_zero(nb, 1);
+  for (int64_t I = 0; I < nb; ++I) {
+    const int64_t i0 = I * B, rows = std::min(B, N - i0);
+    bmax[I] = max_norm(pb.z.norms + i0, rows);
+    if (grad) {
+      bool z = true;
+      for (int64_t i = i0; i < i0 + rows && z; ++i) {
+        if (p1) {
+          z = pb.acol[i] == T(0);
+        } else {
+          // a row panels: [i / MR][q][MR]
+          constexpr int MR = Dims<T>::MR;
+          for (int64_t q = 0; q < P; ++q) z = z && pb.arp[((i / MR) * P + q) * MR + i % MR] == T(0);
+        }
+      }
+      a_zero[I] = z;
+    }
+  }
+  const int64_t ntile = half + 1;  // tiles per row block (t = 0 .. half)
+  std::vector<double> qt(nb * ntile * P, 0.0);
+  std::vector<double> Scol(rows_S ? N * P : 0), Urow(grad ? N : 0), Ucol(grad ? N : 0), Ycol(grad ? N * d : 0);
+  QuadAcc acc;
+  acc.Srow = pb.S, acc.Scol = Scol.data(), acc.Urow = Urow.data(), acc.Ucol = Ucol.data(), acc.Yrow = pb.G,
+  acc.Ycol = Ycol.data();
+
+  std::vector<QuadScratch<T>> scratch(max_workers());
+  for (auto& ws : scratch) {
+    if (!p1) ws.kb.resize(B * B);
+    if (grad) ws.hb.resize(B * B), ws.colU.resize(B);
+    if (grad && !p1) ws.hcb.resize(B * B);
+    if (rows_S && p1) ws.colS.resize(B);
+    const int64_t cw = std::max<int64_t>(p1 ? 0 : Pp, grad ? dp : 0);
+    ws.c.resize(B * cw), ws.cc.resize(B * cw);
+  }
+
+  auto tile = [&](int64_t I, int64_t t, QuadScratch<T>& ws) {
+    TileJob tj;
+    tj.I = I, tj.J = (I + t) % nb, tj.B = B, tj.diag = t == 0;
+    tj.rowG = grad && !a_zero[I];
+    tj.colG = grad && !a_zero[tj.J] && !tj.diag;
+    const bool tgrad = tj.rowG || tj.colG;
+    const bool diff = expansion_is_lossy<T>(bmax[I], bmax[tj.J], kappa);
+    double* q = qt.data() + (I * ntile + t) * P;
+    auto go = [&](auto diff_tag, auto grad_tag) {
+      constexpr bool D = decltype(diff_tag)::value, G = decltype(grad_tag)::value;
+      if (p1) {
+        if (rows_S)
+          quad_tile_p1<T, K, NS, D, true, G>(pb, kp, tj, acc, ws, q);
+        else
+          quad_tile_p1<T, K, NS, D, false, G>(pb, kp, tj, acc, ws, q);
+      } else {
+        quad_tile_pg<T, K, D, G>(pb, kp, tj, acc, ws, q);
+      }
+    };
+    if (diff)
+      tgrad ? go(std::true_type{}, std::true_type{}) : go(std::true_type{}, std::false_type{});
+    else
+      tgrad ? go(std::false_type{}, std::true_type{}) : go(std::false_type{}, std::false_type{});
+  };
+  auto tiles_of_round = [&](int64_t t) { return t == 0 ? nb : (even && t == half ? half : nb); };
+
+  if (!grad && !rows_S) {
+    // value only: row blocks in parallel, each running its tiles in t order
+    for_each_item(nb, [&](int64_t slot, auto next) {
+      for (int64_t I = next(); I >= 0; I = next())
+        for (int64_t t = 0; t <= half; ++t)
+          if (I < tiles_of_round(t)) tile(I, t, scratch[slot]);
+    });
+  } else {
+    for (int64_t t = 0; t <= half; ++t)
+      for_each_item(tiles_of_round(t), [&](int64_t slot, auto next) {
+        for (int64_t I = next(); I >= 0; I = next()) tile(I, t, scratch[slot]);
+      });
+  }
+
+  for (int64_t q = 0; q < P; ++q) {
+    double s = 0.0;
+    for (int64_t I = 0; I < nb; ++I)
+      for (int64_t t = 0; t <= half; ++t)
+        if (I < tiles_of_round(t)) s += (t == 0 ? 1.0 : 2.0) * qt[(I * ntile + t) * P + q];
+    pb.q[q] = s;
+  }
+  if (rows_S)
+    for (int64_t i = 0; i < N * P; ++i) pb.S[i] += Scol[i];
+  if (grad) {
+    at::parallel_for(0, N, 256, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const double u = Urow[i] + Ucol[i];
+        const double ai = p1 ? static_cast<double>(pb.acol[i]) : 1.0;
+        for (int64_t k = 0; k < d; ++k) {
+          const double g = static_cast<double>(pb.z.rows[i * dp + k]) * u - (pb.G[i * d + k] + Ycol[i * d + k]);
+          pb.G[i * d + k] = p1 ? ai * g : g;
+        }
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+template <typename T, KernelKind K, int NS, bool Diff, bool Deriv>
+void gram_mode(const GramProblem<T>& pb) {
   constexpr int MR = Dims<T>::MR, NR = Dims<T>::NR;
-  const int64_t N = pb.N, M = pb.M, d = pb.d;
+  const int64_t N = pb.x.n, M = pb.y.n, d = pb.x.d;
   const int64_t RB = row_block<T>(N), CB = column_tile<T>(d, true);
   const int64_t nrb = divup(N, RB);
-  const KParams<T> kp(pb.spec);
-  for_each_block(nrb, [&](auto next) {
+  const KernelParams<T> kp = make_kernel_params<T>(pb.kernel.kind, pb.kernel.params, pb.kernel.n_scales);
+  for_each_item(nrb, [&](int64_t, auto next) {
     std::vector<T> kb(RB * CB);
     for (int64_t rb = next(); rb >= 0; rb = next()) {
       const int64_t i0 = rb * RB, rows = std::min(RB, N - i0), npan = divup(rows, MR);
@@ -544,11 +891,13 @@ void gram_kernel(const GramProblem<T>& pb) {
         const int64_t cols = std::min(CB, M - j0), ncp = divup(cols, NR);
         for (int64_t ip = 0; ip < npan; ++ip) {
           const int64_t gi0 = i0 + ip * MR;
-          const SweepArgs sa{d, 1, gi0, j0, ncp, false};
+          PanelArgs<T> pa;
+          pa.d = d, pa.p = 1, pa.gi0 = gi0, pa.gj0 = j0, pa.ncp = ncp;
+          pa.xpan = pb.x.rp + gi0 * d, pa.xn = pb.x.norms + gi0;
+          pa.ypan = pb.y.cp + j0 * d, pa.yn = pb.y.norms + j0;
+          pa.kb = kb.data() + ip * MR * CB, pa.ldb = CB;
           T s_out[MR], rs_out[MR];
-          sweep_row_panel<T, KernelKind::RBF, NS1, false, true, false, false>(
-              kp, sa, pb.xp + gi0 * d, pb.xn + gi0, pb.yp + j0 * d, pb.yn + j0, nullptr, nullptr, nullptr,
-              nullptr, kb.data() + ip * MR * CB, nullptr, CB, s_out, rs_out);
+          sweep_row_panel<T, K, NS, Diff, false, !Deriv, Deriv, false, false, false>(kp, pa, s_out, rs_out);
         }
         for (int64_t i = 0; i < rows; ++i)
           std::memcpy(pb.K + (i0 + i) * M + j0, kb.data() + i * CB, sizeof(T) * cols);
@@ -557,43 +906,52 @@ void gram_kernel(const GramProblem<T>& pb) {
   });
 }
 
-template <typename T>
-void run_pair_reduce_impl(const PairProblem<T>& pb) {
-  const bool ns1 = pb.spec.n_scales == 1;
-  if (pb.spec.kind == KernelKind::RBF)
-    ns1 ? pair_reduce_kernel<T, KernelKind::RBF, true>(pb) : pair_reduce_kernel<T, KernelKind::RBF, false>(pb);
+template <typename T, KernelKind K, int NS>
+void gram_kernel(const GramProblem<T>& pb) {
+  const bool diff = lossy_call(pb.kernel, pb.x, pb.y);
+  if (diff)
+    pb.derivative ? gram_mode<T, K, NS, true, true>(pb) : gram_mode<T, K, NS, true, false>(pb);
   else
-    ns1 ? pair_reduce_kernel<T, KernelKind::IMQ, true>(pb) : pair_reduce_kernel<T, KernelKind::IMQ, false>(pb);
+    pb.derivative ? gram_mode<T, K, NS, false, true>(pb) : gram_mode<T, K, NS, false, false>(pb);
 }
 
-template <typename T>
-void run_quad_form_impl(const QuadProblem<T>& pb) {
-  const bool ns1 = pb.spec.n_scales == 1;
-  if (pb.spec.kind == KernelKind::RBF)
-    ns1 ? quad_form_kernel<T, KernelKind::RBF, true>(pb) : quad_form_kernel<T, KernelKind::RBF, false>(pb);
+// Dispatch on the kernel kind and on one scale (the common case: its scale loop compiles away).
+template <template <typename, KernelKind, int> class F, typename T, class Pb>
+void dispatch_kernel(const KernelArg& ka, const Pb& pb) {
+  const bool ns1 = ka.n_scales == 1;
+  if (ka.kind == KernelKind::RBF)
+    ns1 ? F<T, KernelKind::RBF, 1>::run(pb) : F<T, KernelKind::RBF, 0>::run(pb);
   else
-    ns1 ? quad_form_kernel<T, KernelKind::IMQ, true>(pb) : quad_form_kernel<T, KernelKind::IMQ, false>(pb);
+    ns1 ? F<T, KernelKind::IMQ, 1>::run(pb) : F<T, KernelKind::IMQ, 0>::run(pb);
 }
 
-template <typename T>
-void run_gram_impl(const GramProblem<T>& pb) {
-  pb.spec.n_scales == 1 ? gram_kernel<T, true>(pb) : gram_kernel<T, false>(pb);
-}
+template <typename T, KernelKind K, int NS>
+struct PairReduceF {
+  static void run(const PairProblem<T>& pb) { pair_reduce_kernel<T, K, NS>(pb); }
+};
+template <typename T, KernelKind K, int NS>
+struct QuadFormF {
+  static void run(const QuadProblem<T>& pb) { quad_form_kernel<T, K, NS>(pb); }
+};
+template <typename T, KernelKind K, int NS>
+struct GramF {
+  static void run(const GramProblem<T>& pb) { gram_kernel<T, K, NS>(pb); }
+};
 
 }  // namespace engine
 }  // namespace cpu
 }  // namespace infovae
 
-#define INFOVAE_INSTANTIATE_ENGINE(T)                                                           \
-  namespace infovae {                                                                           \
-  namespace cpu {                                                                               \
-  namespace engine {                                                                            \
-  template <>                                                                                   \
-  void run_pair_reduce<T>(const PairProblem<T>& pb) { run_pair_reduce_impl<T>(pb); }            \
-  template <>                                                                                   \
-  void run_quad_form<T>(const QuadProblem<T>& pb) { run_quad_form_impl<T>(pb); }                \
-  template <>                                                                                   \
-  void run_gram<T>(const GramProblem<T>& pb) { run_gram_impl<T>(pb); }                          \
-  }                                                                                             \
-  }                                                                                             \
+#define INFOVAE_INSTANTIATE_ENGINE(T)                                                                  \
+  namespace infovae {                                                                                  \
+  namespace cpu {                                                                                      \
+  namespace engine {                                                                                   \
+  template <>                                                                                          \
+  void run_pair_reduce<T>(const PairProblem<T>& pb) { dispatch_kernel<PairReduceF, T>(pb.kernel, pb); } \
+  template <>                                                                                          \
+  void run_quad_form<T>(const QuadProblem<T>& pb) { dispatch_kernel<QuadFormF, T>(pb.kernel, pb); }     \
+  template <>                                                                                          \
+  void run_gram<T>(const GramProblem<T>& pb) { dispatch_kernel<GramF, T>(pb.kernel, pb); }              \
+  }                                                                                                    \
+  }                                                                                                    \
   }
