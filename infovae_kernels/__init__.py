@@ -1,7 +1,7 @@
 """infovae-kernels: fused pairwise kernel reductions (RBF/IMQ Gram matrices, MMD, Stein directions)
 with autograd, as PyTorch custom ops on four backends (triton, cuda, cpu, torch)."""
 
-from infovae_kernels import backends
+from infovae_kernels import backends, metrics
 from infovae_kernels.ops import kernel_sum, mmd, rbf_gram, svgd_direction
 from infovae_kernels.nn import MMDLoss, RBFKernel
 from infovae_kernels.scale import MMDTestResult, mmd_full, mmd_test
