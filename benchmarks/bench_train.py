@@ -10,6 +10,12 @@ time is the share of a step the MMD or Stein term costs. "stein" uses the defaul
 model with stein_sigma=1.0, to separate the fused direction from the bandwidth heuristic.
 
     python benchmarks/bench_train.py [--threads 2] [--reps 15] [--out benchmarks/results/cpu/train.csv]
+
+--decoders (issue 11, item 4): training steps/s of the MMD-VAE per decoder instead (conv encoder;
+mlp, conv, pixelcnn with 4 and 12 gated layers), batch 100, latent 10, on --device, with the load
+average before and after written beside each row (a loaded machine shows there):
+
+    python benchmarks/bench_train.py --decoders [--device cpu|cuda] [--reps 5] [--out benchmarks/results/cpu/train_decoders.csv]
 """
 
 from __future__ import annotations
@@ -53,8 +59,61 @@ def div_fn(model, bs):
     return run
 
 
+def _load():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return float("nan")
+
+
+def decoders(a):
+    """Steps/s of the MMD-VAE per decoder (see the module docstring)."""
+    from infovae.train import resolve_device
+
+    dev = resolve_device(a.device)
+    shape, bs = (1, 28, 28), 100
+    x = torch.bernoulli(torch.full((bs, *shape), 0.13), generator=torch.Generator().manual_seed(0)).to(dev)
+    rows = []
+    for dec, layers in (("mlp", None), ("conv", None), ("pixelcnn", 4), ("pixelcnn", 12)):
+        torch.manual_seed(0)
+        model = InfoVAE.preset("mmd", shape, 10, encoder="conv", decoder=dec, layers=layers).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        f = step_fn(model, opt, x)
+        for _ in range(2):
+            f()
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        load0, times = _load(), []
+        for _ in range(a.reps):
+            sync()
+            t = time.perf_counter()
+            f()
+            sync()
+            times.append(time.perf_counter() - t)
+        name = dec if layers is None else f"{dec}{layers}"
+        rows.append(dict(decoder=name, device=str(dev), batch=bs, latent=10, threads=a.threads, reps=a.reps,
+                         step_ms_median=round(1e3 * statistics.median(times), 2), step_ms_min=round(1e3 * min(times), 2),
+                         steps_per_s_median=round(1 / statistics.median(times), 3),
+                         steps_per_s_best=round(1 / min(times), 3), load_before=load0, load_after=_load()))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _write(rows, out, head):
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        f.write(head)
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, out)
+    print(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
+    p.add_argument("--decoders", action="store_true", help="steps/s per decoder (issue 11, item 4)")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--latent", type=int, default=5)
@@ -62,6 +121,14 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cpu", "train.csv"))
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.decoders:
+        out = a.out if a.out != p.get_default("out") else os.path.join(
+            ROOT, "benchmarks", "results", "cuda" if a.device.startswith("cuda") else "cpu", "train_decoders.csv")
+        rows = decoders(a)
+        _write(rows, out, f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads "
+                          f"{a.threads}, {os.cpu_count()} cpus, MMD-VAE (lambda {InfoVAE.preset('mmd', (1, 28, 28), 10).lambda_:g}), "
+                          f"conv encoder; load_before/after = 1-minute load average\n")
+        return
     backends = ["cpu", "torch"] if ik.backends.available()["cpu"].available else ["torch"]
     if backends == ["torch"]:
         print("fused backend 'cpu' missing:", ik.backends.available()["cpu"].reason, file=sys.stderr)

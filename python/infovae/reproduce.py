@@ -194,8 +194,9 @@ def part3(out, s, progress, device):
     for name in P3_MODELS:
         torch.manual_seed(0)
         kw = dict(decoder="pixelcnn", encoder="conv", layers=s["layers"])
-        model = (InfoVAE.preset("beta", data.shape, d, beta=PIXELS / d, name="elbo_beta", **kw) if name == "elbo_beta"
+        model = (InfoVAE.preset("beta", data.shape, d, beta=PIXELS / d, **kw) if name == "elbo_beta"
                  else InfoVAE.preset(name, data.shape, d, **kw))
+        model.config["name"] = name
         curve = []
 
         def track(step, vals, model=model, curve=curve):
