@@ -13,9 +13,9 @@ Registration
     backends/fake.py.
 
 Numerics (kernels.py has the details)
-    r2 from coordinate differences for d <= 16; for d > 16 from |x|^2 + |y|^2 - 2 x.y (tl.dot), with a
-    per-tile switch to differences when the lossy-distance rule of infovae_kernels/kernels.py says the
-    expansion loses the distance. quad_form forces r2(i, i) = 0; g(0) = 0 everywhere. float16/bfloat16
+    r2 from coordinate differences for d <= 16; for d > 16 from |x|^2 + |y|^2 - 2 x.y (tl.dot), or from
+    differences for the whole call when the lossy-distance rule of infovae_kernels/kernels.py says the
+    expansion loses the distance (decided on the device: a flag the kernels read, no host sync). quad_form forces r2(i, i) = 0; g(0) = 0 everywhere. float16/bfloat16
     are upcast in the kernel and compute in float32 like float32; float64 computes in float64. Partials
     are combined in float64 in a fixed order, no atomics.
 
@@ -72,7 +72,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _HAS_TRITON_OP = hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton")
 _PRECISION = "ieee"
 #: Slot memory of one quad_form launch block with S/G (bytes); bounds the rounds per launch.
-_SLOT_BYTES = 128 << 20
+_SLOT_BYTES = 256 << 20
 #: pair_reduce splits its Y range until about this many programs run (a constant: not the SM count).
 _PROGRAMS_TARGET = 8 if _INTERPRET else 1024
 _FORCED: Optional[tuple[int, int]] = None   # (num_warps, num_stages) forced by tests
@@ -124,17 +124,32 @@ def _autotune_on() -> bool:
 
 def _plan(kind: str, d: int, dtype: torch.dtype, gpu: bool = not _INTERPRET) -> dict:
     """Tile shapes and launch configurations of kernel `kind` ("gram", "pair", "quad") for feature
-    dimension d and input dtype: a function of (kind, d, dtype) only. 'space' is the autotuning space:
-    (num_warps, num_stages) pairs with one num_warps (it fixes the reduction layout); its first entry
-    is the configuration used when autotuning is off."""
+    dimension d and input dtype: a function of (kind, d, dtype) only. BM x BN is the pair tile (quad:
+    B x B), BLOCK_D the tl.dot chunk of d, BLOCK_G the width of a G output chunk. 'space' is the
+    autotuning space: (num_warps, num_stages) pairs with one num_warps (it fixes the register layout and
+    so the reduction order); its first entry is the configuration used when autotuning is off.
+
+    GPU choices: the largest tiles that ptxas (sm_90a, triton 3.9, compiled without a GPU) fits in
+    registers without local-memory spills, e.g. fp32 quad_form d = 8: B 64, 8 warps, 248 registers;
+    d = 64: B 32, 8 warps, 175; pair_reduce d = 64: 32 x 64, 8 warps, 183-207; gram 64 x 64, 8 warps,
+    95-144. 4 warps at 64 x 64 spilled 0.3-3 KB per thread. Not yet timed on a GPU."""
     f64 = compute_dtype(dtype) == torch.float64
-    if gpu:
-        tile = 32 if f64 else 64
-        block_d, block_g = 32, _clamp_np2(d, 16, 64)
+    small = d <= 16
+    if not gpu:  # interpreter: small tiles keep numpy fast; several tiles per test problem
+        bm = bn = 32
         num_warps = 4
-    else:  # interpreter: small tiles keep numpy fast; several tiles per test problem
-        tile, block_d, block_g, num_warps = 32, 32, _clamp_np2(d, 16, 32), 4
-    plan = dict(B=tile, BLOCK_D=block_d, BLOCK_G=block_g, DIRECT=d if d <= 16 else 0)
+    elif f64:
+        bm = bn = 32
+        num_warps = 4 if (small or kind == "gram") else 8
+    else:
+        num_warps = 8
+        if kind == "quad":
+            bm = bn = 64 if small else 32
+        elif kind == "pair":
+            bm, bn = (64 if small else 32), 64
+        else:
+            bm = bn = 64
+    plan = dict(BM=bm, BN=bn, BLOCK_D=32, BLOCK_G=_clamp_np2(d, 16, 32))
     if kind == "quad":
         plan["space"] = ((num_warps, 2),)
     else:
@@ -178,6 +193,7 @@ _AUTOTUNE_KEYS = {
     "quad_form_kernel": ["N_KEY", "D", "P"],
     "sum_slots_kernel": ["n_slots"],
     "sum_rows_kernel": ["n_cols"],
+    "lossy_flag_kernel": ["D"],
 }
 
 
@@ -196,10 +212,24 @@ def _tl_dtype(ct: torch.dtype):
     return tl.float64 if ct == torch.float64 else tl.float32
 
 
-def _common_meta(kernel: str, params: Tensor, ct: torch.dtype, plan: dict) -> dict:
-    return dict(NS=params.shape[0], KIND=KERNELS.index(kernel), DIRECT=plan["DIRECT"], CT=_tl_dtype(ct),
-                PREC="ieee" if ct == torch.float64 else _PRECISION,
-                LOSSY_BOUND=float(LOSSY_TOLERANCE / unit_roundoff(ct)))
+def _common_meta(kernel: str, params: Tensor, ct: torch.dtype) -> dict:
+    return dict(NS=params.shape[0], KIND=KERNELS.index(kernel), CT=_tl_dtype(ct),
+                PREC="ieee" if ct == torch.float64 else _PRECISION)
+
+
+def _variants(x: Tensor, y: Tensor, params: Tensor, kernel: str, ct: torch.dtype) -> tuple[Tensor, list]:
+    """(flag tensor, [launch meta per variant]). d <= 16: one launch, differences, ungated. d > 16: the
+    lossy flag of the call is computed on the device and two launches follow, the expansion (GATE 0)
+    and the differences (GATE 1); the one the flag does not select returns at once."""
+    d = x.shape[1]
+    if d <= 16:
+        return params, [dict(DIFF=True, GATE=-1)]
+    flag = torch.empty((1,), dtype=torch.int32, device=x.device)
+    _tuner("lossy_flag_kernel", ((4, 1),))[(1,)](
+        x, y, params, flag, x.shape[0], y.shape[0], d, x.stride(0), y.stride(0),
+        NS=params.shape[0], KIND=KERNELS.index(kernel), CT=_tl_dtype(ct),
+        LOSSY_BOUND=float(LOSSY_TOLERANCE / unit_roundoff(ct)), BLOCK_R=64, BLOCK_C=32)
+    return flag, [dict(DIFF=False, GATE=0), dict(DIFF=True, GATE=1)]
 
 
 # ----------------------------------------------------------------------------------------- checks
@@ -256,11 +286,13 @@ def _gram(x: Tensor, y: Tensor, params: Tensor, kernel: str, derivative: bool) -
     x, y = x.contiguous(), y.contiguous()
     ct = compute_dtype(x.dtype)
     plan = _plan("gram", d, x.dtype)
-    b = plan["B"]
-    _tuner("gram_kernel", _configs(plan))[(triton.cdiv(N, b), triton.cdiv(M, b))](
-        x, y, params, out, N, M, d, x.stride(0), y.stride(0), _key(N), _key(M),
-        DERIV=bool(derivative), BLOCK_M=b, BLOCK_N=b, BLOCK_D=plan["BLOCK_D"],
-        **_common_meta(kernel, params, ct, plan))
+    bm, bn = plan["BM"], plan["BN"]
+    flag, variants = _variants(x, y, params, kernel, ct)
+    for var in variants:
+        _tuner("gram_kernel", _configs(plan))[(triton.cdiv(N, bm), triton.cdiv(M, bn))](
+            x, y, params, flag, out, N, M, d, x.stride(0), y.stride(0), _key(N), _key(M),
+            DERIV=bool(derivative), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=plan["BLOCK_D"],
+            **var, **_common_meta(kernel, params, ct))
     return out
 
 
@@ -287,7 +319,7 @@ def _pair_reduce(x: Tensor, y: Tensor, v: Tensor, a: Optional[Tensor], params: T
     a = a.contiguous() if has_a else v
     ct = compute_dtype(x.dtype)
     plan = _plan("pair", d, x.dtype)
-    bm = bn = plan["B"]
+    bm, bn = plan["BM"], plan["BN"]
     block_p = 1 if p == 1 else _clamp_np2(p, 16, 64)
     n_s = triton.cdiv(p, block_p)
     n_g = triton.cdiv(d, plan["BLOCK_G"]) if has_a else 0
@@ -300,13 +332,15 @@ def _pair_reduce(x: Tensor, y: Tensor, v: Tensor, a: Optional[Tensor], params: T
     split = -(-n_tiles // per)
     s_part = torch.empty((split, N, p), dtype=torch.float64, device=dev)
     g_part = torch.empty((split, N, d) if has_a else (1,), dtype=torch.float64, device=dev)
-    _tuner("pair_reduce_kernel", _configs(plan))[(n_rows, n_chunks, split)](
-        x, y, v, a, params, s_part, g_part,
-        N, M, d, p, x.stride(0), y.stride(0), v.stride(0), a.stride(0),
-        per, n_s, n_g, _key(N), _key(M),
-        HAS_A=has_a, EXCL=bool(exclude_diagonal), P_ONE=block_p == 1, BLOCK_M=bm, BLOCK_N=bn,
-        BLOCK_D=plan["BLOCK_D"], BLOCK_P=block_p, BLOCK_PA=_clamp_np2(p, 16, 64), BLOCK_G=plan["BLOCK_G"],
-        **_common_meta(kernel, params, ct, plan))
+    flag, variants = _variants(x, y, params, kernel, ct)
+    for var in variants:
+        _tuner("pair_reduce_kernel", _configs(plan))[(n_rows, n_chunks, split)](
+            x, y, v, a, params, flag, s_part, g_part,
+            N, M, d, p, x.stride(0), y.stride(0), v.stride(0), a.stride(0),
+            per, n_s, n_g, _key(N), _key(M),
+            HAS_A=has_a, EXCL=bool(exclude_diagonal), P_ONE=block_p == 1, BLOCK_M=bm, BLOCK_N=bn,
+            BLOCK_D=plan["BLOCK_D"], BLOCK_P=block_p, BLOCK_PA=_clamp_np2(p, 16, 64), BLOCK_G=plan["BLOCK_G"],
+            **var, **_common_meta(kernel, params, ct))
     s = _combine(s_part)
     g = _combine(g_part) if has_a else torch.zeros((0, d), dtype=torch.float64, device=dev)
     return s, g
@@ -342,7 +376,7 @@ def _quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel
     a = a.contiguous() if has_g else w
     ct = compute_dtype(z.dtype)
     plan = _plan("quad", d, z.dtype)
-    b = plan["B"]
+    b = plan["BM"]
     nb = triton.cdiv(N, b)
     rounds = nb // 2 + 1
     block_p = 1 if P == 1 else _clamp_np2(P, 16, 64)
@@ -355,13 +389,15 @@ def _quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel
         T = rounds
         s_slots = g_slots = q_part  # never touched (has_s = has_g = 0)
     kern = _tuner("quad_form_kernel", _configs(plan))
+    flag, variants = _variants(z, z, params, kernel, ct)
     for t0 in range(0, rounds, T):
-        kern[(nb, min(T, rounds - t0))](
-            z, w, a, params, q_part, s_slots, g_slots,
-            N, d, P, z.stride(0), w.stride(0), a.stride(0), nb, t0, rounds, T,
-            int(row_sums), int(has_g), _key(N),
-            EXCL=bool(exclude_diagonal), P_ONE=block_p == 1, B=b, BLOCK_D=plan["BLOCK_D"],
-            BLOCK_P=block_p, BLOCK_G=plan["BLOCK_G"], **_common_meta(kernel, params, ct, plan))
+        for var in variants:
+            kern[(nb, min(T, rounds - t0))](
+                z, w, a, params, flag, q_part, s_slots, g_slots,
+                N, d, P, z.stride(0), w.stride(0), a.stride(0), nb, t0, rounds, T,
+                int(row_sums), int(has_g), _key(N),
+                EXCL=bool(exclude_diagonal), P_ONE=block_p == 1, B=b, BLOCK_D=plan["BLOCK_D"],
+                BLOCK_P=block_p, BLOCK_G=plan["BLOCK_G"], **var, **_common_meta(kernel, params, ct))
     q = torch.empty((P,), dtype=torch.float64, device=dev)
     _tuner("sum_rows_kernel", ((4, 1),))[(P,)](q_part, q, rounds * nb, P, BLOCK=1024)
     s = _combine(s_slots) if row_sums else torch.zeros(s_shape, dtype=torch.float64, device=dev)

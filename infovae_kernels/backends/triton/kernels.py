@@ -1,12 +1,16 @@
 """Triton kernels of the "triton" backend: the three primitives plus two fixed-order combine kernels.
 
 Per-pair math lives in two jit helpers used by every kernel:
-  _sqdist      r2 of a tile. d <= 16 (DIRECT): coordinate differences, a static loop over d.
-               d > 16: |x|^2 + |y|^2 - 2 x.y by tl.dot over BLOCK_D-wide chunks, clamped at 0, and then,
-               per tile, the lossy-distance rule of infovae_kernels/kernels.py: when
+  _sqdist      r2 of a tile. d <= 16: coordinate differences, a loop over d. d > 16:
+               |x|^2 + |y|^2 - 2 x.y by tl.dot over BLOCK_D-wide chunks, clamped at 0, unless the
+               lossy-distance rule of infovae_kernels/kernels.py holds for the call:
                (max_i |x_i|^2 + max_j |y_j|^2) * kappa > LOSSY_BOUND (= LOSSY_TOLERANCE / u, u the unit
-               roundoff of the compute type) the tile recomputes r2 from coordinate differences (a runtime
-               branch on a scalar of the tile: no host sync).
+               roundoff of the compute type); then coordinate differences (a loop over d). The rule is
+               evaluated once per call on the device (lossy_flag_kernel writes a flag); each d > 16 call
+               launches both compiled variants (constexpr DIFF 0 and 1, GATE = the flag value it serves),
+               and the programs of the variant the flag does not select return at once: no host sync,
+               and each variant compiles to clean code (a per-tile runtime branch between the two
+               formulas cost ptxas minutes and spilled).
   _pair_terms  k(r2) and g(r2) = -2 dk/dr2 summed over the NS scales; params (float64, one per scale) are
                loaded from their pointer; g := 0 where r2 == 0. Adding a kernel means editing this one
                function (and KERNELS/kernel_params in infovae_kernels/kernels.py).
@@ -88,14 +92,14 @@ def _load_col(ptr, rows, k, n_rows, stride, CT: tl.constexpr):
 
 
 @triton.jit
-def _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, c_ptr,
-            NS: tl.constexpr, KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-            BLOCK_D: tl.constexpr, DIRECT: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
-            LOSSY_BOUND: tl.constexpr):
-    """r2[i, j] = |x_rows[i] - y_cols[j]|^2 in CT (see the module docstring for the two formulas)."""
-    if DIRECT > 0:
+def _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, BM: tl.constexpr, BN: tl.constexpr,
+            BLOCK_D: tl.constexpr, DIFF: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr):
+    """r2[i, j] = |x_rows[i] - y_cols[j]|^2 in CT. DIFF: from coordinate differences, a loop over the d
+    columns (not unrolled: an unrolled loop hoists every column's loads and spills); else
+    |x|^2 + |y|^2 - 2 x.y by tl.dot over BLOCK_D-wide chunks, clamped at 0."""
+    if DIFF:
         r2 = tl.zeros([BM, BN], dtype=CT)
-        for k in tl.static_range(DIRECT):
+        for k in range(0, D):
             diff = _load_col(x_ptr, rows, k, N, sx, CT)[:, None] - _load_col(y_ptr, cols, k, M, sy, CT)[None, :]
             r2 += diff * diff
     else:
@@ -110,28 +114,56 @@ def _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, c_ptr,
             xn += tl.sum(xt * xt, axis=1)
             yn += tl.sum(yt * yt, axis=1)
         r2 = tl.maximum(xn[:, None] + yn[None, :] - 2.0 * dot, 0.0)
-        bound = (tl.max(xn, axis=0).to(tl.float64) + tl.max(yn, axis=0).to(tl.float64)) * _kappa(c_ptr, NS, KIND)
-        if bound > LOSSY_BOUND:  # the expansion would lose the distance at this bandwidth: differences
-            r2 = tl.zeros([BM, BN], dtype=CT)
-            for k in range(0, D):
-                diff = _load_col(x_ptr, rows, k, N, sx, CT)[:, None] - _load_col(y_ptr, cols, k, M, sy, CT)[None, :]
-                r2 += diff * diff
     return r2
+
+
+@triton.jit
+def _gated_out(flag_ptr, GATE: tl.constexpr):
+    """True when this launch is not the variant the lossy flag selects (GATE -1: ungated)."""
+    if GATE < 0:
+        return False
+    return tl.load(flag_ptr) != GATE
+
+
+@triton.jit
+def _max_sqnorm(x_ptr, N, D, sx, CT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    m = tl.zeros([BLOCK_R], dtype=CT)
+    for r0 in range(0, N, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        acc = tl.zeros([BLOCK_R], dtype=CT)
+        for c0 in range(0, D, BLOCK_C):
+            t = _load_tile(x_ptr, rows, c0 + tl.arange(0, BLOCK_C), N, D, sx, CT)
+            acc += tl.sum(t * t, axis=1)
+        m = tl.maximum(m, acc)
+    return tl.max(m, axis=0)
+
+
+@triton.jit
+def lossy_flag_kernel(x_ptr, y_ptr, c_ptr, flag_ptr, N, M, D, sx, sy,
+                      NS: tl.constexpr, KIND: tl.constexpr, CT: tl.constexpr, LOSSY_BOUND: tl.constexpr,
+                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """flag = 1 when (max_i |x_i|^2 + max_j |y_j|^2) * kappa > LOSSY_BOUND (= LOSSY_TOLERANCE / u): the
+    expansion would lose the distance at the narrowest bandwidth, so the call uses differences. One
+    program, once per call (d > 16 only); the kernels then read the flag: no host sync."""
+    bound = (_max_sqnorm(x_ptr, N, D, sx, CT, BLOCK_R, BLOCK_C).to(tl.float64)
+             + _max_sqnorm(y_ptr, M, D, sy, CT, BLOCK_R, BLOCK_C).to(tl.float64)) * _kappa(c_ptr, NS, KIND)
+    tl.store(flag_ptr, (bound > LOSSY_BOUND).to(tl.int32))
 
 
 # ------------------------------------------------------------------------------------ gram
 
 @triton.jit
 def gram_kernel(
-    x_ptr, y_ptr, c_ptr, out_ptr, N, M, D, sx, sy, N_KEY, M_KEY,
-    NS: tl.constexpr, KIND: tl.constexpr, DERIV: tl.constexpr, DIRECT: tl.constexpr, CT: tl.constexpr,
-    PREC: tl.constexpr, LOSSY_BOUND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    x_ptr, y_ptr, c_ptr, flag_ptr, out_ptr, N, M, D, sx, sy, N_KEY, M_KEY,
+    NS: tl.constexpr, KIND: tl.constexpr, DERIV: tl.constexpr, DIFF: tl.constexpr,
+    GATE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
+    if _gated_out(flag_ptr, GATE):
+        return
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    r2 = _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, c_ptr, NS, KIND, BLOCK_M, BLOCK_N, BLOCK_D,
-                 DIRECT, CT, PREC, LOSSY_BOUND)
+    r2 = _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, DIFF, CT, PREC)
     k, g = _pair_terms(r2, c_ptr, NS, KIND, CT)
     out = g if DERIV else k
     mask = (rows[:, None] < N) & (cols[None, :] < M)
@@ -142,16 +174,18 @@ def gram_kernel(
 
 @triton.jit
 def pair_reduce_kernel(
-    x_ptr, y_ptr, v_ptr, a_ptr, c_ptr, s_ptr, g_ptr,
+    x_ptr, y_ptr, v_ptr, a_ptr, c_ptr, flag_ptr, s_ptr, g_ptr,
     N, M, D, P, sx, sy, sv, sa, tiles_per_split, n_s_chunks, n_g_chunks, N_KEY, M_KEY,
     NS: tl.constexpr, KIND: tl.constexpr, HAS_A: tl.constexpr, EXCL: tl.constexpr,
-    DIRECT: tl.constexpr, P_ONE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
-    LOSSY_BOUND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DIFF: tl.constexpr, GATE: tl.constexpr, P_ONE: tl.constexpr, CT: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_PA: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
     """Program (row block, output-column chunk, split s): rows of X against the Y tiles of split s, in
     order; S_i += k_ij v_j and G_i += g_ij (a_i . v_j) (x_i - y_j) accumulated in float64 across tiles;
     writes its float64 partials to s_part[s] / g_part[s] (combined by sum_slots_kernel)."""
+    if _gated_out(flag_ptr, GATE):
+        return
     pid_m = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2).to(tl.int64)
@@ -172,8 +206,7 @@ def pair_reduce_kernel(
     for t in range(t_begin, t_end):
         cols = t * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
         col_ok = cols < M
-        r2 = _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, c_ptr, NS, KIND, BLOCK_M, BLOCK_N, BLOCK_D,
-                     DIRECT, CT, PREC, LOSSY_BOUND)
+        r2 = _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, DIFF, CT, PREC)
         k, g = _pair_terms(r2, c_ptr, NS, KIND, CT)
         valid = row_ok[:, None] & col_ok[None, :]
         if EXCL:
@@ -227,10 +260,10 @@ def _add_rows(ptr, slot, rows, cols, n_rows, n_cols, val):
 # a value of 1): the value-only and the value+gradient launches must run the same binary.
 @triton.jit(do_not_specialize=["t0", "n_rounds", "T", "has_s", "has_g"])
 def quad_form_kernel(
-    z_ptr, w_ptr, a_ptr, c_ptr, q_ptr, s_ptr, g_ptr,
+    z_ptr, w_ptr, a_ptr, c_ptr, flag_ptr, q_ptr, s_ptr, g_ptr,
     N, D, P, sz, sw, sa, nb, t0, n_rounds, T, has_s, has_g, N_KEY,
-    NS: tl.constexpr, KIND: tl.constexpr, EXCL: tl.constexpr, DIRECT: tl.constexpr,
-    P_ONE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr, LOSSY_BOUND: tl.constexpr,
+    NS: tl.constexpr, KIND: tl.constexpr, EXCL: tl.constexpr, DIFF: tl.constexpr,
+    GATE: tl.constexpr, P_ONE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
     B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
     """Program (I, t - t0) of the circulant sweep (module docstring). q_part: (n_rounds, nb, P);
@@ -239,6 +272,8 @@ def quad_form_kernel(
     lt = tl.program_id(1).to(tl.int64)
     t = t0 + lt
     J = (I + t) % nb
+    if _gated_out(flag_ptr, GATE):
+        return
     if t >= n_rounds:
         return
     if (2 * t == nb) & (J < I):  # even nb, last round: the pair (J, I) is the program (J, t)
@@ -247,8 +282,7 @@ def quad_form_kernel(
     cols = J * B + tl.arange(0, B).to(tl.int64)
     row_ok = rows < N
     col_ok = cols < N
-    r2 = _sqdist(z_ptr, z_ptr, rows, cols, N, N, D, sz, sz, c_ptr, NS, KIND, B, B, BLOCK_D,
-                 DIRECT, CT, PREC, LOSSY_BOUND)
+    r2 = _sqdist(z_ptr, z_ptr, rows, cols, N, N, D, sz, sz, B, B, BLOCK_D, DIFF, CT, PREC)
     r2 = tl.where(rows[:, None] == cols[None, :], 0.0, r2)  # a point against itself: exactly 0
     k, g = _pair_terms(r2, c_ptr, NS, KIND, CT)
     valid = row_ok[:, None] & col_ok[None, :]
