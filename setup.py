@@ -5,6 +5,8 @@ Environment:
   INFOVAE_WITH_CUDA=0|1   force the CUDA sources off or on (default: auto-detect)
   INFOVAE_NO_EXTENSION=1  build nothing compiled; the package then runs on the "torch" backend only
   INFOVAE_CPU_ARCH=...    -march for the CPU kernels (default "native": the package is built where it runs)
+  TORCH_CUDA_ARCH_LIST    CUDA architectures, torch's syntax ("8.0;9.0+PTX"); default: sm_80 and sm_90
+                          machine code plus compute_90 PTX
 Build with `pip install --no-build-isolation -e .` after torch is installed.
 """
 
@@ -41,6 +43,16 @@ def _cxx_standard(torch_mod):
     return 20 if (major, minor) >= (2, 14) else 17
 
 
+def _cuda_arch_flags():
+    """Machine code for sm_80 and sm_90 plus PTX for compute_90, which newer GPUs JIT-compile (instead
+    of "no kernel image is available"). When TORCH_CUDA_ARCH_LIST is set (e.g. "8.0;9.0+PTX"), no flags:
+    torch.utils.cpp_extension then builds exactly that list (it only does when no -gencode is given)."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return []
+    return ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+            "-gencode=arch=compute_90,code=compute_90"]
+
+
 def _extensions():
     if os.environ.get("INFOVAE_NO_EXTENSION") == "1":
         return [], {}
@@ -56,8 +68,10 @@ def _extensions():
     kwargs = dict(include_dirs=include_dirs, extra_link_args=["-fopenmp"])
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = ["-O3", std, "--use_fast_math", "-lineinfo",
-                "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+        # No --use_fast_math: it swaps exp for ex2.approx (error growing with |argument|), division for
+        # an approximate one and flushes denormals, and its effect on the results has not been measured
+        # on a GPU; the kernels use the CUDA math library's exp / IEEE division (CMakeLists.txt alike).
+        nvcc = ["-O3", std, "-lineinfo"] + _cuda_arch_flags()
         ext = cpp_extension.CUDAExtension(
             "infovae_kernels._C", sources, define_macros=[("INFOVAE_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)

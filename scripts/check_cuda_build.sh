@@ -7,8 +7,10 @@
 # Environment: CUDA_HOME (default /usr/local/cuda-13.0: the toolkit of the nvcc used), VENV (default
 # .venv-cuda), MAX_JOBS (default 2).
 # The library goes to build/cuda-check/infovae_kernels/_C*.so, never into infovae_kernels/ (a
-# CUDA-linked _C there would break the CPU venv). Exit status: 0 when built, imported and registered;
-# 5 when setup.py's -std=c++17 is what breaks the build (then checked again from a -std=c++20 copy).
+# CUDA-linked _C there would break the CPU venv). Exit status: 0 when built, imported and registered
+# (and, unless TORCH_CUDA_ARCH_LIST is set, holding sm_80 and sm_90 code and compute_90 PTX); 6 when an
+# architecture is missing; 5 when setup.py's -std=c++17 is what breaks the build (then checked again
+# from a -std=c++20 copy).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -98,7 +100,7 @@ except Exception as e:  # report precisely: a missing driver (libcuda.so.1) is n
     sys.exit(3)
 print("with_cuda =", mod.with_cuda)
 ok = mod.with_cuda == 1
-for op in ("rbf_gram", "pair_reduce", "quad_form"):
+for op in ("gram", "pair_reduce", "quad_form"):
     name = f"infovae::{op}"
     has_op = hasattr(torch.ops.infovae, op)
     cuda = torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")
@@ -109,8 +111,20 @@ if not ok:
     print("FAIL: missing op or kernel registration")
     sys.exit(4)
 EOF
+# Architectures in the library: machine code for sm_80 and sm_90 and PTX for compute_90 (setup.py's
+# default; skipped when TORCH_CUDA_ARCH_LIST chose others).
+if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
+  elf=$("$CUDA_HOME/bin/cuobjdump" --list-elf "$SO" 2>/dev/null || true)
+  ptx=$("$CUDA_HOME/bin/cuobjdump" --list-ptx "$SO" 2>/dev/null || true)
+  miss=""
+  grep -q '\.sm_80\.' <<< "$elf" || miss+=" sm_80-code"
+  grep -q '\.sm_90\.' <<< "$elf" || miss+=" sm_90-code"
+  grep -q '\.sm_90\.' <<< "$ptx" || miss+=" compute_90-PTX"
+  [[ -z "$miss" ]] || { say "FAIL: missing in $SO:$miss"; exit 6; }
+  say "architectures: $(grep -c . <<< "$elf") cubins (sm_80, sm_90), $(grep -c . <<< "$ptx") PTX (compute_90)"
+fi
 if [[ $status -ne 0 ]]; then
   say "PARTIAL: CUDA extension builds (with -std=c++20), imports and registers CUDA kernels; setup.py as committed does not build against torch $TORCH_VERSION"
   exit "$status"
 fi
-say "OK: built, imported, CUDA kernels registered for infovae::rbf_gram, pair_reduce, quad_form"
+say "OK: built, imported, CUDA kernels registered for infovae::gram, pair_reduce, quad_form"

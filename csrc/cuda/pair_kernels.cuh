@@ -1,20 +1,25 @@
-// CUDA kernels of the infovae:: ops. Torch-free: raw pointers, cuda_fp16/cuda_bf16 element types, the
-// per-pair math of csrc/include/infovae/pair_math.h. The launches (and every launch check) live in
-// ops_cuda.cu; tests/cpp/cuda_kernels_compile.cu instantiates these templates without torch headers.
+// CUDA kernels of the infovae:: primitives and their torch-free launch sequences. Raw pointers,
+// cuda_fp16/cuda_bf16 element types, the per-pair math of csrc/include/infovae/pair_math.h.
+// ops_cuda.cu validates, allocates and calls the run_* drivers at the end of this file;
+// tests/cpp/test_cuda_emulation.cpp calls the same drivers on the CPU (INFOVAE_CUDA_EMULATION), so the
+// host-side scheduling (grids, rounds, slabs, final sums) is tested along with the kernels.
 //
 // Tiling (one CUDA block = 16 x 16 threads):
 //   BM x BN pair tile, BM = 16*TM rows of X, BN = 16*TN rows of Y; thread (ty, tx) owns the TM x TN pairs
-//   (ty + 16 r, tx + 16 c): TM*TN independent dot-product accumulators in registers. Both operands are
-//   staged in shared memory, k-major ([BK][rows]), BK = 16 features at a time, loaded with 16-byte
-//   vector loads when the row length and base pointer allow it.
-//   float/half/bf16 -> acc_t float, TM = TN = 4 (64 x 64 tile); double -> acc_t double, TM = TN = 2 (32 x 32).
-// Reductions over j (pair_reduce: S = K V, G = (g w)-weighted differences; quad_form: K W) go through
-// shared memory: the tile's kernel values P (and weights Q) are written to shared memory, then output
-// columns are produced in chunks of BC = 16*TC columns, each thread owning TM x TC outputs.
-// Every sum has a fixed order and no atomics are used: results are bitwise reproducible.
+//   (ty + 16 r, tx + 16 c). Both operands are staged in shared memory, k-major ([BK][rows]), BK = 16
+//   features at a time, with 16-byte vector loads when the row length and base pointer allow it.
+//   float/half/bf16 -> acc_t float, TM = TN = 4 (64 x 64 tile); double -> acc_t double, TM = TN = 2.
+// Distances. r2 = |x|^2 + |y|^2 - 2 x.y, clamped at 0, where |x|^2 is accumulated exactly like the dot
+//   products (acc_t, fma, k ascending from 0), so a point paired with itself gives r2 = 0 exactly; in
+//   quad_form r2 is also forced to 0 for i == j. A tile computes r2 = sum_k (x_k - y_k)^2 instead when
+//   the expansion would lose the distance (the lossy-distance rule of pair_math.h, decided per tile from
+//   the largest squared norm of each side's rows: uniform over the block).
+// Sums. Per tile, partial sums in acc_t; across tiles, float64 in a fixed order owned by one block; slabs
+//   summed by fixed-order kernels. No atomics; no grid choice depends on the device (only on the
+//   problem size): bitwise reproducible run to run, process to process and GPU to GPU.
 #pragma once
 
-#include <cuda_bf16.h>
+#include <cuda_bf16.h>  // tests/cpp/emu/ holds host stand-ins of these three for the emulation
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -22,15 +27,21 @@
 
 #include "infovae/pair_math.h"
 
+// Launch-error hook: ops_cuda.cu defines it as C10_CUDA_KERNEL_LAUNCH_CHECK() before including this file.
+#ifndef INFOVAE_CHECK_LAUNCH
+#define INFOVAE_CHECK_LAUNCH() ((void)0)
+#endif
+
 namespace infovae {
 namespace cuda_kernels {
 
 constexpr int kThreadsX = 16;
 constexpr int kThreadsY = 16;
 constexpr int kThreads = kThreadsX * kThreadsY;
-constexpr int kBK = 16;   // features per shared-memory stage
-constexpr int kPad = 4;   // shared-memory row padding (keeps 16-byte alignment of rows)
+constexpr int kBK = 16;     // features per shared-memory stage
+constexpr int kPad = 4;     // shared-memory row padding (keeps 16-byte alignment of rows)
 constexpr int kNarrow = 4;  // pair_reduce: S = K v with p <= kNarrow is reduced in registers
+constexpr int kQC = kThreadsX;  // quad_form: output columns per chunk (one per thread column)
 
 template <typename acc_t>
 struct TileCfg;
@@ -50,18 +61,63 @@ struct Tile {
   static constexpr int BM = kThreadsY * TM;
   static constexpr int BN = kThreadsX * TN;
   static constexpr int BC = kThreadsX * TC;
-  // Shared memory, as a union of the two phases of a tile.
-  static constexpr int kDotBytes = 2 * kBK * (BM + kPad) * int(sizeof(acc_t));  // Xs, Ys (BM == BN)
-  static constexpr int kPBytes = BM * (BN + 1) * int(sizeof(acc_t));           // P or Q
-  static constexpr int kCBytes = BN * (BC + kPad) * int(sizeof(acc_t));        // chunk of V / Y / W
-  static constexpr int kRedBytes = kThreadsY * BC * int(sizeof(acc_t));
-  static constexpr int kReduceBytes = 2 * kPBytes + kCBytes;                    // pair_reduce phase 2
-  static constexpr int kQuadBytes = kPBytes + kCBytes + kRedBytes;              // quad_form phase 2
+  static constexpr int LDP = BN + 1;
+  // Shared memory: pair_reduce and quad_form each as a union of their phases.
+  static constexpr int kDotBytes = 2 * kBK * (BM + kPad) * int(sizeof(acc_t));  // staging of two operands
+  static constexpr int kPBytes = BM * LDP * int(sizeof(acc_t));                 // one BM x BN pair matrix
+  static constexpr int kCBytes = BN * (BC + kPad) * int(sizeof(acc_t));
+  static constexpr int kReduceBytes = 2 * kPBytes + kCBytes;
+  static constexpr int kQCBytes = BN * (kQC + kPad) * int(sizeof(acc_t));
+  static constexpr int kQuadBytes = 2 * kPBytes + 2 * kQCBytes + kThreadsY * kQC * int(sizeof(acc_t));
   static constexpr int cmax(int a, int b) { return a > b ? a : b; }
-  static constexpr int kSmemBytes = cmax(kDotBytes, cmax(kReduceBytes, kQuadBytes));
-  static_assert(BM == BN, "square tiles (quad_form walks the upper triangle of tiles)");
-  static_assert(kSmemBytes <= 48 * 1024, "static shared memory limit");
+  static constexpr int kSmemBytes = cmax(kDotBytes, kReduceBytes);
+  static_assert(BM == BN, "square tiles (quad_form pairs row blocks with row blocks)");
+  static_assert(kDotBytes <= 2 * kPBytes, "quad_form: operand staging overlaps the two pair matrices only");
+  static_assert(kSmemBytes <= 48 * 1024 && kQuadBytes <= 48 * 1024, "static shared memory limit");
 };
+
+// ---- per-pair math (csrc/include/infovae/pair_math.h) ----
+
+// The kernel parameters of a launch, built in every block from the float64 params array on the device
+// (thread 0 reads n_scales <= kMaxScales values into shared memory): no host copy of params, no sync.
+template <typename acc_t>
+struct DeviceKernel {
+  KernelParams<acc_t> p;
+  double kappa;  // of the lossy-distance rule
+};
+
+// Every thread of the block must call it (it ends with a barrier).
+template <typename acc_t>
+__device__ __forceinline__ void load_kernel(DeviceKernel<acc_t>& k, KernelKind kind, const double* __restrict__ params,
+                                            int n_scales) {
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    k.p = make_kernel_params<acc_t>(kind, params, n_scales);
+    k.kappa = lossy_kappa(kind, params, n_scales);
+  }
+  __syncthreads();
+}
+
+// The exponential of the CUDA kernels: exp of the compute type without fast-math (expf / exp, the CUDA
+// math library's ~1-2 ulp versions); see setup.py for why --use_fast_math is not used.
+using CudaExp = StdExp;
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t k_of(const DeviceKernel<acc_t>& k, acc_t r2) {
+  return kernel_value_dyn(k.p, r2, CudaExp{});
+}
+
+// k and g (g = 0 where r2 == 0); k is bitwise k_of's.
+template <typename acc_t>
+__device__ __forceinline__ void k_and_g_of(const DeviceKernel<acc_t>& k, acc_t r2, acc_t& kv, acc_t& gv) {
+  kernel_value_and_weight_dyn(k.p, r2, CudaExp{}, kv, gv);
+}
+
+// Whether a tile whose rows have squared norms <= max_x and columns <= max_y computes r2 from
+// coordinate differences (uniform over the block: every thread reads the same two maxima).
+template <typename acc_t>
+__device__ __forceinline__ bool tile_is_lossy(const DeviceKernel<acc_t>& k, acc_t max_x, acc_t max_y) {
+  return expansion_is_lossy<acc_t>(static_cast<double>(max_x), static_cast<double>(max_y), k.kappa);
+}
 
 // ---- element conversion (explicit intrinsics: torch builds with __CUDA_NO_HALF_CONVERSIONS__) ----
 __device__ __forceinline__ float to_float(float v) { return v; }
@@ -91,12 +147,11 @@ struct alignas(16) Vec16 {
 };
 
 // Loads rows [row0, row0 + ROWS) x features [k0, k0 + kBK) of a row-major (nrows, ld) matrix into
-// dst[k][row] (k-major), as acc_t, minus mean[k] when mean != nullptr; zeros outside the matrix.
+// dst[k][row] (k-major) as acc_t; zeros outside the matrix.
 // vec: 16-byte loads allowed (ld % (16 / sizeof(T)) == 0 and src 16-byte aligned).
 template <typename T, typename acc_t, int ROWS>
 __device__ __forceinline__ void load_tile_kmajor(acc_t* __restrict__ dst, const T* __restrict__ src,
-                                                 int64_t nrows, int64_t ld, int64_t row0, int64_t k0,
-                                                 const acc_t* __restrict__ mean, bool vec) {
+                                                 int64_t nrows, int64_t ld, int64_t row0, int64_t k0, bool vec) {
   constexpr int LDS = ROWS + kPad;
   const int tid = threadIdx.y * kThreadsX + threadIdx.x;
   if (vec) {
@@ -111,10 +166,7 @@ __device__ __forceinline__ void load_tile_kmajor(acc_t* __restrict__ dst, const 
       if (row < nrows && k < ld) {  // ld % VEC == 0: the vector is entirely inside or outside
         const Vec16<T> q = *reinterpret_cast<const Vec16<T>*>(src + row * ld + k);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          const acc_t m = mean != nullptr ? mean[k + e] : acc_t(0);
-          dst[(kk + e) * LDS + r] = to_acc<acc_t>(q.v[e]) - m;
-        }
+        for (int e = 0; e < VEC; ++e) dst[(kk + e) * LDS + r] = to_acc<acc_t>(q.v[e]);
       } else {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) dst[(kk + e) * LDS + r] = acc_t(0);
@@ -126,24 +178,21 @@ __device__ __forceinline__ void load_tile_kmajor(acc_t* __restrict__ dst, const 
       const int kk = t % kBK;
       const int64_t row = row0 + r;
       const int64_t k = k0 + kk;
-      acc_t val = acc_t(0);
-      if (row < nrows && k < ld) {
-        val = to_acc<acc_t>(src[row * ld + k]);
-        if (mean != nullptr) val -= mean[k];
-      }
-      dst[kk * LDS + r] = val;
+      dst[kk * LDS + r] = (row < nrows && k < ld) ? to_acc<acc_t>(src[row * ld + k]) : acc_t(0);
     }
   }
 }
 
-// dot[r][c] = sum_k A[row0a + ty + 16 r][k] * B[row0b + tx + 16 c][k] over k < kdim (both centered by
-// their mean when given). Ends with __syncthreads(), so the caller may reuse the shared memory.
-template <typename T, typename acc_t>
-__device__ __forceinline__ void tile_dots(acc_t (&dot)[Tile<acc_t>::TM][Tile<acc_t>::TN], acc_t* smem,
-                                          const T* __restrict__ A, int64_t na, int64_t row0a,
-                                          const acc_t* __restrict__ mean_a, bool vec_a,
-                                          const T* __restrict__ B, int64_t nb, int64_t row0b,
-                                          const acc_t* __restrict__ mean_b, bool vec_b, int64_t kdim) {
+// For the thread's TM x TN pairs (A row row0a + ty + 16 r, B row row0b + tx + 16 c), over features
+// k < kdim ascending from 0 in acc_t with fma:
+//   DIFF = false: out = sum_k a_k b_k          (dot products)
+//   DIFF = true:  out = sum_k (a_k - b_k)^2    (squared distances from coordinate differences)
+// Ends with __syncthreads(), so the caller may reuse the staging memory (the first kDotBytes of smem).
+template <bool DIFF, typename T, typename acc_t>
+__device__ __forceinline__ void tile_pairs(acc_t (&out)[Tile<acc_t>::TM][Tile<acc_t>::TN], acc_t* smem,
+                                           const T* __restrict__ A, int64_t na, int64_t row0a, bool vec_a,
+                                           const T* __restrict__ B, int64_t nb, int64_t row0b, bool vec_b,
+                                           int64_t kdim) {
   using TL = Tile<acc_t>;
   constexpr int TM = TL::TM, TN = TL::TN, BM = TL::BM, BN = TL::BN;
   constexpr int LDA = BM + kPad, LDB = BN + kPad;
@@ -153,10 +202,10 @@ __device__ __forceinline__ void tile_dots(acc_t (&dot)[Tile<acc_t>::TM][Tile<acc
 #pragma unroll
   for (int r = 0; r < TM; ++r)
 #pragma unroll
-    for (int c = 0; c < TN; ++c) dot[r][c] = acc_t(0);
+    for (int c = 0; c < TN; ++c) out[r][c] = acc_t(0);
   for (int64_t k0 = 0; k0 < kdim; k0 += kBK) {
-    load_tile_kmajor<T, acc_t, BM>(As, A, na, kdim, row0a, k0, mean_a, vec_a);
-    load_tile_kmajor<T, acc_t, BN>(Bs, B, nb, kdim, row0b, k0, mean_b, vec_b);
+    load_tile_kmajor<T, acc_t, BM>(As, A, na, kdim, row0a, k0, vec_a);
+    load_tile_kmajor<T, acc_t, BN>(Bs, B, nb, kdim, row0b, k0, vec_b);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kBK; ++kk) {
@@ -169,76 +218,120 @@ __device__ __forceinline__ void tile_dots(acc_t (&dot)[Tile<acc_t>::TM][Tile<acc
 #pragma unroll
       for (int r = 0; r < TM; ++r)
 #pragma unroll
-        for (int c = 0; c < TN; ++c) dot[r][c] = fma(a[r], b[c], dot[r][c]);
+        for (int c = 0; c < TN; ++c) {
+          if constexpr (DIFF) {
+            out[r][c] = add_squared_difference(out[r][c], a[r], b[c]);
+          } else {
+            out[r][c] = fma(a[r], b[c], out[r][c]);
+          }
+        }
     }
     __syncthreads();
   }
 }
 
-// Squared norms of the centered rows: out[i] = |x_i - mean|^2, one warp per row, fixed-order reduction.
+// Squared distances of the thread's TM x TN pairs of the tile (rows row0a.., columns row0b..), by the
+// expansion with the precomputed norms or, when the tile is lossy, from coordinate differences.
 template <typename T, typename acc_t>
-__global__ void __launch_bounds__(256) row_norms_kernel(const T* __restrict__ x, int64_t n, int64_t d,
-                                                        const acc_t* __restrict__ mean,
-                                                        acc_t* __restrict__ out) {
-  const int lane = threadIdx.x & 31;
-  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  if (row >= n) return;
-  acc_t s0 = acc_t(0), s1 = acc_t(0);
-  const T* xr = x + row * d;
-  int64_t k = lane;
-  for (; k + 32 < d; k += 64) {
-    const acc_t a = to_acc<acc_t>(xr[k]) - mean[k];
-    const acc_t b = to_acc<acc_t>(xr[k + 32]) - mean[k + 32];
-    s0 = fma(a, a, s0);
-    s1 = fma(b, b, s1);
+__device__ __forceinline__ void tile_r2(acc_t (&r2)[Tile<acc_t>::TM][Tile<acc_t>::TN], acc_t* smem, bool lossy,
+                                        const T* __restrict__ A, int64_t na, int64_t row0a,
+                                        const acc_t* __restrict__ anorm, bool vec_a, const T* __restrict__ B,
+                                        int64_t nb, int64_t row0b, const acc_t* __restrict__ bnorm, bool vec_b,
+                                        int64_t d) {
+  using TL = Tile<acc_t>;
+  constexpr int TM = TL::TM, TN = TL::TN;
+  if (lossy) {
+    tile_pairs<true, T, acc_t>(r2, smem, A, na, row0a, vec_a, B, nb, row0b, vec_b, d);
+    return;
   }
-  if (k < d) {
-    const acc_t a = to_acc<acc_t>(xr[k]) - mean[k];
-    s0 = fma(a, a, s0);
-  }
-  acc_t s = s0 + s1;
+  tile_pairs<false, T, acc_t>(r2, smem, A, na, row0a, vec_a, B, nb, row0b, vec_b, d);
+  acc_t an[TM], bn[TN];
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-  if (lane == 0) out[row] = s;
+  for (int r = 0; r < TM; ++r) {
+    const int64_t i = row0a + threadIdx.y + kThreadsY * r;
+    an[r] = i < na ? anorm[i] : acc_t(0);
+  }
+#pragma unroll
+  for (int c = 0; c < TN; ++c) {
+    const int64_t j = row0b + threadIdx.x + kThreadsX * c;
+    bn[c] = j < nb ? bnorm[j] : acc_t(0);
+  }
+#pragma unroll
+  for (int r = 0; r < TM; ++r)
+#pragma unroll
+    for (int c = 0; c < TN; ++c) r2[r][c] = squared_distance(an[r], bn[c], r2[r][c]);
 }
 
-// K[i][j] = k(|x_i - y_j|^2), written in T. grid (ceil(M/BN), ceil(N/BM)).
+// ---- kernels ----
+
+// norms[i] = |x_i|^2 accumulated as tile_pairs accumulates a dot product (acc_t, fma, k ascending), so
+// that |x_i|^2 + |x_i|^2 - 2 x_i.x_i == 0 exactly; tile_max[b] = max of norms over rows
+// [b * BM, (b + 1) * BM). One thread per row, BM threads per block.
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(Tile<acc_t>::BM)
+    row_norms_kernel(const T* __restrict__ x, int64_t n, int64_t d, acc_t* __restrict__ norms,
+                     acc_t* __restrict__ tile_max) {
+  constexpr int BM = Tile<acc_t>::BM;
+  __shared__ acc_t red[BM];
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * BM + threadIdx.x;
+  acc_t s = acc_t(0);
+  if (row < n) {
+    const T* xr = x + row * d;
+    for (int64_t k = 0; k < d; ++k) {
+      const acc_t v = to_acc<acc_t>(xr[k]);
+      s = fma(v, v, s);
+    }
+    norms[row] = s;
+  }
+  red[threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    acc_t m = red[0];
+    for (int t = 1; t < BM; ++t) m = red[t] > m ? red[t] : m;
+    tile_max[blockIdx.x] = m;
+  }
+}
+
+// gram: out[i][j] = k(r2_ij), or g(r2_ij) when derivative, written in T. grid (ceil(M/BN), ceil(N/BM)).
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    rbf_gram_kernel(const T* __restrict__ x, const T* __restrict__ y, int64_t N, int64_t M, int64_t d,
-                    const acc_t* __restrict__ mean, const acc_t* __restrict__ xnorm,
-                    const acc_t* __restrict__ ynorm, KernelParams<acc_t> params, bool vec_x, bool vec_y,
-                    T* __restrict__ out) {
+    gram_kernel(const T* __restrict__ x, const T* __restrict__ y, int64_t N, int64_t M, int64_t d,
+                const acc_t* __restrict__ xnorm, const acc_t* __restrict__ ynorm, const acc_t* __restrict__ xmax,
+                const acc_t* __restrict__ ymax, KernelKind kind, const double* __restrict__ params,
+                int n_scales, bool derivative, bool vec_x, bool vec_y, T* __restrict__ out) {
   using TL = Tile<acc_t>;
   constexpr int TM = TL::TM, TN = TL::TN;
   __shared__ __align__(16) unsigned char smem_raw[TL::kDotBytes];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  __shared__ DeviceKernel<acc_t> kern;
+  load_kernel(kern, kind, params, n_scales);
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * TL::BM;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * TL::BN;
-  acc_t dot[TM][TN];
-  tile_dots<T, acc_t>(dot, smem, x, N, row0, mean, vec_x, y, M, col0, mean, vec_y, d);
+  const bool lossy = tile_is_lossy(kern, xmax[blockIdx.y], ymax[blockIdx.x]);
+  acc_t r2[TM][TN];
+  tile_r2<T, acc_t>(r2, smem, lossy, x, N, row0, xnorm, vec_x, y, M, col0, ynorm, vec_y, d);
   const int tx = threadIdx.x, ty = threadIdx.y;
 #pragma unroll
   for (int r = 0; r < TM; ++r) {
     const int64_t i = row0 + ty + kThreadsY * r;
     if (i >= N) continue;
-    const acc_t xn = xnorm[i];
 #pragma unroll
     for (int c = 0; c < TN; ++c) {
       const int64_t j = col0 + tx + kThreadsX * c;
       if (j >= M) continue;
-      const acc_t r2 = squared_distance(xn, ynorm[j], dot[r][c]);
-      const acc_t kv = kernel_value(params, r2);
+      acc_t kv, gv;
+      k_and_g_of(kern, r2[r][c], kv, gv);
+      const acc_t v = derivative ? gv : kv;
       if constexpr (sizeof(acc_t) == sizeof(double)) {
-        out[i * M + j] = from_acc_d(kv);
+        out[i * M + j] = from_acc_d(v);
       } else {
-        out[i * M + j] = from_acc<T>(kv);
+        out[i * M + j] = from_acc<T>(v);
       }
     }
   }
 }
 
-// Per row block of X (BM rows; blockIdx.x) and split of Y (blockIdx.y: Y tiles
+// pair_reduce. Per row block of X (BM rows; blockIdx.x) and split of Y (blockIdx.y: Y tiles
 // [blockIdx.y * tiles_per_split, +tiles_per_split)), one sweep over those Y tiles in tiles of BN:
 //   S_i += sum_j k_ij v_j                       (p columns)
 //   G_i += sum_j g_ij (a_i . v_j) (x_i - y_j)   (d columns, only when a != nullptr)
@@ -249,25 +342,28 @@ __global__ void __launch_bounds__(kThreads)
 // added to a float64 accumulator owned by this block: the first NREG column chunks in registers, the
 // others in the (zero-initialised) output rows of this split's slab (S + split * N * p,
 // G + split * N * d), which no other block touches. Slabs are summed in split order by
-// sum_partials_kernel when there is more than one split.
+// sum_slabs_kernel when there is more than one split.
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads, 2)
     pair_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ v,
                        const T* __restrict__ a, int64_t N, int64_t M, int64_t d, int64_t p,
-                       const acc_t* __restrict__ mean, const acc_t* __restrict__ xnorm,
-                       const acc_t* __restrict__ ynorm, KernelParams<acc_t> params, bool exclude_diagonal,
-                       bool vec_x, bool vec_y, bool vec_a, bool vec_v, int64_t tiles_per_split,
-                       double* __restrict__ S, double* __restrict__ G) {
+                       const acc_t* __restrict__ xnorm, const acc_t* __restrict__ ynorm,
+                       const acc_t* __restrict__ xmax, const acc_t* __restrict__ ymax, KernelKind kind,
+                       const double* __restrict__ params, int n_scales, bool exclude_diagonal, bool vec_x,
+                       bool vec_y, bool vec_a, bool vec_v, int64_t tiles_per_split, double* __restrict__ S,
+                       double* __restrict__ G) {
   using TL = Tile<acc_t>;
   constexpr int TM = TL::TM, TN = TL::TN, TC = TL::TC, NREG = TL::NREG;
   constexpr int BM = TL::BM, BN = TL::BN, BC = TL::BC;
-  constexpr int LDP = BN + 1, LDC = BC + kPad;
+  constexpr int LDP = TL::LDP, LDC = BC + kPad;
   __shared__ __align__(16) unsigned char smem_raw[TL::kSmemBytes];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* Ps = smem;                 // [BM][LDP] kernel values
   acc_t* Qs = smem + BM * LDP;      // [BM][LDP] g_ij (a_i . v_j)
   acc_t* Cs = smem + 2 * BM * LDP;  // [BN][LDC] chunk of V or Y
 
+  __shared__ DeviceKernel<acc_t> kern;
+  load_kernel(kern, kind, params, n_scales);
   const bool has_a = a != nullptr;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
@@ -292,20 +388,14 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
   for (int r = 0; r < TM; ++r) nacc[r] = 0.0;
 
-  acc_t xn[TM];
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    const int64_t i = row0 + ty + kThreadsY * r;
-    xn[r] = i < N ? xnorm[i] : acc_t(0);
-  }
-
   for (int64_t col0 = col_begin; col0 < col_end; col0 += BN) {
     // Phase 1: distances (and a . v) for the BM x BN tile -> P, Q in shared memory.
-    acc_t dot[TM][TN];
-    tile_dots<T, acc_t>(dot, smem, x, N, row0, mean, vec_x, y, M, col0, mean, vec_y, d);
+    const bool lossy = tile_is_lossy(kern, xmax[blockIdx.x], ymax[col0 / BN]);
+    acc_t r2[TM][TN];
+    tile_r2<T, acc_t>(r2, smem, lossy, x, N, row0, xnorm, vec_x, y, M, col0, ynorm, vec_y, d);
     acc_t av[TM][TN];
     if (has_a) {
-      tile_dots<T, acc_t>(av, smem, a, N, row0, nullptr, vec_a, v, M, col0, nullptr, vec_v, p);
+      tile_pairs<false, T, acc_t>(av, smem, a, N, row0, vec_a, v, M, col0, vec_v, p);
     }
     acc_t kreg[TM][TN];
 #pragma unroll
@@ -316,12 +406,11 @@ __global__ void __launch_bounds__(kThreads, 2)
         const int64_t j = col0 + tx + kThreadsX * c;
         acc_t kv = acc_t(0), gv = acc_t(0);
         if (i < N && j < M && !(exclude_diagonal && i == j)) {
-          const acc_t r2 = squared_distance(xn[r], ynorm[j], dot[r][c]);
           if (has_a) {
-            kernel_value_and_weight(params, r2, &kv, &gv);
+            k_and_g_of(kern, r2[r][c], kv, gv);
             gv *= av[r][c];
           } else {
-            kv = kernel_value(params, r2);
+            kv = k_of(kern, r2[r][c]);
           }
         }
         const int li = ty + kThreadsY * r, lj = tx + kThreadsX * c;
@@ -461,110 +550,243 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
-// quad_form, pass 1. Row block I (blockIdx.x) visits the column tiles J >= I of the symmetric K(z, z),
-// split into chunks: block (I, c) takes J in [I + c * tiles_per_split, +tiles_per_split) (possibly
-// none); an off-diagonal tile counts twice. Per tile and column p of W: the partial sum_ij w_ip k_ij w_jp over
-// the tile's pairs in acc_t (rows reduced in a fixed order through shared memory), times the tile's
-// multiplicity, added to partial[I * gridDim.y + c][p] in float64 (owned by this block;
-// zero-initialised).
-template <typename T, typename acc_t>
-__global__ void __launch_bounds__(kThreads, 2)
-    quad_form_kernel(const T* __restrict__ z, const T* __restrict__ w, int64_t N, int64_t d, int64_t P,
-                     const acc_t* __restrict__ mean, const acc_t* __restrict__ znorm,
-                     KernelParams<acc_t> params, bool exclude_diagonal, bool vec_z,
-                     int64_t tiles_per_split, double* __restrict__ partial) {
-  using TL = Tile<acc_t>;
-  constexpr int TM = TL::TM, TN = TL::TN, TC = TL::TC;
-  constexpr int BM = TL::BM, BN = TL::BN, BC = TL::BC;
-  constexpr int LDP = BN + 1, LDC = BC + kPad;
-  __shared__ __align__(16) unsigned char smem_raw[TL::kSmemBytes];
-  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* Ps = smem;                        // [BM][LDP]
-  acc_t* Cs = smem + BM * LDP;             // [BN][LDC]
-  acc_t* Red = Cs + BN * LDC;              // [16][BC]
+// ---- quad_form: one symmetric sweep ----
+//
+// Row blocks I = 0..nb-1 of BM rows of z. The unordered block pairs {I, J} are enumerated by circulant
+// rounds: round t = 0..nb/2 holds the tiles (I, (I + t) mod nb); round 0 the diagonal tiles, and when nb
+// is even the last round t = nb/2 only I < nb/2 (its other half would repeat the same pairs). Each
+// unordered pair of rows {i, j} lies in exactly one tile, so it is evaluated once.
+// The rounds of row block I are cut into `chunks` runs of `tps` consecutive rounds (plan_quad_form; a
+// function of N only). Per tile (I, J) of round t, chunk k = t / tps:
+//   q:  the partial sum_{i in I, j in J} w_ip k_ij w_jp (acc_t, fixed order), times 2 off the diagonal,
+//       added in float64 to qslab[I * chunks + k];
+//   S:  the row part sum_{j in J} k_ij w_j to the rows of I of a "row" copy; off the diagonal, the
+//       column part sum_{i in I} k_ij w_i to the rows of J of a "column" copy;
+//   G:  the row part sum_j g_ij (a_i . w_j)(z_i - z_j) likewise; off the diagonal, the column part
+//       sum_i g_ij (a_j . w_i)(z_j - z_i).
+// Value only (no S, no G): one launch, grid (nb, chunks); block (I, k) walks the rounds of chunk k in
+// ascending order, accumulating q in its own qslab entry.
+// With S or G, grouped (the default): `tps` launches, grid (nb, chunks); launch j gives block (I, k) the
+//   round t = k * tps + j and copy k (Sbuf/Gbuf hold 2 * chunks copies: row copies, then column copies).
+//   In a launch the blocks (I, k) are the only writers of the row copy k at rows of I and, t -> (I + t)
+//   mod nb being a bijection, of the column copy k at rows of J; launches are stream-ordered.
+// Per round (when 2 * chunks copies would exceed max_copy_bytes): one launch per round t, grid the blocks
+//   of that round, copy 0 (2 copies).
+// Either way every qslab entry receives the same tile partials in the same (ascending round) order as in
+// the value-only launch, and those partials are computed by the same code from the same kernel values:
+// q is bitwise the same with and without S/G. Finally S = sum of the 2 * copies copies of S in a fixed
+// order (sum_slabs_kernel), G likewise, q = sum of the qslab entries in I, k order.
 
+template <typename T, typename acc_t>
+struct QuadArgs {
+  const T* z;
+  const T* w;
+  const T* a;  // nullptr: no G
+  int64_t N, d, P;
+  const acc_t* znorm;
+  const acc_t* zmax;  // per row block
+  KernelKind kind;
+  const double* params;
+  int n_scales;
+  bool exclude_diagonal, vec_z, vec_w, vec_a;
+  int64_t nb, tps, chunks, copies;
+  double* qslab;  // [nb * chunks][P], zero-initialised
+  double* Sbuf;   // [2 * copies][N][P], zero-initialised; nullptr: no S
+  double* Gbuf;   // [2 * copies][N][d], zero-initialised; nullptr (a == nullptr): no G
+};
+
+// Where one tile's results go.
+struct QuadOut {
+  double* q;     // qslab entry (P)
+  double* Srow;  // [N][P] row copy, Scol the matching column copy (ROWS)
+  double* Scol;
+  double* Grow;  // [N][d] (GRAD)
+  double* Gcol;
+};
+
+// Rounds of row block I: t = 0..nb/2, the last one only for I < nb/2 when nb is even.
+__host__ __device__ __forceinline__ int64_t quad_rounds_of(int64_t nb, int64_t I) {
+  return nb / 2 + ((nb % 2 == 1 || I < nb / 2) ? 1 : 0);
+}
+// Blocks of the launch of round t (per-round mode).
+__host__ __device__ __forceinline__ int64_t quad_blocks_of_round(int64_t nb, int64_t t) {
+  return (t > 0 && 2 * t == nb) ? nb / 2 : nb;
+}
+
+template <typename T, typename acc_t, bool ROWS, bool GRAD>
+__device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const DeviceKernel<acc_t>& kern,
+                                          int64_t I, int64_t J, const QuadOut& out, acc_t* smem) {
+  using TL = Tile<acc_t>;
+  constexpr int TM = TL::TM, TN = TL::TN, BM = TL::BM, BN = TL::BN, LDP = TL::LDP;
+  constexpr int LDC = kQC + kPad;
+  acc_t* Ps = smem;                    // [BM][LDP] k, then g_ij (a_i . w_j)  (operand staging overlaps Ps, P2s)
+  acc_t* P2s = Ps + BM * LDP;          // [BM][LDP] g_ij (a_j . w_i)
+  acc_t* Cj = P2s + BM * LDP;          // [BN][LDC] chunk of rows of J (w, then z)
+  acc_t* Ci = Cj + BN * LDC;           // [BM][LDC] chunk of rows of I
+  acc_t* Red = Ci + BM * LDC;          // [16][kQC]
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t I = blockIdx.x;
-  const int64_t row0 = I * BM;
-  const int64_t n_tiles = (N + BN - 1) / BN;
-  const int64_t J_begin = I + static_cast<int64_t>(blockIdx.y) * tiles_per_split;
-  const int64_t J_end = J_begin + tiles_per_split < n_tiles ? J_begin + tiles_per_split : n_tiles;
-  if (J_begin >= J_end) return;  // uniform over the block: no barrier is skipped by part of it
-  partial += (I * gridDim.y + blockIdx.y) * P;
-  acc_t zn[TM];
+  const int64_t N = A.N, P = A.P, d = A.d;
+  const bool diag = I == J;
+  const int64_t row0 = I * BM, col0 = J * BN;
+
+  // Phase 1: r2, k (and g) of the tile's pairs.
+  const bool lossy = tile_is_lossy(kern, A.zmax[I], A.zmax[J]);
+  acc_t r2[TM][TN];
+  tile_r2<T, acc_t>(r2, smem, lossy, A.z, N, row0, A.znorm, A.vec_z, A.z, N, col0, A.znorm, A.vec_z, d);
+  acc_t greg[TM][TN];
 #pragma unroll
   for (int r = 0; r < TM; ++r) {
     const int64_t i = row0 + ty + kThreadsY * r;
-    zn[r] = i < N ? znorm[i] : acc_t(0);
-  }
-
-  for (int64_t J = J_begin; J < J_end; ++J) {
-    const int64_t col0 = J * BN;
-    acc_t dot[TM][TN];
-    tile_dots<T, acc_t>(dot, smem, z, N, row0, mean, vec_z, z, N, col0, mean, vec_z, d);
 #pragma unroll
-    for (int r = 0; r < TM; ++r) {
-      const int64_t i = row0 + ty + kThreadsY * r;
-#pragma unroll
-      for (int c = 0; c < TN; ++c) {
-        const int64_t j = col0 + tx + kThreadsX * c;
-        acc_t kv = acc_t(0);
-        if (i < N && j < N && !(exclude_diagonal && i == j)) {
-          kv = kernel_value(params, squared_distance(zn[r], znorm[j], dot[r][c]));
+    for (int c = 0; c < TN; ++c) {
+      const int64_t j = col0 + tx + kThreadsX * c;
+      acc_t kv = acc_t(0), gv = acc_t(0);
+      if (i < N && j < N && !(A.exclude_diagonal && i == j)) {
+        const acc_t d2 = i == j ? acc_t(0) : r2[r][c];
+        if constexpr (GRAD) {
+          k_and_g_of(kern, d2, kv, gv);
+        } else {
+          kv = k_of(kern, d2);
         }
-        Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = kv;
       }
+      Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = kv;
+      greg[r][c] = gv;
+    }
+  }
+  __syncthreads();
+
+  // Phase 2: q (and S) over column chunks of w.
+  const double mult = diag ? 1.0 : 2.0;  // a power of two: mult * partial is exact
+  for (int64_t c0 = 0; c0 < P; c0 += kQC) {
+    for (int t = ty * kThreadsX + tx; t < BN * kQC; t += kThreads) {
+      const int rr = t / kQC, cc = t % kQC;
+      const int64_t col = c0 + cc, j = col0 + rr, i = row0 + rr;
+      Cj[rr * LDC + cc] = (j < N && col < P) ? to_acc<acc_t>(A.w[j * P + col]) : acc_t(0);
+      Ci[rr * LDC + cc] = (i < N && col < P) ? to_acc<acc_t>(A.w[i * P + col]) : acc_t(0);
     }
     __syncthreads();
-    const double mult = J == I ? 1.0 : 2.0;
-
-    for (int64_t c0 = 0; c0 < P; c0 += BC) {
-      for (int t = ty * kThreadsX + tx; t < BN * BC; t += kThreads) {
-        const int jj = t / BC, cc = t % BC;
-        const int64_t j = col0 + jj, col = c0 + cc;
-        Cs[jj * LDC + cc] = (j < N && col < P) ? to_acc<acc_t>(w[j * P + col]) : acc_t(0);
-      }
-      __syncthreads();
-      acc_t part[TM][TC];
+    const int64_t col = c0 + tx;
+    // row part: (K W_J)_i for the thread's rows i = ty + 16 r, column col
+    acc_t part[TM];
 #pragma unroll
-      for (int r = 0; r < TM; ++r)
-#pragma unroll
-        for (int c = 0; c < TC; ++c) part[r][c] = acc_t(0);
+    for (int r = 0; r < TM; ++r) part[r] = acc_t(0);
 #pragma unroll 4
-      for (int jj = 0; jj < BN; ++jj) {
-        acc_t pv[TM], cv[TC];
+    for (int jj = 0; jj < BN; ++jj) {
+      const acc_t wj = Cj[jj * LDC + tx];
 #pragma unroll
-        for (int r = 0; r < TM; ++r) pv[r] = Ps[(ty + kThreadsY * r) * LDP + jj];
+      for (int r = 0; r < TM; ++r) part[r] = fma(Ps[(ty + kThreadsY * r) * LDP + jj], wj, part[r]);
+    }
+    acc_t s = acc_t(0);
 #pragma unroll
-        for (int c = 0; c < TC; ++c) cv[c] = Cs[jj * LDC + tx + kThreadsX * c];
-#pragma unroll
-        for (int r = 0; r < TM; ++r)
-#pragma unroll
-          for (int c = 0; c < TC; ++c) part[r][c] = fma(pv[r], cv[c], part[r][c]);
-      }
-      // contrib_p = sum over this thread's rows of w_ip (K W_J)_ip
-#pragma unroll
-      for (int c = 0; c < TC; ++c) {
-        const int64_t col = c0 + tx + kThreadsX * c;
-        acc_t s = acc_t(0);
+    for (int r = 0; r < TM; ++r) s = fma(Ci[(ty + kThreadsY * r) * LDC + tx], part[r], s);
+    Red[ty * kQC + tx] = s;
+    if constexpr (ROWS) {
+      if (col < P) {
 #pragma unroll
         for (int r = 0; r < TM; ++r) {
           const int64_t i = row0 + ty + kThreadsY * r;
-          const acc_t wi = (i < N && col < P) ? to_acc<acc_t>(w[i * P + col]) : acc_t(0);
-          s = fma(wi, part[r][c], s);
+          if (i < N) out.Srow[i * P + col] += static_cast<double>(part[r]);
         }
-        Red[ty * BC + tx + kThreadsX * c] = s;
+      }
+      if (!diag) {
+        // column part: (K^T W_I)_j for the thread's columns j = ty + 16 r of the tile
+        acc_t cpart[TN];
+#pragma unroll
+        for (int r = 0; r < TN; ++r) cpart[r] = acc_t(0);
+#pragma unroll 4
+        for (int ii = 0; ii < BM; ++ii) {
+          const acc_t wi = Ci[ii * LDC + tx];
+#pragma unroll
+          for (int r = 0; r < TN; ++r) cpart[r] = fma(Ps[ii * LDP + ty + kThreadsY * r], wi, cpart[r]);
+        }
+        if (col < P) {
+#pragma unroll
+          for (int r = 0; r < TN; ++r) {
+            const int64_t j = col0 + ty + kThreadsY * r;
+            if (j < N) out.Scol[j * P + col] += static_cast<double>(cpart[r]);
+          }
+        }
+      }
+    }
+    __syncthreads();
+    if (ty == 0 && col < P) {
+      acc_t sum = acc_t(0);
+#pragma unroll
+      for (int yy = 0; yy < kThreadsY; ++yy) sum += Red[yy * kQC + tx];
+      out.q[col] += mult * static_cast<double>(sum);
+    }
+    __syncthreads();  // Cj, Ci, Red are rewritten by the next chunk; Ps by the next tile or phase
+  }
+
+  if constexpr (GRAD) {
+    // Phase 3: G. Q_ij = g_ij (a_i . w_j) -> Ps; off the diagonal Q'_ij = g_ij (w_i . a_j) -> P2s.
+    acc_t aw[TM][TN];
+    tile_pairs<false, T, acc_t>(aw, smem, A.a, N, row0, A.vec_a, A.w, N, col0, A.vec_w, P);
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < TN; ++c) aw[r][c] *= greg[r][c];
+    if (!diag) {
+      acc_t wa[TM][TN];
+      tile_pairs<false, T, acc_t>(wa, smem, A.w, N, row0, A.vec_w, A.a, N, col0, A.vec_a, P);
+#pragma unroll
+      for (int r = 0; r < TM; ++r)
+#pragma unroll
+        for (int c = 0; c < TN; ++c) P2s[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = greg[r][c] * wa[r][c];
+    }
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < TN; ++c) Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = aw[r][c];
+    __syncthreads();
+    for (int64_t c0 = 0; c0 < d; c0 += kQC) {
+      for (int t = ty * kThreadsX + tx; t < BN * kQC; t += kThreads) {
+        const int rr = t / kQC, cc = t % kQC;
+        const int64_t col = c0 + cc, j = col0 + rr, i = row0 + rr;
+        Cj[rr * LDC + cc] = (j < N && col < d) ? to_acc<acc_t>(A.z[j * d + col]) : acc_t(0);
+        Ci[rr * LDC + cc] = (i < N && col < d) ? to_acc<acc_t>(A.z[i * d + col]) : acc_t(0);
       }
       __syncthreads();
-      if (ty == 0) {
+      const int64_t col = c0 + tx;
+      acc_t part[TM];
+      acc_t zi[TM];
 #pragma unroll
-        for (int c = 0; c < TC; ++c) {
-          const int cc = tx + kThreadsX * c;
-          const int64_t col = c0 + cc;
-          acc_t s = acc_t(0);
+      for (int r = 0; r < TM; ++r) {
+        part[r] = acc_t(0);
+        zi[r] = Ci[(ty + kThreadsY * r) * LDC + tx];
+      }
+#pragma unroll 4
+      for (int jj = 0; jj < BN; ++jj) {
+        const acc_t zj = Cj[jj * LDC + tx];
 #pragma unroll
-          for (int yy = 0; yy < kThreadsY; ++yy) s += Red[yy * BC + cc];
-          if (col < P) partial[col] += mult * static_cast<double>(s);
+        for (int r = 0; r < TM; ++r) part[r] = fma(Ps[(ty + kThreadsY * r) * LDP + jj], zi[r] - zj, part[r]);
+      }
+      if (col < d) {
+#pragma unroll
+        for (int r = 0; r < TM; ++r) {
+          const int64_t i = row0 + ty + kThreadsY * r;
+          if (i < N) out.Grow[i * d + col] += static_cast<double>(part[r]);
+        }
+      }
+      if (!diag) {
+        acc_t cpart[TN], zj[TN];
+#pragma unroll
+        for (int r = 0; r < TN; ++r) {
+          cpart[r] = acc_t(0);
+          zj[r] = Cj[(ty + kThreadsY * r) * LDC + tx];
+        }
+#pragma unroll 4
+        for (int ii = 0; ii < BM; ++ii) {
+          const acc_t zv = Ci[ii * LDC + tx];
+#pragma unroll
+          for (int r = 0; r < TN; ++r) cpart[r] = fma(P2s[ii * LDP + ty + kThreadsY * r], zj[r] - zv, cpart[r]);
+        }
+        if (col < d) {
+#pragma unroll
+          for (int r = 0; r < TN; ++r) {
+            const int64_t j = col0 + ty + kThreadsY * r;
+            if (j < N) out.Gcol[j * d + col] += static_cast<double>(cpart[r]);
+          }
         }
       }
       __syncthreads();
@@ -572,17 +794,256 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
-// Fixed-order sum of slabs: q[e] = sum_I partial[I][e], I ascending (quad_form pass 2; pair_reduce
-// splits).
-__global__ void __launch_bounds__(256) sum_partials_kernel(const double* __restrict__ partial,
-                                                           int64_t n_blocks, int64_t P,
-                                                           double* __restrict__ q) {
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col >= P) return;
+// Value only: grid (nb, chunks); block (I, k) takes the rounds t in [k * tps, (k + 1) * tps) of I.
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads, 2) quad_form_value_kernel(QuadArgs<T, acc_t> A) {
+  __shared__ __align__(16) unsigned char smem_raw[Tile<acc_t>::kQuadBytes];
+  __shared__ DeviceKernel<acc_t> kern;
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  const int64_t I = blockIdx.x, k = blockIdx.y;
+  const int64_t t_begin = k * A.tps;
+  const int64_t t_last = quad_rounds_of(A.nb, I);
+  const int64_t t_end = t_begin + A.tps < t_last ? t_begin + A.tps : t_last;
+  if (t_begin >= t_end) return;  // uniform over the block
+  load_kernel(kern, A.kind, A.params, A.n_scales);
+  const QuadOut out{A.qslab + (I * A.chunks + k) * A.P, nullptr, nullptr, nullptr, nullptr};
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    quad_tile<T, acc_t, false, false>(A, kern, I, (I + t) % A.nb, out, smem);
+  }
+}
+
+// With S and/or G: block (I, blockIdx.y) takes the tile of round t = t_base + blockIdx.y * t_stride and
+// writes copy blockIdx.y (grouped: t_base = j, t_stride = tps, grid (nb, chunks); per round: t_base = t,
+// grid (blocks of round t, 1)).
+template <typename T, typename acc_t, bool ROWS, bool GRAD>
+__global__ void __launch_bounds__(kThreads, 2)
+    quad_form_round_kernel(QuadArgs<T, acc_t> A, int64_t t_base, int64_t t_stride) {
+  __shared__ __align__(16) unsigned char smem_raw[Tile<acc_t>::kQuadBytes];
+  __shared__ DeviceKernel<acc_t> kern;
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  const int64_t I = blockIdx.x, copy = blockIdx.y;
+  const int64_t t = t_base + copy * t_stride;
+  if (t >= quad_rounds_of(A.nb, I)) return;  // uniform over the block
+  load_kernel(kern, A.kind, A.params, A.n_scales);
+  const int64_t N = A.N, C = A.copies;
+  QuadOut out{A.qslab + (I * A.chunks + t / A.tps) * A.P, nullptr, nullptr, nullptr, nullptr};
+  if (ROWS) {
+    out.Srow = A.Sbuf + copy * N * A.P;
+    out.Scol = A.Sbuf + (C + copy) * N * A.P;
+  }
+  if (GRAD) {
+    out.Grow = A.Gbuf + copy * N * A.d;
+    out.Gcol = A.Gbuf + (C + copy) * N * A.d;
+  }
+  quad_tile<T, acc_t, ROWS, GRAD>(A, kern, I, (I + t) % A.nb, out, smem);
+}
+
+// out[e] = sum_s slabs[s * n + e] for e < n, s ascending. (Templates, like every kernel here, so that
+// the header can be included by several translation units without duplicate host stubs.)
+template <int = 0>
+__global__ void __launch_bounds__(256) sum_slabs_kernel(const double* __restrict__ slabs, int64_t n_slabs,
+                                                        int64_t n, double* __restrict__ out) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= n) return;
   double s = 0.0;
-  for (int64_t I = 0; I < n_blocks; ++I) s += partial[I * P + col];
-  q[col] = s;
+  for (int64_t k = 0; k < n_slabs; ++k) s += slabs[k * n + e];
+  out[e] = s;
+}
+
+// ---- host side: grid planning and launch sequences (torch-free; ops_cuda.cu allocates) ----
+
+// Grid shaping. One block per row block alone leaves most SMs idle below N of about 17k (H100: 132
+// SMs x 2 resident blocks of 64 rows), so sweeps are split until about kTargetBlocks blocks exist, each
+// split covering at least kMinTilesPerSplit tiles. The split depends on the problem size only, never on
+// the device, so results are bitwise identical run to run and GPU to GPU.
+constexpr int64_t kTargetBlocks = 528;
+constexpr int64_t kMinTilesPerSplit = 4;
+constexpr int64_t kMaxSlabBytes = int64_t(256) << 20;  // cap on the float64 split slabs (pair_reduce)
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Tiles per split for row_blocks blocks sweeping col_tiles tiles; max_splits caps the split count.
+inline int64_t tiles_per_split(int64_t row_blocks, int64_t col_tiles, int64_t max_splits) {
+  int64_t splits = ceil_div(kTargetBlocks, row_blocks);
+  const int64_t by_work = ceil_div(col_tiles, kMinTilesPerSplit);
+  splits = splits < by_work ? splits : by_work;
+  splits = splits < max_splits ? splits : max_splits;
+  splits = splits < 1 ? 1 : splits;
+  const int64_t tps = ceil_div(col_tiles, splits);
+  return tps < 1 ? 1 : tps;
+}
+
+template <typename F, typename... Args>
+inline void launch(F* kernel, dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
+  if (grid.x == 0 || grid.y == 0) return;
+#ifdef INFOVAE_CUDA_EMULATION
+  (void)stream;
+  emu::launch(grid, block, [&] { kernel(args...); });
+#else
+  kernel<<<grid, block, 0, stream>>>(args...);
+  INFOVAE_CHECK_LAUNCH();
+#endif
+}
+
+inline dim3 tile_block() { return dim3(kThreadsX, kThreadsY); }
+
+template <typename acc_t>
+inline int64_t row_blocks(int64_t n) {
+  return ceil_div(n, Tile<acc_t>::BM);
+}
+
+// norms (n) and tile_max (row_blocks(n)) of the rows of x.
+template <typename T, typename acc_t>
+inline void run_row_norms(const T* x, int64_t n, int64_t d, acc_t* norms, acc_t* tile_max, cudaStream_t s) {
+  launch(&row_norms_kernel<T, acc_t>, dim3(static_cast<unsigned>(row_blocks<acc_t>(n))),
+         dim3(Tile<acc_t>::BM), s, x, n, d, norms, tile_max);
+}
+
+inline void run_sum_slabs(const double* slabs, int64_t n_slabs, int64_t n, double* out, cudaStream_t s) {
+  launch(&sum_slabs_kernel<>, dim3(static_cast<unsigned>(ceil_div(n, 256))), dim3(256), s, slabs, n_slabs, n, out);
+}
+
+struct GramArgs {
+  int64_t N, M, d;
+  KernelKind kind;
+  const double* params;
+  int n_scales;
+  bool derivative, vec_x, vec_y;
+};
+
+// Scratch: xnorm (N), ynorm (M), xmax (row_blocks(N)), ymax (row_blocks(M)).
+template <typename T, typename acc_t>
+void run_gram(const T* x, const T* y, const GramArgs& g, acc_t* xnorm, acc_t* ynorm, acc_t* xmax,
+                     acc_t* ymax, T* out, cudaStream_t s) {
+  if (g.N == 0 || g.M == 0) return;
+  run_row_norms<T, acc_t>(x, g.N, g.d, xnorm, xmax, s);
+  run_row_norms<T, acc_t>(y, g.M, g.d, ynorm, ymax, s);
+  const dim3 grid(static_cast<unsigned>(row_blocks<acc_t>(g.M)), static_cast<unsigned>(row_blocks<acc_t>(g.N)));
+  launch(&gram_kernel<T, acc_t>, grid, tile_block(), s, x, y, g.N, g.M, g.d, (const acc_t*)xnorm,
+         (const acc_t*)ynorm, (const acc_t*)xmax, (const acc_t*)ymax, g.kind, g.params, g.n_scales, g.derivative,
+         g.vec_x, g.vec_y, out);
+}
+
+struct PairReducePlan {
+  int64_t blocks, tps, splits;
+};
+
+template <typename acc_t>
+inline PairReducePlan plan_pair_reduce(int64_t N, int64_t M, int64_t d, int64_t p, bool has_a) {
+  PairReducePlan pl;
+  pl.blocks = row_blocks<acc_t>(N);
+  const int64_t col_tiles = row_blocks<acc_t>(M);
+  const int64_t width = p + (has_a ? d : 0);
+  int64_t max_splits = kMaxSlabBytes / (N * width * 8 > 1 ? N * width * 8 : 1);
+  max_splits = max_splits < 1 ? 1 : max_splits;
+  pl.tps = tiles_per_split(pl.blocks, col_tiles, max_splits);
+  pl.splits = ceil_div(col_tiles, pl.tps);
+  return pl;
+}
+
+struct PairReduceArgs {
+  int64_t N, M, d, p;
+  KernelKind kind;
+  const double* params;
+  int n_scales;
+  bool exclude_diagonal, vec_x, vec_y, vec_a, vec_v;
+};
+
+// S (N, p) and G (N, d) zero-initialised; with plan.splits > 1, S_slabs (splits * N * p) and G_slabs
+// (splits * N * d) zero-initialised scratch (else unused). Scratch norms/max as run_gram.
+template <typename T, typename acc_t>
+void run_pair_reduce(const T* x, const T* y, const T* v, const T* a, const PairReduceArgs& r,
+                            const PairReducePlan& pl, acc_t* xnorm, acc_t* ynorm, acc_t* xmax, acc_t* ymax,
+                            double* S_slabs, double* G_slabs, double* S, double* G, cudaStream_t s) {
+  if (r.N == 0 || r.M == 0 || r.p == 0) return;
+  run_row_norms<T, acc_t>(x, r.N, r.d, xnorm, xmax, s);
+  run_row_norms<T, acc_t>(y, r.M, r.d, ynorm, ymax, s);
+  double* S_acc = pl.splits == 1 ? S : S_slabs;
+  double* G_acc = a == nullptr ? nullptr : (pl.splits == 1 ? G : G_slabs);
+  launch(&pair_reduce_kernel<T, acc_t>, dim3(static_cast<unsigned>(pl.blocks), static_cast<unsigned>(pl.splits)),
+         tile_block(), s, x, y, v, a, r.N, r.M, r.d, r.p, (const acc_t*)xnorm, (const acc_t*)ynorm,
+         (const acc_t*)xmax, (const acc_t*)ymax, r.kind, r.params, r.n_scales, r.exclude_diagonal, r.vec_x,
+         r.vec_y, r.vec_a, r.vec_v, pl.tps, S_acc, G_acc);
+  if (pl.splits > 1) {
+    run_sum_slabs(S_slabs, pl.splits, r.N * r.p, S, s);
+    if (a != nullptr) run_sum_slabs(G_slabs, pl.splits, r.N * r.d, G, s);
+  }
+}
+
+struct QuadPlan {
+  int64_t nb, rounds, tps, chunks;
+  int64_t copies;  // of S and of G, each (row and column): chunks (grouped launches) or 1 (per round)
+  bool grouped;
+};
+
+// nb, tps and chunks depend on N only (q's summation order); the S/G mode on the size of the copies.
+template <typename acc_t>
+inline QuadPlan plan_quad_form(int64_t N, int64_t d, int64_t P, bool row_sums, bool grad,
+                               int64_t max_copy_bytes = kMaxSlabBytes) {
+  QuadPlan pl;
+  pl.nb = row_blocks<acc_t>(N);
+  pl.rounds = pl.nb / 2 + 1;
+  pl.tps = tiles_per_split(pl.nb, pl.rounds, pl.rounds);
+  pl.chunks = ceil_div(pl.rounds, pl.tps);
+  const int64_t width = (row_sums ? P : 0) + (grad ? d : 0);
+  pl.grouped = 2 * pl.chunks * N * width * 8 <= max_copy_bytes;
+  pl.copies = pl.grouped ? pl.chunks : 1;
+  return pl;
+}
+
+// A holds the plan's nb/tps/chunks/copies and zero-initialised qslab, Sbuf (row_sums) and Gbuf (a
+// given); znorm (N) and zmax (nb) are scratch. Results: q (P), and S (N x P) / G (N x d) when Sbuf /
+// Gbuf are given.
+template <typename T, typename acc_t>
+void run_quad_form(const QuadArgs<T, acc_t>& A, const QuadPlan& pl, acc_t* znorm, acc_t* zmax, double* q,
+                   double* S, double* G, cudaStream_t s) {
+  if (A.N == 0 || A.P == 0) return;
+  run_row_norms<T, acc_t>(A.z, A.N, A.d, znorm, zmax, s);
+  QuadArgs<T, acc_t> B = A;
+  B.znorm = znorm;
+  B.zmax = zmax;
+  const bool rows = A.Sbuf != nullptr, grad = A.Gbuf != nullptr;
+  if (!rows && !grad) {
+    launch(&quad_form_value_kernel<T, acc_t>, dim3(static_cast<unsigned>(A.nb), static_cast<unsigned>(A.chunks)),
+           tile_block(), s, B);
+  } else {
+    auto* kernel = rows ? (grad ? &quad_form_round_kernel<T, acc_t, true, true>
+                                : &quad_form_round_kernel<T, acc_t, true, false>)
+                        : &quad_form_round_kernel<T, acc_t, false, true>;
+    if (pl.grouped) {
+      for (int64_t j = 0; j < A.tps; ++j)
+        launch(kernel, dim3(static_cast<unsigned>(A.nb), static_cast<unsigned>(A.chunks)), tile_block(), s, B, j,
+               A.tps);
+    } else {
+      for (int64_t t = 0; t < pl.rounds; ++t)
+        launch(kernel, dim3(static_cast<unsigned>(quad_blocks_of_round(A.nb, t))), tile_block(), s, B, t,
+               int64_t(0));
+    }
+    if (rows) run_sum_slabs(A.Sbuf, 2 * A.copies, A.N * A.P, S, s);
+    if (grad) run_sum_slabs(A.Gbuf, 2 * A.copies, A.N * A.d, G, s);
+  }
+  run_sum_slabs(A.qslab, A.nb * A.chunks, A.P, q, s);
 }
 
 }  // namespace cuda_kernels
 }  // namespace infovae
+
+// The drivers of one element type T (compute type A), for explicit instantiation (PREFIX empty: one
+// kernels_<type>.cu each, so the four compile in parallel) and `extern` declaration (ops_cuda.cu).
+#define INFOVAE_CUDA_DRIVERS(PREFIX, T, A)                                                                     \
+  namespace infovae {                                                                                         \
+  namespace cuda_kernels {                                                                                    \
+  PREFIX template void run_gram<T, A>(const T*, const T*, const GramArgs&, A*, A*, A*, A*, T*, cudaStream_t); \
+  PREFIX template void run_pair_reduce<T, A>(const T*, const T*, const T*, const T*, const PairReduceArgs&,   \
+                                             const PairReducePlan&, A*, A*, A*, A*, double*, double*, double*, \
+                                             double*, cudaStream_t);                                          \
+  PREFIX template void run_quad_form<T, A>(const QuadArgs<T, A>&, const QuadPlan&, A*, A*, double*, double*,  \
+                                           double*, cudaStream_t);                                            \
+  }                                                                                                           \
+  }
+
+#define INFOVAE_CUDA_DRIVERS_ALL_TYPES(PREFIX)    \
+  INFOVAE_CUDA_DRIVERS(PREFIX, float, float)      \
+  INFOVAE_CUDA_DRIVERS(PREFIX, double, double)    \
+  INFOVAE_CUDA_DRIVERS(PREFIX, __half, float)     \
+  INFOVAE_CUDA_DRIVERS(PREFIX, __nv_bfloat16, float)

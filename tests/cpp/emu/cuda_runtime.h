@@ -32,28 +32,31 @@ inline std::barrier<>* block_barrier = nullptr;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 inline double shfl_buf[1024];
 
-// Runs body() as every thread of every block of the grid.
+// Runs body() as every thread of every block of the grid: blockDim.x * blockDim.y std::threads walk the
+// blocks in order, with a barrier after each block (its shared memory, the `static` locals, is reused by
+// the next one). A kernel may return early from body(); it then waits at the end-of-block barrier.
 template <typename F>
 void launch(dim3 grid, dim3 block, F body) {
   gdim_ = grid;
   bdim_ = block;
   const unsigned nt = block.x * block.y;
   const unsigned nw = (nt + 31) / 32;
-  for (unsigned by = 0; by < grid.y; ++by)
-    for (unsigned bx = 0; bx < grid.x; ++bx) {
-      std::barrier<> bar(nt);
-      block_barrier = &bar;
-      warp_barriers.clear();
-      for (unsigned w = 0; w < nw; ++w) warp_barriers.emplace_back(new std::barrier<>(w + 1 < nw ? 32 : nt - 32 * w));
-      std::vector<std::thread> th;
-      for (unsigned t = 0; t < nt; ++t)
-        th.emplace_back([&, t] {
-          tid_ = dim3(t % block.x, t / block.x);
+  std::barrier<> bar(nt);
+  block_barrier = &bar;
+  warp_barriers.clear();
+  for (unsigned w = 0; w < nw; ++w) warp_barriers.emplace_back(new std::barrier<>(w + 1 < nw ? 32 : nt - 32 * w));
+  std::vector<std::thread> th;
+  for (unsigned t = 0; t < nt; ++t)
+    th.emplace_back([&, t] {
+      tid_ = dim3(t % block.x, t / block.x);
+      for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx) {
           bid_ = dim3(bx, by);
           body();
-        });
-      for (auto& x : th) x.join();
-    }
+          bar.arrive_and_wait();
+        }
+    });
+  for (auto& x : th) x.join();
 }
 }  // namespace emu
 
