@@ -2,14 +2,15 @@
 
     from infovae import InfoVAE, train, load_data, evaluate
     data = load_data("mnist5k")
-    model = InfoVAE.preset("mmd", data.shape, latent=5, decoder="conv")
-    train(model, data, epochs=5, out="runs/mmd")
-    print(evaluate(model, data))
+    model = InfoVAE.preset("mmd", data.shape, latent=10, encoder="conv", decoder="conv")
+    train(model, data, epochs=5, out="runs/mmd", device="auto")   # cuda when a GPU is visible
+    print(evaluate(model, data))                                   # on the model's device
 """
 
 from infovae.data import Dataset, load_data
 from infovae.model import PRESETS, InfoVAE
-from infovae.train import TrainingDiverged, load_run, train
+from infovae.model import TrainingDiverged
+from infovae.train import load_run, resolve_device, train
 
 
 def evaluate(*args, **kwargs):
@@ -19,4 +20,5 @@ def evaluate(*args, **kwargs):
     return _evaluate(*args, **kwargs)
 
 
-__all__ = ["InfoVAE", "PRESETS", "train", "evaluate", "load_data", "load_run", "Dataset", "TrainingDiverged"]
+__all__ = ["InfoVAE", "PRESETS", "train", "evaluate", "load_data", "load_run", "Dataset", "TrainingDiverged",
+           "resolve_device"]
