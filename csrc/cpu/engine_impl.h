@@ -228,15 +228,10 @@ void sweep_row_panel(const KernelParams<T>& kp, const PanelArgs<T>& pa, T* s_out
   V s_acc[MR], rs_acc[MR];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) s_acc[r] = rs_acc[r] = V{};
-  V wi[MR];  // w_i for the column sums (zero where there is no column side: pair_reduce)
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) wi[r] = V{};
-  if constexpr (ColS || GradP1) {
-    if (pa.wrow) {
-#pragma GCC unroll 16
-      for (int r = 0; r < MR; ++r) wi[r] = vset<T>(pa.wrow[r]);
-    }
-  }
+  // w_i for the column sums, broadcast from memory where used (registers are scarce around the dot
+  // micro-kernel); pair_reduce has no column side and reads zeros
+  const T zeros[MR] = {};
+  const T* wrow = (ColS || GradP1) && pa.wrow ? pa.wrow : zeros;
   const bool col_side = GradPG && pa.hcb != nullptr;
 
   for (int64_t jp = 0; jp < pa.ncp; ++jp) {
@@ -295,10 +290,10 @@ void sweep_row_panel(const KernelParams<T>& kp, const PanelArgs<T>& pa, T* s_out
           if constexpr (FuseS) s_acc[r] += k * vv;
           if constexpr (StoreK) vstore(pa.kb + r * pa.ldb + off, k);
           if constexpr (StoreG) vstore(pa.kb + r * pa.ldb + off, g);
-          if constexpr (ColS) cs += k * wi[r];
+          if constexpr (ColS) cs += k * vset<T>(wrow[r]);
           if constexpr (GradP1) {
             rs_acc[r] += g * vv;
-            cu += g * wi[r];
+            cu += g * vset<T>(wrow[r]);
             vstore(pa.hb + r * pa.ldb + off, g);
           }
           if constexpr (GradPG) {
@@ -338,7 +333,7 @@ void sweep_row_panel(const KernelParams<T>& kp, const PanelArgs<T>& pa, T* s_out
 // output rows and nqv vectors of q, A(o, j) = A[o * lda + j], or with Tr A[j * lda + o] (the transposed
 // tile: column sums of a tile against the rows of the row block). Broadcast form (q vectorised),
 // accumulated in T in j order.
-template <typename T, int RI, int QV, bool Tr>
+template <typename T, int RI, int QV, bool Tr, bool Acc>
 INFOVAE_AI void bgemm_block(const T* __restrict A, int64_t lda, int64_t ninner, const T* __restrict B, int64_t ldb,
                             T* __restrict C, int64_t ldc) {
   using V = typename VecT<T>::V;
@@ -362,10 +357,15 @@ INFOVAE_AI void bgemm_block(const T* __restrict A, int64_t lda, int64_t ninner, 
 #pragma GCC unroll 16
   for (int r = 0; r < RI; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < QV; ++v) vstore(C + r * ldc + v * L, acc[r][v]);
+    for (int v = 0; v < QV; ++v) {
+      if constexpr (Acc)
+        vstore(C + r * ldc + v * L, vload(C + r * ldc + v * L) + acc[r][v]);
+      else
+        vstore(C + r * ldc + v * L, acc[r][v]);
+    }
 }
 
-template <typename T, bool Tr = false>
+template <typename T, bool Tr = false, bool Acc = false>
 void bgemm(const T* A, int64_t lda, int64_t nout, int64_t ninner, const T* B, int64_t ldb, int64_t nqv, T* C,
            int64_t ldc) {
   constexpr int L = Dims<T>::L, RI = Dims<T>::RI;
@@ -373,17 +373,17 @@ void bgemm(const T* A, int64_t lda, int64_t nout, int64_t ninner, const T* B, in
     const T* Ai = Tr ? A + i : A + i * lda;
     int64_t qv = 0;
     for (; qv + 3 <= nqv; qv += 3)
-      bgemm_block<T, RI, 3, Tr>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 3, Tr, Acc>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
     if (nqv - qv == 2)
-      bgemm_block<T, RI, 2, Tr>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 2, Tr, Acc>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
     else if (nqv - qv == 1)
-      bgemm_block<T, RI, 1, Tr>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 1, Tr, Acc>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
   }
 }
 
 // Both sides of a symmetric tile in one pass over H (small d: each broadcast H_ij feeds two FMAs):
-//   Cr[i][q] = sum_j H[i][j] BJ[j][q]  (i < nout, multiple of RI),  Cc[j][q] += sum_i H[i][j] BI[i][q]
-// (j < ncols; Cc zeroed by the caller; summed over i in blocks of RI, in order). One vector of q per pass.
+//   Cr[i][q] += sum_j H[i][j] BJ[j][q]  (i < nout, multiple of RI),  Cc[j][q] += sum_i H[i][j] BI[i][q]
+// (j < ncols; summed over j, and over i in blocks of RI, in order). One vector of q per pass.
 template <typename T>
 void bgemm_sym(const T* __restrict H, int64_t lda, int64_t nout, int64_t ncols, const T* __restrict BJ,
                const T* __restrict BI, int64_t ldb, int64_t nqv, T* __restrict Cr, T* __restrict Cc, int64_t ldc) {
@@ -408,7 +408,7 @@ void bgemm_sym(const T* __restrict H, int64_t lda, int64_t nout, int64_t ncols, 
         vstore(Cc + j * ldc + qo, vload(Cc + j * ldc + qo) + cc);
       }
 #pragma GCC unroll 16
-      for (int r = 0; r < RI; ++r) vstore(Cr + (i + r) * ldc + qo, acc[r]);
+      for (int r = 0; r < RI; ++r) vstore(Cr + (i + r) * ldc + qo, vload(Cr + (i + r) * ldc + qo) + acc[r]);
     }
   }
 }
@@ -609,6 +609,15 @@ struct QuadAcc {
   double* Ycol = nullptr;  // (N, d)
 };
 
+// The matmul-stage results of consecutive rounds are summed in T per block (as a pair_reduce column
+// tile sums up to 1024 columns in T) and flushed into Yrow / Ycol every kFlushRounds rounds.
+constexpr int64_t kFlushRounds = 8;
+template <typename T>
+struct QuadAccT {
+  T* Yrow = nullptr;  // [N_pad][d_pad]
+  T* Ycol = nullptr;
+};
+
 struct TileJob {
   int64_t I, J, B;
   bool diag, rowG, colG;
@@ -637,7 +646,7 @@ void diff_tile_out(const PointSet<T>& z, const TileJob& tj, int64_t rows, int64_
 // One tile (I, J) with P == 1. RowS: S wanted; Grad: the tile needs g (rowG or colG).
 template <typename T, KernelKind K, int NS, bool Diff, bool RowS, bool Grad>
 void quad_tile_p1(const QuadProblem<T>& pb, const KernelParams<T>& kp, const TileJob& tj, const QuadAcc& acc,
-                  QuadScratch<T>& ws, double* qt) {
+                  const QuadAccT<T>& acct, QuadScratch<T>& ws, double* qt) {
   constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
   const int64_t N = pb.z.n, d = pb.z.d, dp = pb.z.d_pad, B = tj.B;
   const int64_t i0 = tj.I * B, rows = std::min(B, N - i0), npan = divup(rows, MR);
@@ -672,26 +681,16 @@ void quad_tile_p1(const QuadProblem<T>& pb, const KernelParams<T>& kp, const Til
     diff_tile_out<T>(pb.z, tj, rows, cols, ncp, ws.hb.data(), pb.wcol + j0, cu_on ? ws.hb.data() : nullptr, pb.wcol + i0,
                   acc, ws);
   } else if constexpr (Grad) {
-    const bool fused = tj.rowG && cu_on && dp / L <= 2;
-    if (fused) {
-      std::fill(ws.cc.begin(), ws.cc.begin() + ncp * NR * dp, T(0));
-      bgemm_sym<T>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, pb.wz + i0 * dp, dp, dp / L, ws.c.data(),
-                   ws.cc.data(), dp);
+    T* yr = acct.Yrow + i0 * dp;
+    T* yc = acct.Ycol + j0 * dp;
+    if (tj.rowG && cu_on && dp / L <= 2) {
+      bgemm_sym<T>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, pb.wz + i0 * dp, dp, dp / L, yr, yc, dp);
+    } else {
+      if (tj.rowG) bgemm<T, false, true>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, dp, dp / L, yr, dp);
+      if (cu_on) bgemm<T, true, true>(ws.hb.data(), B, ncp * NR, npan * MR, pb.wz + i0 * dp, dp, dp / L, yc, dp);
     }
-    if (tj.rowG) {
-      T* c = ws.c.data();
-      if (!fused) bgemm<T>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, dp, dp / L, c, dp);
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t k = 0; k < d; ++k) acc.Yrow[(i0 + i) * d + k] += static_cast<double>(c[i * dp + k]);
-    }
-    if (cu_on) {
-      T* c = ws.cc.data();
-      if (!fused) bgemm<T, true>(ws.hb.data(), B, ncp * NR, npan * MR, pb.wz + i0 * dp, dp, dp / L, c, dp);
-      for (int64_t j = 0; j < cols; ++j) {
-        acc.Ucol[j0 + j] += static_cast<double>(ws.colU[j]);
-        for (int64_t k = 0; k < d; ++k) acc.Ycol[(j0 + j) * d + k] += static_cast<double>(c[j * dp + k]);
-      }
-    }
+    if (cu_on)
+      for (int64_t j = 0; j < cols; ++j) acc.Ucol[j0 + j] += static_cast<double>(ws.colU[j]);
   }
 }
 
@@ -699,7 +698,7 @@ void quad_tile_p1(const QuadProblem<T>& pb, const KernelParams<T>& kp, const Til
 // through the matmul stage. Correct first; slower than P == 1 per column of w.
 template <typename T, KernelKind K, bool Diff, bool Grad>
 void quad_tile_pg(const QuadProblem<T>& pb, const KernelParams<T>& kp, const TileJob& tj, const QuadAcc& acc,
-                  QuadScratch<T>& ws, double* qt) {
+                  const QuadAccT<T>& acct, QuadScratch<T>& ws, double* qt) {
   constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
   const int64_t N = pb.z.n, d = pb.z.d, dp = pb.z.d_pad, B = tj.B, P = pb.P, Pp = pb.P_pad;
   const int64_t i0 = tj.I * B, rows = std::min(B, N - i0), npan = divup(rows, MR);
@@ -749,19 +748,13 @@ void quad_tile_pg(const QuadProblem<T>& pb, const KernelParams<T>& kp, const Til
   if constexpr (Grad && Diff) {
     diff_tile_out<T>(pb.z, tj, rows, cols, ncp, ws.hb.data(), nullptr, cu_on ? ws.hcb.data() : nullptr, nullptr, acc, ws);
   } else if constexpr (Grad) {
-    if (tj.rowG) {
-      T* c = ws.c.data();
-      bgemm<T>(ws.hb.data(), B, npan * MR, ncp * NR, pb.z.rows + j0 * dp, dp, dp / L, c, dp);
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t k = 0; k < d; ++k) acc.Yrow[(i0 + i) * d + k] += static_cast<double>(c[i * dp + k]);
-    }
+    if (tj.rowG)
+      bgemm<T, false, true>(ws.hb.data(), B, npan * MR, ncp * NR, pb.z.rows + j0 * dp, dp, dp / L,
+                            acct.Yrow + i0 * dp, dp);
     if (cu_on) {
-      T* c = ws.cc.data();
-      bgemm<T, true>(ws.hcb.data(), B, ncp * NR, npan * MR, pb.z.rows + i0 * dp, dp, dp / L, c, dp);
-      for (int64_t j = 0; j < cols; ++j) {
-        acc.Ucol[j0 + j] += static_cast<double>(ws.colU[j]);
-        for (int64_t k = 0; k < d; ++k) acc.Ycol[(j0 + j) * d + k] += static_cast<double>(c[j * dp + k]);
-      }
+      bgemm<T, true, true>(ws.hcb.data(), B, ncp * NR, npan * MR, pb.z.rows + i0 * dp, dp, dp / L,
+                           acct.Ycol + j0 * dp, dp);
+      for (int64_t j = 0; j < cols; ++j) acc.Ucol[j0 + j] += static_cast<double>(ws.colU[j]);
     }
   }
 }
@@ -798,6 +791,10 @@ void quad_form_kernel(const QuadProblem<T>& pb) {
   const int64_t ntile = half + 1;  // tiles per row block (t = 0 .. half)
   std::vector<double> qt(nb * ntile * P, 0.0);
   std::vector<double> Scol(rows_S ? N * P : 0), Urow(grad ? N : 0), Ucol(grad ? N : 0), Ycol(grad ? N * d : 0);
+  const int64_t N_pad = roundup(N, Dims<T>::NR);
+  std::vector<T> Yf(grad ? 2 * N_pad * dp : 0, T(0));
+  QuadAccT<T> acct;
+  acct.Yrow = Yf.data(), acct.Ycol = Yf.data() + (grad ? N_pad * dp : 0);
   QuadAcc acc;
   acc.Srow = pb.S, acc.Scol = Scol.data(), acc.Urow = Urow.data(), acc.Ucol = Ucol.data(), acc.Yrow = pb.G,
   acc.Ycol = Ycol.data();
@@ -824,11 +821,11 @@ void quad_form_kernel(const QuadProblem<T>& pb) {
       constexpr bool D = decltype(diff_tag)::value, G = decltype(grad_tag)::value;
       if (p1) {
         if (rows_S)
-          quad_tile_p1<T, K, NS, D, true, G>(pb, kp, tj, acc, ws, q);
+          quad_tile_p1<T, K, NS, D, true, G>(pb, kp, tj, acc, acct, ws, q);
         else
-          quad_tile_p1<T, K, NS, D, false, G>(pb, kp, tj, acc, ws, q);
+          quad_tile_p1<T, K, NS, D, false, G>(pb, kp, tj, acc, acct, ws, q);
       } else {
-        quad_tile_pg<T, K, D, G>(pb, kp, tj, acc, ws, q);
+        quad_tile_pg<T, K, D, G>(pb, kp, tj, acc, acct, ws, q);
       }
     };
     if (diff)
@@ -846,10 +843,20 @@ void quad_form_kernel(const QuadProblem<T>& pb) {
           if (I < tiles_of_round(t)) tile(I, t, scratch[slot]);
     });
   } else {
-    for (int64_t t = 0; t <= half; ++t)
+    for (int64_t t = 0; t <= half; ++t) {
       for_each_item(tiles_of_round(t), [&](int64_t slot, auto next) {
         for (int64_t I = next(); I >= 0; I = next()) tile(I, t, scratch[slot]);
       });
+      if (grad && ((t + 1) % kFlushRounds == 0 || t == half))
+        at::parallel_for(0, N, 256, [&](int64_t r0, int64_t r1) {
+          for (int64_t i = r0; i < r1; ++i)
+            for (int64_t k = 0; k < d; ++k) {
+              pb.G[i * d + k] += static_cast<double>(acct.Yrow[i * dp + k]);
+              Ycol[i * d + k] += static_cast<double>(acct.Ycol[i * dp + k]);
+              acct.Yrow[i * dp + k] = acct.Ycol[i * dp + k] = T(0);
+            }
+        });
+    }
   }
 
   for (int64_t q = 0; q < P; ++q) {
