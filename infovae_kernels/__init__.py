@@ -2,10 +2,10 @@
 with autograd, as PyTorch custom ops on four backends (triton, cuda, cpu, torch)."""
 
 from infovae_kernels import backends, metrics
-from infovae_kernels.ops import kernel_sum, mmd, rbf_gram, svgd_direction
+from infovae_kernels.ops import MMDPower, kernel_sum, mmd, mmd_power, rbf_gram, svgd_direction
 from infovae_kernels.nn import MMDLoss, RBFKernel
 from infovae_kernels.scale import MMDTestResult, mmd_full, mmd_test
 
 __all__ = ["backends", "rbf_gram", "kernel_sum", "mmd", "svgd_direction", "MMDLoss", "RBFKernel",
-           "mmd_full", "mmd_test", "MMDTestResult"]
+           "mmd_full", "mmd_test", "MMDTestResult", "mmd_power", "MMDPower", "metrics"]
 __version__ = "0.1.0"

@@ -3,7 +3,8 @@
 
 from infovae_kernels.ops.kernel_sum import kernel_sum
 from infovae_kernels.ops.mmd import mmd
+from infovae_kernels.ops.mmd_power import MMDPower, mmd_power
 from infovae_kernels.ops.rbf_gram import rbf_gram
 from infovae_kernels.ops.svgd import svgd_direction
 
-__all__ = ["kernel_sum", "mmd", "rbf_gram", "svgd_direction"]
+__all__ = ["kernel_sum", "mmd", "mmd_power", "MMDPower", "rbf_gram", "svgd_direction"]
