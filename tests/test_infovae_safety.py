@@ -197,3 +197,16 @@ def test_train_and_evaluate_on_cuda(name, digits, tmp_path):
     assert res["acc_1000"] == res["acc_1000"]
     m2, _, _ = load_run(str(tmp_path / "r"), device="cuda")
     assert m2.device.type == "cuda"
+
+
+def test_a_previous_version_config_keeps_its_parameterisations():
+    """A run saved before issue 11 has no encoder_std in its config: it must be rebuilt with the exp
+    std, the batch-mean Stein term and the logistic adversary it was trained with, not today's defaults."""
+    old = dict(shape=[1, 8, 8], latent=3, alpha=1.0, lambda_=1.0, divergence="adversarial", encoder="mlp",
+               decoder="mlp", likelihood="bernoulli", kernel="rbf", sigma=1.7, estimator="biased", stein_sigma="median",
+               backend="auto", hidden=16, layers=None, name="aae")
+    m = InfoVAE.from_config(old)
+    assert (m.encoder_std, m.stein_reduction, m.adversary) == ("exp", "mean", "logistic")
+    assert InfoVAE.from_config(m.config).config == m.config  # a new config round-trips as it is
+    with pytest.raises(ValueError, match="not an InfoVAE config"):
+        InfoVAE.from_config({"latent": 3})

@@ -210,6 +210,9 @@ class InfoVAE(nn.Module):
         if not isinstance(config, dict) or "shape" not in config or "latent" not in config:
             raise ValueError("not an InfoVAE config (needs 'shape' and 'latent')")
         c = dict(config)
+        if "encoder_std" not in c:  # a run of the previous version: its parameterisations, not today's defaults
+            c.update(encoder_std="exp", stein_reduction="mean", adversary="logistic", decoder_logvar_init=0.0,
+                     decoder_logvar_floor=-15.0)
         return cls(tuple(c.pop("shape")), c.pop("latent"), **c)
 
     @property
