@@ -107,6 +107,9 @@ def test_thresholds_are_fixed_constants():
         R.reproduce("/tmp/x", budget="tpu")
     with pytest.raises(ValueError, match="unknown part"):
         R.reproduce("/tmp/x", only=["P4"])
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA"):
+            R.reproduce("/tmp/x", budget="gpu", device="cpu")
 
 
 @pytest.mark.slow

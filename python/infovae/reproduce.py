@@ -417,6 +417,9 @@ def reproduce(out: str, quick: bool = False, progress: bool = True, only=None, b
     if bad or not only:
         raise ValueError(f"unknown part(s) {bad} in only; choose from {', '.join(PARTS)}")
     dev = resolve_device(device)
+    if budget == "gpu" and not quick and dev.type != "cuda":
+        raise ValueError(f"budget 'gpu' runs the authors' step counts (P3: 50,000 PixelCNN steps) and needs a CUDA "
+                         f"device, got {str(dev)!r}; use --budget cpu here")
     os.makedirs(out, exist_ok=True)
     mode = "quick" if quick else budget
     s = SETTINGS[mode]
