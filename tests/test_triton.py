@@ -6,10 +6,12 @@ inputs, with the same params; the Triton ops compute in float32 (float64 inputs:
 gpu need CUDA (benchmarks/gpu_check.sh runs them).
 
 Tolerances. Error = max |out - ref| / max |ref| (quad forms of signed weights: / max |w|^T K |w|).
-Measured under the interpreter on these tests' data (float32 compute): gram 1e-7 .. 5e-7, pair_reduce S
-1e-7 .. 5e-7 and G 1e-7 .. 5e-7, quad_form q 3e-8 .. 1e-6, S 1e-7 .. 3e-7, G 1e-7 .. 2e-7 (the
-interpreter's float32 is numpy's: exp correctly rounded, so this is the formula's rounding, not the
-GPU's exp). The tests allow F32_TOL = 2e-5 (20x the largest measured); float64 inputs 1e-11.
+Largest measured under the interpreter over these tests' cases (float32 compute; `python
+tests/test_triton.py` prints them): gram k 1.4e-7, g 2.1e-7; pair_reduce S 7.3e-7,
+G 3.1e-7; quad_form q 2.4e-8, S 3.0e-7, G 2.3e-7. The interpreter's float32 is numpy's (exp correctly
+rounded), so this is the formulas' rounding, not the GPU's exp (gpu tests print that). The tests allow
+F32_TOL = 2e-5 (27x the largest); float64 inputs 1e-11. The lossy case (issue's data, d = 3): float32
+5.9e-6 relative to float64; d = 20: 1.4e-5 (with the rule off: 64% off); the test allows 1e-4.
 """
 
 import math
@@ -603,3 +605,42 @@ def test_gpu_cuda_graph_capture():
     torch.cuda.synchronize()
     assert all(torch.equal(c, e) for c, e in zip(captured[0], eager[0]))
     assert all(torch.equal(c, e) for c, e in zip(captured[1], eager[1]))
+
+
+def measured_errors() -> dict:
+    """The largest float32 errors over the gram, pair_reduce and quad_form cases above (the docstring)."""
+    errs = {}
+
+    def upd(key, value):
+        errs[key] = max(errs.get(key, 0.0), value)
+
+    for n, m, d, p in PAIR_CASES:
+        for kernel in ("rbf", "imq"):
+            x, y, v, a = data(n, m, d, p)
+            params = params_for(kernel, d, 3 if (n + d) % 2 == 0 else 1)
+            s, g = T.pair_reduce(x, y, v, a, params, kernel, False)
+            s0, g0 = ref_pair_reduce(x, y, v, a, params, kernel, False)
+            upd("pair_reduce S", rel_err(s, s0))
+            upd("pair_reduce G", rel_err(g, g0))
+            for deriv in (False, True):
+                K = T.gram(x, y, params, kernel, deriv)
+                upd(f"gram {'g' if deriv else 'k'}", rel_err(K, R.gram(x.double(), y.double(), params, kernel, deriv)))
+    for n, d, P in QUAD_CASES:
+        for kernel in ("rbf", "imq"):
+            for excl in (False, True):
+                z, _, w, a = data(n, n, d, P, seed=2)
+                w = w[:n]
+                params = params_for(kernel, d, 3 if P > 1 else 1)
+                q, s, g = T.quad_form(z, w, a, params, kernel, excl, True)
+                q0, s0, g0 = ref_quad_form(z, w, a, params, kernel, excl, True)
+                upd("quad_form q", rel_err(q, q0, ref_quad_form(z, w.abs(), None, params, kernel, excl, False)[0]))
+                if s0.abs().max() > 0:
+                    upd("quad_form S", rel_err(s, s0))
+                if g0.abs().max() > 0:
+                    upd("quad_form G", rel_err(g, g0))
+    return errs
+
+
+if __name__ == "__main__":
+    for key, value in measured_errors().items():
+        print(f"{key}: {value:.2e}")
