@@ -512,13 +512,14 @@ def _randn(*shape, device="cuda", seed=0, scale=0.25):
 
 
 @gpu
-@pytest.mark.parametrize("precision", ["ieee", "tf32x3", "tf32"])
+@pytest.mark.parametrize("precision", ["ieee"])
 def test_gpu_precision_errors(precision):
-    """Prints the measured error of each tl.dot precision against float64 (d > 16 uses tl.dot for r2)."""
+    """The default precision against float64 on the GPU (its exp is ex2.approx); benchmarks/bench_gpu.py
+    measures all three tl.dot precisions (precision_<gpu>.csv)."""
     T.set_precision(precision)
     try:
         errs = {}
-        for d in (2, 16, 64, 256):
+        for d in (2, 64, 256):
             x, y = _randn(2048, d, seed=1), _randn(1536, d, seed=2)
             v, a = _randn(1536, 1, seed=3, scale=1.0), _randn(2048, 1, seed=4, scale=1.0)
             params = params_for("rbf", d, 1, device="cuda")
@@ -529,8 +530,7 @@ def test_gpu_precision_errors(precision):
             errs[d] = (rel_err(s, s0), rel_err(g, g0), rel_err(qs, qs0), rel_err(qg, qg0))
         print(f"\nprecision {precision}: " + ", ".join(
             f"d={d}: S {e[0]:.1e} G {e[1]:.1e} qS {e[2]:.1e} qG {e[3]:.1e}" for d, e in errs.items()))
-        if precision == "ieee":
-            assert max(max(e) for e in errs.values()) < 1e-4  # GPU exp (ex2.approx) adds to the formula's error
+        assert max(max(e) for e in errs.values()) < 1e-4  # GPU exp (ex2.approx) adds to the formula's error
     finally:
         T.set_precision("ieee")
 
