@@ -15,14 +15,16 @@ Registration
 Numerics (kernels.py has the details)
     r2 from coordinate differences for d <= 16; for d > 16 from |x|^2 + |y|^2 - 2 x.y (tl.dot), or from
     differences for the whole call when the lossy-distance rule of infovae_kernels/kernels.py says the
-    expansion loses the distance (decided on the device: a flag the kernels read, no host sync). quad_form forces r2(i, i) = 0; g(0) = 0 everywhere. float16/bfloat16
-    are upcast in the kernel and compute in float32 like float32; float64 computes in float64. Partials
-    are combined in float64 in a fixed order, no atomics.
+    expansion loses the distance (decided on the device: a flag the kernels read, no host sync).
+    quad_form forces r2(i, i) = 0; g(0) = 0 everywhere. float16/bfloat16 are upcast in the kernel and
+    compute in float32 like float32; float64 computes in float64. exp is Triton's tl.exp (on NVIDIA GPUs
+    ex2.approx.f32 of x log2(e) for float32). Partials are combined in float64 in a fixed order, no
+    atomics.
 
     ``set_precision(p)`` selects the tl.dot input precision for float32 compute (float64 is always IEEE):
     "ieee" (default; float32 FMA), "tf32x3" (three tf32 products), "tf32" (one tf32 product, ~1e-3
-    relative error of x.y). The interpreter ignores it; benchmarks/gpu_check.sh measures each mode's
-    error against float64 on the GPU (tests marked gpu).
+    relative error of x.y). The interpreter ignores it; benchmarks/bench_gpu.py (run by gpu_check.sh)
+    measures each mode's error against float64 on the GPU (precision_<gpu>.csv).
 
 Determinism and tuning
     Tile shapes and num_warps are fixed per (kernel, d, dtype) (``_plan``): they decide every summation
@@ -30,8 +32,9 @@ Determinism and tuning
     num_stages only (software pipelining; the arithmetic is unchanged); quad_form is never tuned (its
     value+gradient launches read-add-write their slots, which an autotuner's repeated runs would double).
     The pair_reduce split of the Y range is a function of the shapes, not of the SM count. So results
-    are the same for every tuned choice, in every process, on any GPU of the same architecture. Tests
-    run every configuration of the tuning space through ``_forced_config`` and compare bits.
+    are the same for every tuned choice, in every process, on any GPU of the same architecture (and
+    Triton version). Tests run every configuration of the tuning space through ``_forced_config`` and
+    compare bits; ``aot.py`` compiles the kernels for sm_90 without a GPU and reads their register use.
 """
 
 from __future__ import annotations
