@@ -132,10 +132,12 @@ def _plan(kind: str, d: int, dtype: torch.dtype, gpu: bool = not _INTERPRET) -> 
     autotuning space: (num_warps, num_stages) pairs with one num_warps (it fixes the register layout and
     so the reduction order); its first entry is the configuration used when autotuning is off.
 
-    GPU choices: the largest tiles that ptxas (sm_90a, triton 3.9, compiled without a GPU) fits in
-    registers without local-memory spills, e.g. fp32 quad_form d = 8: B 64, 8 warps, 248 registers;
-    d = 64: B 32, 8 warps, 175; pair_reduce d = 64: 32 x 64, 8 warps, 183-207; gram 64 x 64, 8 warps,
-    95-144. 4 warps at 64 x 64 spilled 0.3-3 KB per thread. Not yet timed on a GPU."""
+    GPU choices: the largest tiles that ptxas fits in registers for sm_90a without local-memory spills
+    (compiled without a GPU, aot.py; 2 scales), float32: quad_form 64 x 64 tiles, 8 warps, G in 16-column
+    chunks (triton 3.6: 180-233 registers; 3.9: up to 255 and 16-40 B of local memory at d = 64), whose
+    G slot traffic per pair is half that of 32-row tiles; pair_reduce 64 x 64 (d <= 16) / 32 x 64
+    (d > 16), 8 warps (181-233); gram 64 x 64, 8 warps (94-146); float64 32 x 32 (158-196). 4 warps at 64 x 64 spilled 0.3-3 KB per thread, a per-tile
+    runtime branch between the distance formulas 5-8 KB. Not yet timed on a GPU."""
     f64 = compute_dtype(dtype) == torch.float64
     small = d <= 16
     if not gpu:  # interpreter: small tiles keep numpy fast; several tiles per test problem
@@ -146,13 +148,12 @@ def _plan(kind: str, d: int, dtype: torch.dtype, gpu: bool = not _INTERPRET) -> 
         num_warps = 4 if (small or kind == "gram") else 8
     else:
         num_warps = 8
-        if kind == "quad":
-            bm = bn = 64 if small else 32
-        elif kind == "pair":
+        if kind == "pair":
             bm, bn = (64 if small else 32), 64
         else:
             bm = bn = 64
-    plan = dict(BM=bm, BN=bn, BLOCK_D=32, BLOCK_G=_clamp_np2(d, 16, 32))
+    block_g = 16 if (gpu and not f64 and kind == "quad") else _clamp_np2(d, 16, 32)
+    plan = dict(BM=bm, BN=bn, BLOCK_D=32, BLOCK_G=block_g)
     if kind == "quad":
         plan["space"] = ((num_warps, 2),)
     else:

@@ -3,11 +3,11 @@ local-memory (spill) use: triton.compile on an ASTSource for a GPUTarget runs Tr
 ptxas; cuobjdump (shipped in Triton's wheel) reads the cubin's resource usage.
 
 This is how the tile shapes and num_warps of ``_plan`` were chosen on a machine without a GPU, and
-what tests/test_triton.py checks (no local memory: spills cost far more than a smaller tile). It does
-not time anything.
+what tests/test_triton.py checks (at most SPILL_LIMIT bytes of local memory per thread: spills cost far
+more than a smaller tile). It does not time anything.
 
     python -m infovae_kernels.backends.triton.aot [ARCH] [--check]   # main variants; --check: exit 1
-                                                                      # if one uses local memory
+                                                                      # if one spills > SPILL_LIMIT
 Run it without TRITON_INTERPRET=1 (the interpreter replaces the jit functions it compiles).
 """
 
@@ -23,6 +23,9 @@ import time
 import torch
 
 from infovae_kernels.backends import triton as T
+
+#: Local memory (bytes per thread) tolerated by --check: a few spilled registers, not the KBs of a bad tile.
+SPILL_LIMIT = 64
 
 _TL_NAMES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -132,7 +135,7 @@ def main() -> int:
     spills = 0
     for kind, d, dtype, p, has_a, diff in MAIN_VARIANTS:
         r = resource_usage(kind, d, dtype, p, has_a, diff, arch)
-        spills += r["stack"] > 0
+        spills += r["stack"] > SPILL_LIMIT
         print(f"{kind:5s} d={d:<4d} {str(dtype):14s} P={p} {'diff' if diff else 'dot '} sm_{arch}: "
               f"{r['regs']} registers, {r['stack']} B local, {r['num_warps']} warps ({r['seconds']:.1f} s)", flush=True)
     return 1 if ("--check" in sys.argv and spills) else 0
