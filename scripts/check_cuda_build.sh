@@ -112,16 +112,23 @@ if not ok:
     sys.exit(4)
 EOF
 # Architectures in the library: machine code for sm_80 and sm_90 and PTX for compute_90 (setup.py's
-# default; skipped when TORCH_CUDA_ARCH_LIST chose others).
-if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
-  elf=$("$CUDA_HOME/bin/cuobjdump" --list-elf "$SO" 2>/dev/null || true)
-  ptx=$("$CUDA_HOME/bin/cuobjdump" --list-ptx "$SO" 2>/dev/null || true)
+# default; skipped when TORCH_CUDA_ARCH_LIST chose others). cuobjdump: the toolkit's, else the copy that
+# ships with triton in $VENV.
+CUOBJDUMP=$(command -v "$CUDA_HOME/bin/cuobjdump" cuobjdump 2>/dev/null | head -n 1 || true)
+[[ -n "$CUOBJDUMP" ]] || CUOBJDUMP=$(ls "$VENV"/lib/python3*/site-packages/triton/backends/nvidia/bin/cuobjdump 2>/dev/null | head -n 1 || true)
+if [[ -n "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
+  say "architectures: TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST (not checked)"
+elif [[ -z "$CUOBJDUMP" ]]; then
+  say "architectures: not checked (no cuobjdump in $CUDA_HOME/bin, on PATH or in $VENV's triton)"
+else
+  elf=$("$CUOBJDUMP" --list-elf "$SO" 2>/dev/null || true)
+  ptx=$("$CUOBJDUMP" --list-ptx "$SO" 2>/dev/null || true)
   miss=""
-  grep -q '\.sm_80\.' <<< "$elf" || miss+=" sm_80-code"
-  grep -q '\.sm_90\.' <<< "$elf" || miss+=" sm_90-code"
-  grep -q '\.sm_90\.' <<< "$ptx" || miss+=" compute_90-PTX"
-  [[ -z "$miss" ]] || { say "FAIL: missing in $SO:$miss"; exit 6; }
-  say "architectures: $(grep -c . <<< "$elf") cubins (sm_80, sm_90), $(grep -c . <<< "$ptx") PTX (compute_90)"
+  grep -q '\.sm_80\.cubin' <<< "$elf" || miss+=" sm_80-code"
+  grep -q '\.sm_90\.cubin' <<< "$elf" || miss+=" sm_90-code"
+  grep -q '\.sm_90\.ptx' <<< "$ptx" || miss+=" compute_90-PTX"
+  [[ -z "$miss" ]] || { say "FAIL: missing in $SO:$miss ($CUOBJDUMP)"; exit 6; }
+  say "architectures: $(grep -c 'sm_80\.cubin' <<< "$elf") sm_80 + $(grep -c 'sm_90\.cubin' <<< "$elf") sm_90 cubins, $(grep -c . <<< "$ptx") compute_90 PTX"
 fi
 if [[ $status -ne 0 ]]; then
   say "PARTIAL: CUDA extension builds (with -std=c++20), imports and registers CUDA kernels; setup.py as committed does not build against torch $TORCH_VERSION"
