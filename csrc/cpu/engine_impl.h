@@ -43,15 +43,20 @@ typedef int64_t vi64 __attribute__((vector_size(INFOVAE_VBYTES)));
 
 template <typename T>
 struct VecT;
+typedef float vf32h __attribute__((vector_size(INFOVAE_VBYTES / 2)));
+typedef double vf64h __attribute__((vector_size(INFOVAE_VBYTES / 2)));
+
 template <>
 struct VecT<float> {
   using V = vf32;
   using VI = vi32;
+  using VH = vf32h;  // half width
 };
 template <>
 struct VecT<double> {
   using V = vf64;
   using VI = vi64;
+  using VH = vf64h;
 };
 
 template <typename T>
@@ -136,6 +141,13 @@ INFOVAE_AI vf64 vexp(vf64 x) {
   y = y * (vf64)e;
   const vf64 zero = {};
   return x < lo ? zero : y;
+}
+
+template <typename VV, typename T>
+INFOVAE_AI VV vload_as(const T* p) {
+  VV v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
 }
 
 // The exp policy of infovae/pair_math.h on SIMD vectors.
@@ -333,23 +345,23 @@ void sweep_row_panel(const KernelParams<T>& kp, const PanelArgs<T>& pa, T* s_out
 // output rows and nqv vectors of q, A(o, j) = A[o * lda + j], or with Tr A[j * lda + o] (the transposed
 // tile: column sums of a tile against the rows of the row block). Broadcast form (q vectorised),
 // accumulated in T in j order.
-template <typename T, int RI, int QV, bool Tr, bool Acc>
+template <typename T, int RI, int QV, bool Tr, bool Acc, typename V>
 INFOVAE_AI void bgemm_block(const T* __restrict A, int64_t lda, int64_t ninner, const T* __restrict B, int64_t ldb,
                             T* __restrict C, int64_t ldc) {
-  using V = typename VecT<T>::V;
-  constexpr int L = Dims<T>::L;
+  constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
+  const V zero = {};
   V acc[RI][QV];
 #pragma GCC unroll 16
   for (int r = 0; r < RI; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < QV; ++v) acc[r][v] = V{};
+    for (int v = 0; v < QV; ++v) acc[r][v] = zero;
   for (int64_t j = 0; j < ninner; ++j) {
     V b[QV];
 #pragma GCC unroll 4
-    for (int v = 0; v < QV; ++v) b[v] = vload(B + j * ldb + v * L);
+    for (int v = 0; v < QV; ++v) b[v] = vload_as<V>(B + j * ldb + v * L);
 #pragma GCC unroll 16
     for (int r = 0; r < RI; ++r) {
-      const V a = vset<T>(Tr ? A[j * lda + r] : A[r * lda + j]);
+      const V a = (Tr ? A[j * lda + r] : A[r * lda + j]) - zero;
 #pragma GCC unroll 4
       for (int v = 0; v < QV; ++v) acc[r][v] += a * b[v];
     }
@@ -359,56 +371,58 @@ INFOVAE_AI void bgemm_block(const T* __restrict A, int64_t lda, int64_t ninner, 
 #pragma GCC unroll 4
     for (int v = 0; v < QV; ++v) {
       if constexpr (Acc)
-        vstore(C + r * ldc + v * L, vload(C + r * ldc + v * L) + acc[r][v]);
+        vstore(C + r * ldc + v * L, vload_as<V>(C + r * ldc + v * L) + acc[r][v]);
       else
         vstore(C + r * ldc + v * L, acc[r][v]);
     }
 }
 
-template <typename T, bool Tr = false, bool Acc = false>
+template <typename T, bool Tr = false, bool Acc = false, typename V = typename VecT<T>::V>
 void bgemm(const T* A, int64_t lda, int64_t nout, int64_t ninner, const T* B, int64_t ldb, int64_t nqv, T* C,
            int64_t ldc) {
-  constexpr int L = Dims<T>::L, RI = Dims<T>::RI;
+  constexpr int L = static_cast<int>(sizeof(V) / sizeof(T)), RI = Dims<T>::RI;
   for (int64_t i = 0; i < nout; i += RI) {
     const T* Ai = Tr ? A + i : A + i * lda;
     int64_t qv = 0;
     for (; qv + 3 <= nqv; qv += 3)
-      bgemm_block<T, RI, 3, Tr, Acc>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 3, Tr, Acc, V>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
     if (nqv - qv == 2)
-      bgemm_block<T, RI, 2, Tr, Acc>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 2, Tr, Acc, V>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
     else if (nqv - qv == 1)
-      bgemm_block<T, RI, 1, Tr, Acc>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 1, Tr, Acc, V>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
   }
 }
 
 // Both sides of a symmetric tile in one pass over H (small d: each broadcast H_ij feeds two FMAs):
 //   Cr[i][q] += sum_j H[i][j] BJ[j][q]  (i < nout, multiple of RI),  Cc[j][q] += sum_i H[i][j] BI[i][q]
 // (j < ncols; summed over j, and over i in blocks of RI, in order). One vector of q per pass.
-template <typename T>
+// VV: the vector type (the full width, or half of it when d fits: AMD Zen 4 runs a 512-bit FMA as two
+// 256-bit halves, so half-empty zmm vectors would cost twice what they compute).
+template <typename T, typename VV>
 void bgemm_sym(const T* __restrict H, int64_t lda, int64_t nout, int64_t ncols, const T* __restrict BJ,
                const T* __restrict BI, int64_t ldb, int64_t nqv, T* __restrict Cr, T* __restrict Cc, int64_t ldc) {
-  using V = typename VecT<T>::V;
-  constexpr int L = Dims<T>::L, RI = Dims<T>::RI;
+  constexpr int L = static_cast<int>(sizeof(VV) / sizeof(T)), RI = Dims<T>::RI;
+  const VV zero = {};
   for (int64_t qv = 0; qv < nqv; ++qv) {
     const int64_t qo = qv * L;
     for (int64_t i = 0; i < nout; i += RI) {
-      V acc[RI], bi[RI];
+      VV acc[RI], bi[RI];
 #pragma GCC unroll 16
-      for (int r = 0; r < RI; ++r) acc[r] = V{}, bi[r] = vload(BI + (i + r) * ldb + qo);
+      for (int r = 0; r < RI; ++r) acc[r] = zero, bi[r] = vload_as<VV>(BI + (i + r) * ldb + qo);
       const T* Hi = H + i * lda;
       for (int64_t j = 0; j < ncols; ++j) {
-        const V b = vload(BJ + j * ldb + qo);
-        V cc = {};
+        const VV b = vload_as<VV>(BJ + j * ldb + qo);
+        VV cc = zero;
 #pragma GCC unroll 16
         for (int r = 0; r < RI; ++r) {
-          const V a = vset<T>(Hi[r * lda + j]);
+          const VV a = Hi[r * lda + j] - zero;  // broadcast
           acc[r] += a * b;
           cc += a * bi[r];
         }
-        vstore(Cc + j * ldc + qo, vload(Cc + j * ldc + qo) + cc);
+        vstore(Cc + j * ldc + qo, vload_as<VV>(Cc + j * ldc + qo) + cc);
       }
 #pragma GCC unroll 16
-      for (int r = 0; r < RI; ++r) vstore(Cr + (i + r) * ldc + qo, vload(Cr + (i + r) * ldc + qo) + acc[r]);
+      for (int r = 0; r < RI; ++r) vstore(Cr + (i + r) * ldc + qo, vload_as<VV>(Cr + (i + r) * ldc + qo) + acc[r]);
     }
   }
 }
@@ -683,8 +697,15 @@ void quad_tile_p1(const QuadProblem<T>& pb, const KernelParams<T>& kp, const Til
   } else if constexpr (Grad) {
     T* yr = acct.Yrow + i0 * dp;
     T* yc = acct.Ycol + j0 * dp;
-    if (tj.rowG && cu_on && dp / L <= 2) {
-      bgemm_sym<T>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, pb.wz + i0 * dp, dp, dp / L, yr, yc, dp);
+    if (tj.rowG && cu_on && L >= 8 && d <= L / 2) {
+      bgemm_sym<T, typename VecT<T>::VH>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, pb.wz + i0 * dp, dp, 1, yr, yc, dp);
+    } else if (tj.rowG && cu_on && dp / L <= 2) {
+      bgemm_sym<T, typename VecT<T>::V>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, pb.wz + i0 * dp, dp,
+                                        dp / L, yr, yc, dp);
+    } else if (L >= 8 && d <= L / 2) {
+      using VH = typename VecT<T>::VH;
+      if (tj.rowG) bgemm<T, false, true, VH>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, dp, 1, yr, dp);
+      if (cu_on) bgemm<T, true, true, VH>(ws.hb.data(), B, ncp * NR, npan * MR, pb.wz + i0 * dp, dp, 1, yc, dp);
     } else {
       if (tj.rowG) bgemm<T, false, true>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, dp, dp / L, yr, dp);
       if (cu_on) bgemm<T, true, true>(ws.hb.data(), B, ncp * NR, npan * MR, pb.wz + i0 * dp, dp, dp / L, yc, dp);
