@@ -209,6 +209,13 @@ def test_quad_form_rounds_per_launch_do_not_matter_for_q(monkeypatch):
     q1, s1, g1 = T.quad_form(z, w, a, params, "imq", True, True)
     assert torch.equal(q, q1)
     assert rel_err(s1, s) < 1e-12 and rel_err(g1, g) < 1e-12
+    # q partial rows folded modulo TQ = 2 (what bounds q's memory at large N): value-only launches in
+    # blocks of 2 rounds, S/G in blocks of 1; q bitwise the same in both, and equal to float64 accuracy
+    monkeypatch.setattr(T, "_Q_CELLS", 2 * 5)  # 129 rows: 5 tiles of 32, 3 rounds
+    q2 = T.quad_form(z, w, None, params, "imq", True, False)[0]
+    q3, s3, g3 = T.quad_form(z, w, a, params, "imq", True, True)
+    assert torch.equal(q2, q3)
+    assert rel_err(q2, q) < 1e-12 and rel_err(s3, s) < 1e-12 and rel_err(g3, g) < 1e-12
 
 
 def test_quad_form_self_distance_exactly_zero():

@@ -76,6 +76,9 @@ _HAS_TRITON_OP = hasattr(torch.library, "triton_op") and hasattr(torch.library, 
 _PRECISION = "ieee"
 #: Slot memory of one quad_form launch block with S/G (bytes); bounds the rounds per launch.
 _SLOT_BYTES = 256 << 20
+#: quad_form's q partials: at most about this many cells per column (rounds x row tiles otherwise grow
+#: as N^2: 4e8 cells at N = 2^21).
+_Q_CELLS = 1 << 22
 #: pair_reduce splits its Y range until about this many programs run (a constant: not the SM count).
 _PROGRAMS_TARGET = 8 if _INTERPRET else 1024
 _FORCED: Optional[tuple[int, int]] = None   # (num_warps, num_stages) forced by tests
@@ -384,13 +387,17 @@ def _quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel
     nb = triton.cdiv(N, b)
     rounds = nb // 2 + 1
     block_p = 1 if P == 1 else _clamp_np2(P, 16, 64)
-    q_part = torch.zeros((rounds * nb, P), dtype=torch.float64, device=dev)  # cells of skipped programs: 0
+    # q partials: round t adds to row t mod TQ; TQ depends on the shape only, and every launch block
+    # holds at most TQ consecutive rounds, so q sums the same terms in the same order with or without
+    # S / G (whose blocks are shorter). Value only: blocks of TQ rounds (one launch up to N ~ 2^17).
+    TQ = max(1, min(rounds, _Q_CELLS // nb))
+    q_part = torch.zeros((TQ * nb, P), dtype=torch.float64, device=dev)
     if row_sums or has_g:
-        T = _rounds_per_launch(N, d, P, rounds, b)
+        T = min(TQ, _rounds_per_launch(N, d, P, rounds, b))
         s_slots = torch.zeros((2 * T, N, P) if row_sums else (1,), dtype=torch.float64, device=dev)
         g_slots = torch.zeros((2 * T, N, d) if has_g else (1,), dtype=torch.float64, device=dev)
     else:
-        T = rounds
+        T = TQ
         s_slots = g_slots = q_part  # never touched (has_s = has_g = 0)
     kern = _tuner("quad_form_kernel", _configs(plan))
     flag, variants = _variants(z, z, params, kernel, ct)
@@ -398,12 +405,12 @@ def _quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel
         for var in variants:
             kern[(nb, min(T, rounds - t0))](
                 z, w, a, params, flag, q_part, s_slots, g_slots,
-                N, d, P, z.stride(0), w.stride(0), a.stride(0), nb, t0, rounds, T,
+                N, d, P, z.stride(0), w.stride(0), a.stride(0), nb, t0, rounds, T, TQ,
                 int(row_sums), int(has_g), _key(N),
                 EXCL=bool(exclude_diagonal), P_ONE=block_p == 1, B=b, BLOCK_D=plan["BLOCK_D"],
                 BLOCK_P=block_p, BLOCK_G=plan["BLOCK_G"], **var, **_common_meta(kernel, params, ct))
     q = torch.empty((P,), dtype=torch.float64, device=dev)
-    _tuner("sum_rows_kernel", ((4, 1),))[(P,)](q_part, q, rounds * nb, P, BLOCK=1024)
+    _tuner("sum_rows_kernel", ((4, 1),))[(P,)](q_part, q, TQ * nb, P, BLOCK=1024)
     s = _combine(s_slots) if row_sums else torch.zeros(s_shape, dtype=torch.float64, device=dev)
     g = _combine(g_slots) if has_g else torch.zeros(g_shape, dtype=torch.float64, device=dev)
     return q, s, g

@@ -28,7 +28,8 @@ quad_form's symmetric sweep (quad_form_kernel): row tiles of B points, nb = cdiv
 (0 <= t <= nb // 2) pairs tile I with tile J = (I + t) mod nb, which visits every unordered tile pair
 once (for even nb, round nb / 2 keeps I < J). A launch runs a block of T rounds, grid (nb, T). The
 program (I, t) evaluates the B x B pairs once and:
-  - writes q's partial sum_i w_i (K_IJ w_J)_i, times 2 when I != J, to q_part[t, I] (its own cell);
+  - adds q's partial sum_i w_i (K_IJ w_J)_i, times 2 when I != J, to q_part[t mod TQ, I] (no other
+    program of the launch has that cell; TQ bounds q_part to about 2^22 cells whatever N);
   - adds the row part of S and G (rows of I) to slot t - t0 of a float64 slot buffer and the column
     part (rows of J, the pair's other side) to slot T + t - t0: within one launch no two programs write
     the same (slot, row), and launches are ordered, so the read-add-write needs no atomics.
@@ -258,16 +259,18 @@ def _add_rows(ptr, slot, rows, cols, n_rows, n_cols, val):
 
 # The flags and the launch-block ints are never specialised (Triton would compile a separate binary for
 # a value of 1): the value-only and the value+gradient launches must run the same binary.
-@triton.jit(do_not_specialize=["t0", "n_rounds", "T", "has_s", "has_g"])
+@triton.jit(do_not_specialize=["t0", "n_rounds", "T", "TQ", "has_s", "has_g"])
 def quad_form_kernel(
     z_ptr, w_ptr, a_ptr, c_ptr, flag_ptr, q_ptr, s_ptr, g_ptr,
-    N, D, P, sz, sw, sa, nb, t0, n_rounds, T, has_s, has_g, N_KEY,
+    N, D, P, sz, sw, sa, nb, t0, n_rounds, T, TQ, has_s, has_g, N_KEY,
     NS: tl.constexpr, KIND: tl.constexpr, EXCL: tl.constexpr, DIFF: tl.constexpr,
     GATE: tl.constexpr, P_ONE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
     B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
-    """Program (I, t - t0) of the circulant sweep (module docstring). q_part: (n_rounds, nb, P);
-    s_ptr: (2T, N, P) and g_ptr: (2T, N, D) float64 slot buffers, used when has_s / has_g."""
+    """Program (I, t - t0) of the circulant sweep (module docstring). q_part: (TQ, nb, P), round t adds
+    to row t mod TQ (launch blocks hold at most TQ rounds, in increasing t, so a cell is added to in
+    the same order whatever the blocks); s_ptr: (2T, N, P) and g_ptr: (2T, N, D) float64 slot
+    buffers, used when has_s / has_g."""
     I = tl.program_id(0).to(tl.int64)
     lt = tl.program_id(1).to(tl.int64)
     t = t0 + lt
@@ -301,7 +304,8 @@ def quad_form_kernel(
         wj = _load_col(w_ptr, cols, 0, N, sw, CT)
         rs = tl.sum(k * wj[None, :], axis=1)
         qv = tl.sum(wi.to(tl.float64) * rs.to(tl.float64), axis=0) * factor
-        tl.store(q_ptr + t * nb + I, qv)
+        q_cell = q_ptr + (t % TQ) * nb + I
+        tl.store(q_cell, tl.load(q_cell) + qv)
         if has_s:
             zero = tl.arange(0, 1).to(tl.int64)
             _add_rows(s_ptr, slot_r, rows, zero, N, 1, rs.to(tl.float64)[:, None])
@@ -315,7 +319,8 @@ def quad_form_kernel(
             Wj = _load_tile(w_ptr, cols, pc, N, P, sw, CT)
             rs = tl.dot(k, Wj, input_precision=PREC, out_dtype=CT)
             qv = tl.sum(Wi.to(tl.float64) * rs.to(tl.float64), axis=0) * factor
-            tl.store(q_ptr + (t * nb + I) * P + pc, qv, mask=pc < P)
+            q_cells = q_ptr + ((t % TQ) * nb + I) * P + pc
+            tl.store(q_cells, tl.load(q_cells, mask=pc < P, other=0.0) + qv, mask=pc < P)
             if has_s:
                 _add_rows(s_ptr, slot_r, rows, pc, N, P, rs.to(tl.float64))
                 if off_diag:
