@@ -71,8 +71,13 @@ if [ "$SKIP_TESTS" != 1 ] && [ "$(left)" -gt 110 ]; then
   step pytest_cuda_suite 50 "$PY" -m pytest -x -q tests/ -k "cuda" -m "not gpu" -p no:cacheprovider
 fi
 
+# 4b. a short GPU training run of the model layer and its throughput row (about a minute)
+if [ "$(left)" -gt 150 ]; then
+  step infovae_train_smoke 120 env PYTHON="$PY" bash benchmarks/gpu_train_smoke.sh "$OUT/train_smoke"
+fi
+
 echo "=== [$SECONDS s] results so far:"
-for k in build build_inplace pytest_gpu bench_targets pytest_triton pytest_cuda_suite; do
+for k in build build_inplace pytest_gpu bench_targets pytest_triton pytest_cuda_suite infovae_train_smoke; do
   [ -n "${RESULT[$k]+x}" ] && echo "  $k: rc=${RESULT[$k]}"
 done
 
