@@ -109,3 +109,20 @@ def test_self_distance_is_exactly_zero(device, backend):
     x = (torch.randn(37, 19, generator=g) * 1e3 + 5e3).to(device)
     k = ik.rbf_gram(x, sigma=0.5, backend=backend)
     assert torch.equal(torch.diagonal(k).cpu(), torch.ones(37))
+
+
+@pytest.mark.parametrize("device,backend", PAIRS)
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_gradient_of_one_set_alone(device, backend, estimator):
+    """Only x needs grad (the MMD-VAE case: a's y rows are 0 and the engines skip them): the same
+    gradient as when both sets need one, and the float64 oracle's."""
+    x, y = _pair(n=97, d=5, dtype=torch.float64)
+    x, y = x.to(device), y.to(device)
+    xa, ya = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    (gx_both, _) = torch.autograd.grad(ik.mmd(xa, ya, sigma=1.1, estimator=estimator, backend=backend), (xa, ya))
+    xb = x.clone().requires_grad_(True)
+    (gx_alone,) = torch.autograd.grad(ik.mmd(xb, y, sigma=1.1, estimator=estimator, backend=backend), (xb,))
+    xo = x.cpu().clone().requires_grad_(True)
+    (gx_oracle,) = torch.autograd.grad(oracle.mmd(xo, y.cpu(), [1.1], unbiased=estimator == "unbiased"), (xo,))
+    torch.testing.assert_close(gx_alone, gx_both, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(gx_alone.cpu(), gx_oracle, rtol=1e-9, atol=1e-12)

@@ -13,7 +13,8 @@ c_xx = 1 / (1 - sum wx^2), c_yy likewise: with columns u1 = [wx; 0], u2 = [0; wy
     MMD_u^2 = c_xx q_xx + c_yy q_yy - 2 q_xy = (c_xx + 1) q1 + (c_yy + 1) q2 - q3,
 
 its gradient from a_i = (c_xx wx_i, -wx_i, 0) for i in X and (-wy_i, c_yy wy_i, 0) for i in Y, since
-a_i . u_j is then the coefficient of k_ij in the statistic. The value is computed the same way with
+a_i . u_j is then the coefficient of k_ij in the statistic. Rows of a for a set that needs no gradient
+are 0 (the MMD-VAE case: only z ~ q(z|x) needs one), so the engines skip half of the G work. The value is computed the same way with
 and without gradients (bitwise the same); backward only scales the saved gradients.
 """
 
@@ -37,13 +38,15 @@ class _MMD(torch.autograd.Function):
         z = torch.cat([xs, ys])
         zeros_x, zeros_y = wx.new_zeros(wx.shape), wy.new_zeros(wy.shape)
         need_x, need_y, need_wx, need_wy = need
+        # a's rows of a set that needs no gradient are 0: its G rows are then 0 and the engines skip them
+        ax, ay = (wx if need_x else zeros_x), (wy if need_y else zeros_y)
         if unbiased:
             cxx, cyy = 1.0 / (1.0 - wx.square().sum()), 1.0 / (1.0 - wy.square().sum())
             w = torch.stack([torch.cat([wx, zeros_y]), torch.cat([zeros_x, wy]), torch.cat([wx, wy])], 1)
-            a = torch.stack([torch.cat([cxx * wx, -wy]), torch.cat([-wx, cyy * wy]), torch.cat([zeros_x, zeros_y])], 1)
+            a = torch.stack([torch.cat([cxx * ax, -ay]), torch.cat([-ax, cyy * ay]), torch.cat([zeros_x, zeros_y])], 1)
         else:
             w = torch.cat([wx, -wy])[:, None]
-            a = w
+            a = torch.cat([ax, -ay])[:, None]
         grad_points = need_x or need_y
         q, s, g = ops.quad_form(z, w.to(z.dtype), a.to(z.dtype) if grad_points else None, params, kernel,
                                 unbiased, need_wx or need_wy)
