@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine_api.h"
+#include "checks.h"
 #include "ops.h"
 
 namespace infovae {
@@ -21,46 +22,8 @@ using engine::Dims;
 using engine::divup;
 using engine::roundup;
 
-// ---- checks ---------------------------------------------------------------------------------------
-// A 2-D floating CPU tensor; `shape` names its expected shape in the message.
-void check_matrix(const char* op, const char* name, const at::Tensor& t, const char* shape) {
-  TORCH_CHECK(t.dim() == 2, "infovae::", op, ": ", name, " must be a 2-D tensor ", shape, ", got a ", t.dim(),
-              "-D tensor of shape ", t.sizes());
-  TORCH_CHECK(t.device().is_cpu(), "infovae::", op, ": ", name, " must be a CPU tensor, got ", t.device());
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, "infovae::", op,
-              ": ", name, " must be float16, bfloat16, float32 or float64, got ", st);
-}
-
-// Same dtype as the first input `ref_name`.
-void check_dtype(const char* op, const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "infovae::", op, ": ", name, " must have the dtype of ",
-              ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
-}
-
-// size(dim) of t equals `want` (named `what` in the message).
-void check_size(const char* op, const char* name, const at::Tensor& t, int64_t dim, int64_t want, const char* what) {
-  TORCH_CHECK(t.size(dim) == want, "infovae::", op, ": ", name, " must have ", what, " (", want, "), got shape ",
-              t.sizes());
-}
-
-KernelKind check_kernel(const char* op, c10::string_view kernel) {
-  if (kernel == "rbf") return KernelKind::RBF;
-  if (kernel == "imq") return KernelKind::IMQ;
-  TORCH_CHECK(false, "infovae::", op, ": kernel must be \"rbf\" or \"imq\", got \"", std::string(kernel), "\"");
-}
-
-// params: float64 CPU (n_scales,), 1 <= n_scales <= kMaxScales, every entry finite and > 0 (the op
-// layer clamps them into the compute type's range). Returns a contiguous copy-free view's values.
-std::vector<double> check_params(const char* op, const at::Tensor& params) {
-  TORCH_CHECK(params.dim() == 1, "infovae::", op, ": params must be a 1-D tensor (n_scales,), got shape ",
-              params.sizes());
-  TORCH_CHECK(params.device().is_cpu(), "infovae::", op, ": params must be on the CPU like the points, got ",
-              params.device());
-  TORCH_CHECK(params.scalar_type() == at::kDouble, "infovae::", op, ": params must be float64, got ",
-              params.scalar_type());
-  TORCH_CHECK(valid_scale_count(params.size(0)), "infovae::", op, ": params must hold 1 to ", kMaxScales,
-              " scales, got ", params.size(0));
+// params' values, read on the host for free here: finite and > 0 (the op layer clamps them).
+std::vector<double> param_values(const char* op, const at::Tensor& params) {
   const at::Tensor pc = params.contiguous();
   std::vector<double> out(pc.data_ptr<double>(), pc.data_ptr<double>() + pc.size(0));
   for (double v : out)
@@ -240,13 +203,9 @@ void quad_form_typed(const at::Tensor& z, const at::Tensor& w, const std::option
 
 at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& params, c10::string_view kernel,
                 bool derivative) {
-  const char* op = "gram";
-  check_matrix(op, "x", x, "(N, d)");
-  check_matrix(op, "y", y, "(M, d)");
-  check_dtype(op, "y", y, "x", x);
-  check_size(op, "y", y, 1, x.size(1), "the number of columns d of x");
-  const auto prm = check_params(op, params);
-  const auto ka = kernel_arg(check_kernel(op, kernel), prm);
+  const KernelKind kind = checks::gram_args(x, y, params, kernel, c10::DeviceType::CPU);
+  const auto prm = param_values("gram", params);  // kernel_arg points into it
+  const auto ka = kernel_arg(kind, prm);
   const int64_t N = x.size(0), M = y.size(0);
   if (N == 0 || M == 0) return at::zeros({N, M}, x.options());
   if (x.scalar_type() == at::kDouble) return gram_typed<double>(x, y, ka, derivative);
@@ -257,24 +216,9 @@ at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& para
 std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v,
                                                const std::optional<at::Tensor>& a, const at::Tensor& params,
                                                c10::string_view kernel, bool exclude_diagonal) {
-  const char* op = "pair_reduce";
-  check_matrix(op, "x", x, "(N, d)");
-  check_matrix(op, "y", y, "(M, d)");
-  check_matrix(op, "v", v, "(M, p)");
-  check_dtype(op, "y", y, "x", x);
-  check_dtype(op, "v", v, "x", x);
-  check_size(op, "y", y, 1, x.size(1), "the number of columns d of x");
-  check_size(op, "v", v, 0, y.size(0), "one row per row of y");
-  if (a.has_value()) {
-    check_matrix(op, "a", *a, "(N, p)");
-    check_dtype(op, "a", *a, "x", x);
-    check_size(op, "a", *a, 0, x.size(0), "one row per row of x");
-    check_size(op, "a", *a, 1, v.size(1), "the number of columns p of v");
-  }
-  TORCH_CHECK(!exclude_diagonal || x.size(0) == y.size(0), "infovae::", op,
-              ": exclude_diagonal requires x and y with the same number of rows, got ", x.size(0), " and ", y.size(0));
-  const auto prm = check_params(op, params);
-  const auto ka = kernel_arg(check_kernel(op, kernel), prm);
+  const KernelKind kind = checks::pair_reduce_args(x, y, v, a, params, kernel, exclude_diagonal, c10::DeviceType::CPU);
+  const auto prm = param_values("pair_reduce", params);  // kernel_arg points into it
+  const auto ka = kernel_arg(kind, prm);
   const int64_t N = x.size(0), M = y.size(0), d = x.size(1), p = v.size(1);
   const auto dopt = x.options().dtype(at::kDouble);
   at::Tensor S = at::zeros({N, p}, dopt);
@@ -291,19 +235,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z, co
                                                          const std::optional<at::Tensor>& a, const at::Tensor& params,
                                                          c10::string_view kernel, bool exclude_diagonal,
                                                          bool row_sums) {
-  const char* op = "quad_form";
-  check_matrix(op, "z", z, "(N, d)");
-  check_matrix(op, "w", w, "(N, P)");
-  check_dtype(op, "w", w, "z", z);
-  check_size(op, "w", w, 0, z.size(0), "one row per row of z");
-  if (a.has_value()) {
-    check_matrix(op, "a", *a, "(N, P)");
-    check_dtype(op, "a", *a, "z", z);
-    check_size(op, "a", *a, 0, z.size(0), "one row per row of z");
-    check_size(op, "a", *a, 1, w.size(1), "the number of columns P of w");
-  }
-  const auto prm = check_params(op, params);
-  const auto ka = kernel_arg(check_kernel(op, kernel), prm);
+  const KernelKind kind = checks::quad_form_args(z, w, a, params, kernel, c10::DeviceType::CPU);
+  const auto prm = param_values("quad_form", params);  // kernel_arg points into it
+  const auto ka = kernel_arg(kind, prm);
   const int64_t N = z.size(0), d = z.size(1), P = w.size(1);
   const auto dopt = z.options().dtype(at::kDouble);
   at::Tensor q = at::zeros({P}, dopt);

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "infovae/pair_math.h"
+#include "checks.h"
 #include "ops.h"
 
 #define INFOVAE_CHECK_LAUNCH() C10_CUDA_KERNEL_LAUNCH_CHECK()
@@ -36,53 +37,6 @@ namespace cuda {
 namespace {
 
 namespace K = infovae::cuda_kernels;
-
-// ---- argument checks: the CPU ops' helpers, rules and wording (csrc/cpu/cpu_ops.cpp), with "CUDA" for
-// "CPU" and one more rule, all operands on one device ----
-
-// A 2-D floating CUDA tensor; `shape` names its expected shape in the message.
-void check_matrix(const char* op, const char* name, const at::Tensor& t, const char* shape) {
-  TORCH_CHECK(t.dim() == 2, "infovae::", op, ": ", name, " must be a 2-D tensor ", shape, ", got a ", t.dim(),
-              "-D tensor of shape ", t.sizes());
-  TORCH_CHECK(t.is_cuda(), "infovae::", op, ": ", name, " must be a CUDA tensor, got ", t.device());
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, "infovae::", op,
-              ": ", name, " must be float16, bfloat16, float32 or float64, got ", st);
-}
-
-// Same dtype and device as the first input `ref_name`.
-void check_dtype(const char* op, const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "infovae::", op, ": ", name, " must have the dtype of ",
-              ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), "infovae::", op, ": ", name, " must be on the device of ", ref_name, " (",
-              ref.device(), "), got ", t.device());
-}
-
-// size(dim) of t equals `want` (named `what` in the message).
-void check_size(const char* op, const char* name, const at::Tensor& t, int64_t dim, int64_t want, const char* what) {
-  TORCH_CHECK(t.size(dim) == want, "infovae::", op, ": ", name, " must have ", what, " (", want, "), got shape ",
-              t.sizes());
-}
-
-KernelKind check_kernel(const char* op, c10::string_view kernel) {
-  if (kernel == "rbf") return KernelKind::RBF;
-  if (kernel == "imq") return KernelKind::IMQ;
-  TORCH_CHECK(false, "infovae::", op, ": kernel must be \"rbf\" or \"imq\", got \"",
-              std::string(kernel.data(), kernel.size()), "\"");
-}
-
-// params: float64 (n_scales,) on the points' device, 1 <= n_scales <= kMaxScales. Its values (finite,
-// > 0, clamped by the op layer) are not checked here: reading them would need a device-to-host copy.
-void check_params(const char* op, const at::Tensor& params, const at::Tensor& points) {
-  TORCH_CHECK(params.dim() == 1, "infovae::", op, ": params must be a 1-D tensor (n_scales,), got shape ",
-              params.sizes());
-  TORCH_CHECK(params.device() == points.device(), "infovae::", op, ": params must be on the device of the points (",
-              points.device(), "), got ", params.device());
-  TORCH_CHECK(params.scalar_type() == at::kDouble, "infovae::", op, ": params must be float64, got ",
-              params.scalar_type());
-  TORCH_CHECK(valid_scale_count(params.size(0)), "infovae::", op, ": params must hold 1 to ", kMaxScales,
-              " scales, got ", params.size(0));
-}
 
 // ---- helpers ----
 
@@ -153,12 +107,7 @@ void check_grid(const char* op, int64_t blocks_y) {
 at::Tensor gram(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& params_in, c10::string_view kernel,
                 bool derivative) {
   const char* op = "gram";
-  check_matrix(op, "x", x_in, "(N, d)");
-  check_matrix(op, "y", y_in, "(M, d)");
-  check_dtype(op, "y", y_in, "x", x_in);
-  check_size(op, "y", y_in, 1, x_in.size(1), "the number of columns d of x");
-  check_params(op, params_in, x_in);
-  const KernelKind kind = check_kernel(op, kernel);
+  const KernelKind kind = checks::gram_args(x_in, y_in, params_in, kernel, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous(), params = params_in.contiguous();
   const int64_t N = x.size(0), M = y.size(0), d = x.size(1);
@@ -185,26 +134,10 @@ at::Tensor gram(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor
 std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& v_in,
                                                const std::optional<at::Tensor>& a_in, const at::Tensor& params_in,
                                                c10::string_view kernel, bool exclude_diagonal) {
-  const char* op = "pair_reduce";
-  check_matrix(op, "x", x_in, "(N, d)");
-  check_matrix(op, "y", y_in, "(M, d)");
-  check_matrix(op, "v", v_in, "(M, p)");
-  check_dtype(op, "y", y_in, "x", x_in);
-  check_dtype(op, "v", v_in, "x", x_in);
-  check_size(op, "y", y_in, 1, x_in.size(1), "the number of columns d of x");
-  check_size(op, "v", v_in, 0, y_in.size(0), "one row per row of y");
+  const KernelKind kind =
+      checks::pair_reduce_args(x_in, y_in, v_in, a_in, params_in, kernel, exclude_diagonal, c10::DeviceType::CUDA);
   const bool has_a = a_in.has_value() && a_in->defined();
-  if (has_a) {
-    check_matrix(op, "a", *a_in, "(N, p)");
-    check_dtype(op, "a", *a_in, "x", x_in);
-    check_size(op, "a", *a_in, 0, x_in.size(0), "one row per row of x");
-    check_size(op, "a", *a_in, 1, v_in.size(1), "the number of columns p of v");
-  }
   const int64_t N = x_in.size(0), M = y_in.size(0), d = x_in.size(1), p = v_in.size(1);
-  TORCH_CHECK(!exclude_diagonal || N == M, "infovae::", op,
-              ": exclude_diagonal requires x and y with the same number of rows, got ", N, " and ", M);
-  check_params(op, params_in, x_in);
-  const KernelKind kind = check_kernel(op, kernel);
 
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous(), v = v_in.contiguous(), params = params_in.contiguous();
@@ -241,21 +174,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z_in,
                                                          const std::optional<at::Tensor>& a_in,
                                                          const at::Tensor& params_in, c10::string_view kernel,
                                                          bool exclude_diagonal, bool row_sums) {
-  const char* op = "quad_form";
-  check_matrix(op, "z", z_in, "(N, d)");
-  check_matrix(op, "w", w_in, "(N, P)");
-  check_dtype(op, "w", w_in, "z", z_in);
-  check_size(op, "w", w_in, 0, z_in.size(0), "one row per row of z");
+  const KernelKind kind = checks::quad_form_args(z_in, w_in, a_in, params_in, kernel, c10::DeviceType::CUDA);
   const bool has_a = a_in.has_value() && a_in->defined();
-  if (has_a) {
-    check_matrix(op, "a", *a_in, "(N, P)");
-    check_dtype(op, "a", *a_in, "z", z_in);
-    check_size(op, "a", *a_in, 0, z_in.size(0), "one row per row of z");
-    check_size(op, "a", *a_in, 1, w_in.size(1), "the number of columns P of w");
-  }
   const int64_t N = z_in.size(0), d = z_in.size(1), P = w_in.size(1);
-  check_params(op, params_in, z_in);
-  const KernelKind kind = check_kernel(op, kernel);
 
   const c10::cuda::CUDAGuard guard(z_in.device());
   const at::Tensor z = z_in.contiguous(), w = w_in.contiguous(), params = params_in.contiguous();

@@ -1,0 +1,116 @@
+// Argument checks of the three primitives, written once for the CPU (csrc/cpu/cpu_ops.cpp) and CUDA
+// (csrc/cuda/ops_cuda.cu) implementations: every failure is a c10::Error (a RuntimeError in Python)
+// that names the op and the argument. `device` is the device type the implementation runs on.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string>
+
+#include "infovae/pair_math.h"
+
+namespace infovae {
+namespace checks {
+
+// A 2-D floating tensor on `device`; `shape` names its expected shape in the message.
+inline void matrix(const char* op, const char* name, const at::Tensor& t, const char* shape, c10::DeviceType device) {
+  TORCH_CHECK(t.dim() == 2, "infovae::", op, ": ", name, " must be a 2-D tensor ", shape, ", got a ", t.dim(),
+              "-D tensor of shape ", t.sizes());
+  TORCH_CHECK(t.device().type() == device, "infovae::", op, ": ", name, " must be a ", c10::DeviceTypeName(device),
+              " tensor, got ", t.device());
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, "infovae::", op,
+              ": ", name, " must be float16, bfloat16, float32 or float64, got ", st);
+}
+
+// Same dtype and device as the first input `ref_name`.
+inline void same_as(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
+                    const at::Tensor& ref) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "infovae::", op, ": ", name, " must have the dtype of ", ref_name,
+              " (", ref.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), "infovae::", op, ": ", name, " must be on the device of ", ref_name, " (",
+              ref.device(), "), got ", t.device());
+}
+
+// size(dim) of t equals `want` (named `what` in the message).
+inline void size(const char* op, const char* name, const at::Tensor& t, int64_t dim, int64_t want, const char* what) {
+  TORCH_CHECK(t.size(dim) == want, "infovae::", op, ": ", name, " must have ", what, " (", want, "), got shape ",
+              t.sizes());
+}
+
+inline KernelKind kernel(const char* op, c10::string_view kernel) {
+  if (kernel == "rbf") return KernelKind::RBF;
+  if (kernel == "imq") return KernelKind::IMQ;
+  TORCH_CHECK(false, "infovae::", op, ": kernel must be \"rbf\" or \"imq\", got \"",
+              std::string(kernel.data(), kernel.size()), "\"");
+}
+
+// params: float64 (n_scales,) on the points' device, 1 <= n_scales <= kMaxScales. Values (finite, > 0,
+// clamped by the op layer) are the implementation's to check where reading them is free.
+inline void params(const char* op, const at::Tensor& params, const at::Tensor& points) {
+  TORCH_CHECK(params.dim() == 1, "infovae::", op, ": params must be a 1-D tensor (n_scales,), got shape ",
+              params.sizes());
+  TORCH_CHECK(params.device() == points.device(), "infovae::", op, ": params must be on the device of the points (",
+              points.device(), "), got ", params.device());
+  TORCH_CHECK(params.scalar_type() == at::kDouble, "infovae::", op, ": params must be float64, got ",
+              params.scalar_type());
+  TORCH_CHECK(valid_scale_count(params.size(0)), "infovae::", op, ": params must hold 1 to ", kMaxScales,
+              " scales, got ", params.size(0));
+}
+
+// The whole argument list of each primitive; returns the kernel kind.
+inline KernelKind gram_args(const at::Tensor& x, const at::Tensor& y, const at::Tensor& p, c10::string_view k,
+                            c10::DeviceType device) {
+  const char* op = "gram";
+  matrix(op, "x", x, "(N, d)", device);
+  matrix(op, "y", y, "(M, d)", device);
+  same_as(op, "y", y, "x", x);
+  size(op, "y", y, 1, x.size(1), "the number of columns d of x");
+  params(op, p, x);
+  return kernel(op, k);
+}
+
+inline KernelKind pair_reduce_args(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v,
+                                   const std::optional<at::Tensor>& a, const at::Tensor& p, c10::string_view k,
+                                   bool exclude_diagonal, c10::DeviceType device) {
+  const char* op = "pair_reduce";
+  matrix(op, "x", x, "(N, d)", device);
+  matrix(op, "y", y, "(M, d)", device);
+  matrix(op, "v", v, "(M, p)", device);
+  same_as(op, "y", y, "x", x);
+  same_as(op, "v", v, "x", x);
+  size(op, "y", y, 1, x.size(1), "the number of columns d of x");
+  size(op, "v", v, 0, y.size(0), "one row per row of y");
+  if (a.has_value()) {
+    matrix(op, "a", *a, "(N, p)", device);
+    same_as(op, "a", *a, "x", x);
+    size(op, "a", *a, 0, x.size(0), "one row per row of x");
+    size(op, "a", *a, 1, v.size(1), "the number of columns p of v");
+  }
+  TORCH_CHECK(!exclude_diagonal || x.size(0) == y.size(0), "infovae::", op,
+              ": exclude_diagonal requires x and y with the same number of rows, got ", x.size(0), " and ", y.size(0));
+  params(op, p, x);
+  return kernel(op, k);
+}
+
+inline KernelKind quad_form_args(const at::Tensor& z, const at::Tensor& w, const std::optional<at::Tensor>& a,
+                                 const at::Tensor& p, c10::string_view k, c10::DeviceType device) {
+  const char* op = "quad_form";
+  matrix(op, "z", z, "(N, d)", device);
+  matrix(op, "w", w, "(N, P)", device);
+  same_as(op, "w", w, "z", z);
+  size(op, "w", w, 0, z.size(0), "one row per row of z");
+  if (a.has_value()) {
+    matrix(op, "a", *a, "(N, P)", device);
+    same_as(op, "a", *a, "z", z);
+    size(op, "a", *a, 0, z.size(0), "one row per row of z");
+    size(op, "a", *a, 1, w.size(1), "the number of columns P of w");
+  }
+  params(op, p, z);
+  return kernel(op, k);
+}
+
+}  // namespace checks
+}  // namespace infovae
