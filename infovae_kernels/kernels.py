@@ -91,8 +91,13 @@ def prepare(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     ct = compute_dtype(x.dtype)
     mean = (x.sum(0, dtype=torch.float64) + y.sum(0, dtype=torch.float64)) / (x.shape[0] + y.shape[0])
     xc, yc = x.to(ct) - mean.to(ct), y.to(ct) - mean.to(ct)
-    peak = torch.maximum(xc.abs().amax(), yc.abs().amax()).to(torch.float64)
-    exponent = torch.frexp(torch.where(peak > 0, peak, torch.ones_like(peak))).exponent
-    scale = torch.ldexp(torch.ones_like(peak), exponent)
-    inv = torch.ldexp(torch.ones((), dtype=ct, device=x.device), -exponent)
+    scale = power_of_two_scale(torch.maximum(xc.abs().amax(), yc.abs().amax()))
+    inv = (1.0 / scale).to(ct)  # a power of two: exact in ct too
     return xc * inv, yc * inv, scale
+
+
+def power_of_two_scale(peak: Tensor) -> Tensor:
+    """2^e with peak / 2^e in [0.5, 1) (1 when peak is 0), float64 0-dim: the divisor of `prepare`."""
+    peak = peak.to(torch.float64)
+    exponent = torch.frexp(torch.where(peak > 0, peak, torch.ones_like(peak))).exponent
+    return torch.ldexp(torch.ones_like(peak), exponent)

@@ -613,6 +613,19 @@ __host__ __device__ __forceinline__ int64_t quad_blocks_of_round(int64_t nb, int
   return (t > 0 && 2 * t == nb) ? nb / 2 : nb;
 }
 
+// Stages columns [c0, c0 + kQC) of a row-major (N, ld) matrix for one quad_form tile: the rows of block J
+// (from col0) into Cj, those of block I (from row0) into Ci, zero past N and ld (tiles are square).
+template <typename T, typename acc_t, int BN, int LDC>
+__device__ __forceinline__ void stage_column_chunk(acc_t* Cj, acc_t* Ci, const T* src, int64_t N, int64_t ld,
+                                                   int64_t c0, int64_t row0, int64_t col0) {
+  for (int t = threadIdx.y * kThreadsX + threadIdx.x; t < BN * kQC; t += kThreads) {
+    const int rr = t / kQC, cc = t % kQC;
+    const int64_t col = c0 + cc, j = col0 + rr, i = row0 + rr;
+    Cj[rr * LDC + cc] = (j < N && col < ld) ? to_acc<acc_t>(src[j * ld + col]) : acc_t(0);
+    Ci[rr * LDC + cc] = (i < N && col < ld) ? to_acc<acc_t>(src[i * ld + col]) : acc_t(0);
+  }
+}
+
 template <typename T, typename acc_t, bool ROWS, bool GRAD>
 __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const DeviceKernel<acc_t>& kern,
                                           int64_t I, int64_t J, const QuadOut& out, acc_t* smem) {
@@ -658,12 +671,7 @@ __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const Dev
   // Phase 2: q (and S) over column chunks of w.
   const double mult = diag ? 1.0 : 2.0;  // a power of two: mult * partial is exact
   for (int64_t c0 = 0; c0 < P; c0 += kQC) {
-    for (int t = ty * kThreadsX + tx; t < BN * kQC; t += kThreads) {
-      const int rr = t / kQC, cc = t % kQC;
-      const int64_t col = c0 + cc, j = col0 + rr, i = row0 + rr;
-      Cj[rr * LDC + cc] = (j < N && col < P) ? to_acc<acc_t>(A.w[j * P + col]) : acc_t(0);
-      Ci[rr * LDC + cc] = (i < N && col < P) ? to_acc<acc_t>(A.w[i * P + col]) : acc_t(0);
-    }
+    stage_column_chunk<T, acc_t, BN, LDC>(Cj, Ci, A.w, N, P, c0, row0, col0);
     __syncthreads();
     const int64_t col = c0 + tx;
     // row part: (K W_J)_i for the thread's rows i = ty + 16 r, column col
@@ -740,12 +748,7 @@ __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const Dev
       for (int c = 0; c < TN; ++c) Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = aw[r][c];
     __syncthreads();
     for (int64_t c0 = 0; c0 < d; c0 += kQC) {
-      for (int t = ty * kThreadsX + tx; t < BN * kQC; t += kThreads) {
-        const int rr = t / kQC, cc = t % kQC;
-        const int64_t col = c0 + cc, j = col0 + rr, i = row0 + rr;
-        Cj[rr * LDC + cc] = (j < N && col < d) ? to_acc<acc_t>(A.z[j * d + col]) : acc_t(0);
-        Ci[rr * LDC + cc] = (i < N && col < d) ? to_acc<acc_t>(A.z[i * d + col]) : acc_t(0);
-      }
+      stage_column_chunk<T, acc_t, BN, LDC>(Cj, Ci, A.z, N, d, c0, row0, col0);
       __syncthreads();
       const int64_t col = c0 + tx;
       acc_t part[TM];

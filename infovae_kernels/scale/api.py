@@ -109,8 +109,7 @@ def _setup(x, y, *, sigma, kernel, backend, device, max_memory, block_size, medi
     name = backends.resolve(backend, dev)
     mean = (sum_x + sum_y) / (sx.n + sy.n)  # float64, as kernels.prepare centres
     peak = torch.maximum(torch.maximum(hi_x, hi_y) - mean, mean - torch.minimum(lo_x, lo_y)).amax()
-    scale = torch.ldexp(torch.ones((), dtype=torch.float64),
-                        torch.frexp(peak if peak > 0 else torch.ones_like(peak)).exponent)
+    scale = kernels.power_of_two_scale(peak)
     sigmas = _checks.sigmas(sigma, torch.empty(0, device=dev),
                             lambda: _median_sigma(sx, sy, median_points, median_seed, dev))
     ct = kernels.compute_dtype(sx.dtype)
