@@ -43,21 +43,28 @@ inline void size(const char* op, const char* name, const at::Tensor& t, int64_t 
 inline KernelKind kernel(const char* op, c10::string_view kernel) {
   if (kernel == "rbf") return KernelKind::RBF;
   if (kernel == "imq") return KernelKind::IMQ;
-  TORCH_CHECK(false, "infovae::", op, ": kernel must be \"rbf\" or \"imq\", got \"",
+  if (kernel == "laplacian") return KernelKind::LAPLACIAN;
+  if (kernel == "energy") return KernelKind::ENERGY;
+  if (kernel == "polynomial") return KernelKind::POLYNOMIAL;
+  TORCH_CHECK(false, "infovae::", op, ": kernel must be \"rbf\", \"imq\", \"laplacian\", \"energy\" or \"polynomial\", got \"",
               std::string(kernel.data(), kernel.size()), "\"");
 }
 
-// params: float64 (n_scales,) on the points' device, 1 <= n_scales <= kMaxScales. Values (finite, > 0,
-// clamped by the op layer) are the implementation's to check where reading them is free.
-inline void params(const char* op, const at::Tensor& params, const at::Tensor& points) {
+// params: float64 (n,) on the points' device; n = 1..kMaxScales scales (rbf, imq, laplacian), 1 (energy)
+// or 3 (polynomial: gamma, coef, degree). Values (finite, > 0, clamped by the op layer; an integer degree
+// 1..kMaxDegree) are the implementation's to check where reading them is free.
+inline void params(const char* op, const at::Tensor& params, const at::Tensor& points, KernelKind kind) {
   TORCH_CHECK(params.dim() == 1, "infovae::", op, ": params must be a 1-D tensor (n_scales,), got shape ",
               params.sizes());
   TORCH_CHECK(params.device() == points.device(), "infovae::", op, ": params must be on the device of the points (",
               points.device(), "), got ", params.device());
   TORCH_CHECK(params.scalar_type() == at::kDouble, "infovae::", op, ": params must be float64, got ",
               params.scalar_type());
-  TORCH_CHECK(valid_scale_count(params.size(0)), "infovae::", op, ": params must hold 1 to ", kMaxScales,
-              " scales, got ", params.size(0));
+  TORCH_CHECK(valid_param_count(kind, params.size(0)), "infovae::", op, ": params must hold ",
+              kind == KernelKind::ENERGY       ? "1 value (energy)"
+              : kind == KernelKind::POLYNOMIAL ? "3 values [gamma, coef, degree] (polynomial)"
+                                               : "1 to 16 scales",
+              ", got ", params.size(0));
 }
 
 // The whole argument list of each primitive; returns the kernel kind.
@@ -68,8 +75,9 @@ inline KernelKind gram_args(const at::Tensor& x, const at::Tensor& y, const at::
   matrix(op, "y", y, "(M, d)", device);
   same_as(op, "y", y, "x", x);
   size(op, "y", y, 1, x.size(1), "the number of columns d of x");
-  params(op, p, x);
-  return kernel(op, k);
+  const KernelKind kind = kernel(op, k);
+  params(op, p, x, kind);
+  return kind;
 }
 
 inline KernelKind pair_reduce_args(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v,
@@ -91,8 +99,9 @@ inline KernelKind pair_reduce_args(const at::Tensor& x, const at::Tensor& y, con
   }
   TORCH_CHECK(!exclude_diagonal || x.size(0) == y.size(0), "infovae::", op,
               ": exclude_diagonal requires x and y with the same number of rows, got ", x.size(0), " and ", y.size(0));
-  params(op, p, x);
-  return kernel(op, k);
+  const KernelKind kind = kernel(op, k);
+  params(op, p, x, kind);
+  return kind;
 }
 
 inline KernelKind quad_form_args(const at::Tensor& z, const at::Tensor& w, const std::optional<at::Tensor>& a,
@@ -108,8 +117,9 @@ inline KernelKind quad_form_args(const at::Tensor& z, const at::Tensor& w, const
     size(op, "a", *a, 0, z.size(0), "one row per row of z");
     size(op, "a", *a, 1, w.size(1), "the number of columns P of w");
   }
-  params(op, p, z);
-  return kernel(op, k);
+  const KernelKind kind = kernel(op, k);
+  params(op, p, z, kind);
+  return kind;
 }
 
 }  // namespace checks
