@@ -1,13 +1,25 @@
 """The kernel family, written once in Python: names, per-scale parameters, per-pair formulas and the
 numerical rules every backend follows. The C++ twin of this module is csrc/include/infovae/pair_math.h.
 
-Kernels are functions of the squared distance r2 = |x - y|^2, summed over scales s:
+Distance kernels are functions of the squared distance r2 = |x - y|^2 (r = sqrt(r2)), summed over scales s:
 
-    rbf:  k = sum_s exp(-c_s r2),        c_s = 1 / (2 sigma_s^2),   g = sum_s 2 c_s exp(-c_s r2)
-    imq:  k = sum_s C_s / (C_s + r2),    C_s = 2 d sigma_s^2,       g = sum_s 2 (C_s / (C_s + r2))^2 / C_s
+    rbf:        k = sum_s exp(-c_s r2),      c_s = 1 / (2 sigma_s^2),  g = sum_s 2 c_s exp(-c_s r2)
+    imq:        k = sum_s C_s / (C_s + r2),  C_s = 2 d sigma_s^2,      g = sum_s 2 (C_s / (C_s + r2))^2 / C_s
+    laplacian:  k = sum_s exp(-c_s r),       c_s = 1 / sigma_s,        g = sum_s c_s exp(-c_s r) / r
+    energy:     k = -p r,                    p = 1 (no bandwidth),     g = p / r
 
 g = -2 dk/dr2 is the gradient weight: grad_x k(x, y) = -g (x - y). At r2 == 0 the weight is taken as
-0 (the pair's gradient term g (x - y) is 0 there anyway; defining it so keeps 0 * inf away).
+0 (the pair's gradient term g (x - y) is 0 there anyway; for laplacian and energy, whose derivative has
+a kink there, 0 is the subgradient; defining it so keeps 0 * inf away).
+
+Dot kernels are functions of t = gamma x.y + coef (torchmetrics' / scikit-learn's convention):
+
+    polynomial: k = t^n,   n = degree (an integer 1..16), gamma = 1/d and coef = 1 unless given,
+                           h = n gamma t^(n-1),   grad_x k(x, y) = h y
+    linear:     k = x.y    (polynomial with gamma 1, coef 0, degree 1)
+
+They are not translation invariant: their points are not centred (see `prepare`). Pass
+kernel=Polynomial(degree, gamma, coef) for other parameters than the defaults.
 
 The primitives receive `params` (float64, one entry per scale, on the points' device), not sigmas:
 the op layer centres and scales the points (see `prepare`) and converts sigmas to params with
@@ -17,11 +29,46 @@ bandwidth conventions, overflow or the data scale.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional, Union
+
 import torch
 from torch import Tensor
 
-KERNELS = ("rbf", "imq")
+#: Kernel names the primitives receive, in the order of pair_math.h's KernelKind.
+PRIMITIVE_KERNELS = ("rbf", "imq", "laplacian", "energy", "polynomial")
+#: Kernel names the public functions accept ("linear" is polynomial [1, 0, 1] for the primitives).
+KERNELS = PRIMITIVE_KERNELS + ("linear",)
+#: Kernels with a bandwidth sigma (the others take sigma=None).
+BANDWIDTH_KERNELS = ("rbf", "imq", "laplacian")
 MAX_SCALES = 16
+MAX_DEGREE = 16
+
+
+@dataclass(frozen=True)
+class Polynomial:
+    """The polynomial kernel k(x, y) = (gamma x.y + coef)^degree; gamma None means 1/d."""
+
+    degree: int = 3
+    gamma: Optional[float] = None
+    coef: float = 1.0
+
+
+Kernel = Union[str, Polynomial]
+LINEAR = Polynomial(degree=1, gamma=1.0, coef=0.0)
+
+
+def primitive_name(kernel: Kernel) -> str:
+    """The name the primitives receive: the kernel's own, or "polynomial" for the dot kernels."""
+    return "polynomial" if is_dot(kernel) else kernel
+
+
+def is_dot(kernel: Kernel) -> bool:
+    return isinstance(kernel, Polynomial) or kernel in ("polynomial", "linear")
+
+
+def has_bandwidth(kernel: Kernel) -> bool:
+    return isinstance(kernel, str) and kernel in BANDWIDTH_KERNELS
 
 #: A tile of pairs computes r2 from coordinate differences, not from |x|^2 + |y|^2 - 2 x.y, when
 #:     u * (max_i |x_i|^2 + max_j |y_j|^2) * kappa > LOSSY_TOLERANCE,
@@ -40,34 +87,61 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return 2.0 ** -53 if compute_dtype(dtype) == torch.float64 else 2.0 ** -24
 
 
-def kernel_params(kernel: str, sigmas: Tensor, d: int, scale: Tensor, dtype: torch.dtype) -> Tensor:
-    """Per-scale parameters (float64) for points divided by `scale`, clamped to the compute dtype.
+def polynomial(kernel: Kernel) -> Polynomial:
+    """The Polynomial spec of a dot kernel ("polynomial": the defaults; "linear": LINEAR)."""
+    if isinstance(kernel, Polynomial):
+        return kernel
+    return LINEAR if kernel == "linear" else Polynomial()
 
-    sigmas: float64 (S,) bandwidths in the units of the original points; scale: float64 0-dim.
-    Clamping keeps every parameter and 4x it finite and nonzero in the compute dtype: a bandwidth
-    far below the data's resolution then gives k = 0 off the diagonal (its limit), one far above it
-    gives k = 1 (rbf) or k = 1 (imq), never inf * 0.
+
+def kernel_params(kernel: Kernel, sigmas: Optional[Tensor], d: int, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """The float64 params the primitives receive, for points divided by `scale` (see `prepare`).
+
+    Bandwidth kernels: one entry per scale from sigmas (float64 (S,), in the units of the original
+    points), clamped so that every parameter and 4x it is finite and nonzero in the compute dtype: a
+    bandwidth far below the data's resolution then gives k = 0 off the diagonal (its limit), one far above
+    it k = 1 per scale, never inf * 0. energy: [scale] (k = -|x - y| in the original units). Dot kernels:
+    [gamma scale^2, coef, degree] (x.y = scale^2 x'.y'). Differentiable in sigmas.
     """
     info = torch.finfo(compute_dtype(dtype))
+    if is_dot(kernel):
+        spec = polynomial(kernel)
+        gamma = 1.0 / d if spec.gamma is None else spec.gamma
+        scale = scale.to(torch.float64)
+        return torch.stack([gamma * scale * scale, scale.new_tensor(float(spec.coef)),
+                            scale.new_tensor(float(spec.degree))])
+    if kernel == "energy":
+        return scale.to(torch.float64).reshape(1)
     s = sigmas.to(torch.float64) / scale
     if kernel == "rbf":
         p = 0.5 / (s * s)
     elif kernel == "imq":
         p = 2.0 * d * (s * s)
+    elif kernel == "laplacian":
+        p = 1.0 / s
     else:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     return p.clamp(info.tiny, info.max / 4)
 
 
 def kappa(kernel: str, params: Tensor) -> Tensor:
-    """Inverse squared length scale of the narrowest scale (see LOSSY_TOLERANCE)."""
+    """Inverse squared length scale of the narrowest scale (see LOSSY_TOLERANCE; rbf and imq only:
+    laplacian and energy always use coordinate differences, dot kernels no distances)."""
     return params.max() if kernel == "rbf" else 1.0 / params.min()
 
 
+def always_differences(kernel: str) -> bool:
+    """laplacian and energy take r = sqrt(r2) from coordinate differences on every backend: near 0 the
+    expansion's absolute error u |x|^2 in r2 would become sqrt(u) |x| in r."""
+    return kernel in ("laplacian", "energy")
+
+
 def kernel_and_weight(r2: Tensor, params: Tensor, kernel: str) -> tuple[Tensor, Tensor]:
-    """k(r2) and g(r2) = -2 dk/dr2 (0 where r2 == 0), elementwise, summed over scales, in r2's dtype."""
+    """Distance kernels: k(r2) and g(r2) = -2 dk/dr2 (0 where r2 == 0), elementwise, summed over
+    scales, in r2's dtype."""
     k = torch.zeros_like(r2)
     g = torch.zeros_like(r2)
+    r = r2.sqrt() if always_differences(kernel) else None
     for p in params.to(r2.dtype).unbind():
         if kernel == "rbf":
             e = torch.exp(-p * r2)
@@ -77,20 +151,43 @@ def kernel_and_weight(r2: Tensor, params: Tensor, kernel: str) -> tuple[Tensor, 
             ks = p / (p + r2)
             k = k + ks
             g = g + 2.0 * ks * ks / p
+        elif kernel == "laplacian":
+            e = torch.exp(-p * r)
+            k = k + e
+            g = g + p * e
+        elif kernel == "energy":
+            k = k - p * r
+            g = g + p
         else:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+            raise ValueError(f"kernel must be one of {PRIMITIVE_KERNELS[:4]}, got {kernel!r}")
+    if r is not None:
+        g = g / r
     return k, torch.where(r2 == 0, torch.zeros_like(g), g)
 
 
-def prepare(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(x', y', scale): x and y in the compute dtype, centred on their pooled mean (the kernels are
-    translation invariant; centring shrinks the norms, and so the cancellation in the expansion) and
-    divided by scale = 2^e, a power of two near the largest centred coordinate (exact: it only moves
-    the exponent), so that distances neither overflow nor underflow whatever the data's magnitude.
+def dot_kernel_and_weight(dot: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+    """polynomial: k = t^n and h = n gamma t^(n-1) (grad_x k = h y), t = gamma dot + coef, params
+    [gamma, coef, n], elementwise in dot's dtype (an integral float power: exact sign for t < 0)."""
+    gamma, coef, degree = params.to(dot.dtype).unbind()
+    t = dot * gamma + coef
+    power = torch.pow(t, degree - 1.0)
+    return power * t, power * (degree * gamma)
+
+
+def prepare(x: Tensor, y: Tensor, kernel: Kernel = "rbf") -> tuple[Tensor, Tensor, Tensor]:
+    """(x', y', scale): x and y in the compute dtype, divided by scale = 2^e, a power of two near the
+    largest coordinate (exact: it only moves the exponent), so that distances and dot products neither
+    overflow nor underflow whatever the data's magnitude. Distance kernels first centre the points on
+    their pooled mean (the kernels are translation invariant; centring shrinks the norms, and so the
+    cancellation in the expansion); dot kernels are not translation invariant and are not centred (their
+    dot product has no cancellation to lose beyond the product's own rounding).
     scale is a float64 0-dim tensor on the points' device. Traceable (no host sync)."""
     ct = compute_dtype(x.dtype)
-    mean = (x.sum(0, dtype=torch.float64) + y.sum(0, dtype=torch.float64)) / (x.shape[0] + y.shape[0])
-    xc, yc = x.to(ct) - mean.to(ct), y.to(ct) - mean.to(ct)
+    if is_dot(kernel):
+        xc, yc = x.to(ct), y.to(ct)
+    else:
+        mean = (x.sum(0, dtype=torch.float64) + y.sum(0, dtype=torch.float64)) / (x.shape[0] + y.shape[0])
+        xc, yc = x.to(ct) - mean.to(ct), y.to(ct) - mean.to(ct)
     scale = power_of_two_scale(torch.maximum(xc.abs().amax(), yc.abs().amax()))
     inv = (1.0 / scale).to(ct)  # a power of two: exact in ct too
     return xc * inv, yc * inv, scale

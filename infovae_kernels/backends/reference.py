@@ -14,11 +14,15 @@ backend implements the same three primitives with this contract (C++ schemas in 
         S_i = sum_j k_ij w_j                     (N, P); shape (0, P) unless row_sums
         G_i = sum_j g_ij (a_i . w_j) (z_i - z_j)  (N, d); shape (0, d) when a is None
 
-r2_ij = |x_i - y_j|^2; k, g and params as in infovae_kernels/kernels.py (the points arrive centred
-and scaled, the params clamped: the primitives do neither). exclude_diagonal drops the pairs i == j.
+kernel is one of kernels.PRIMITIVE_KERNELS. r2_ij = |x_i - y_j|^2; k, g and params as in
+infovae_kernels/kernels.py (the points arrive prepared and the params clamped: the primitives do
+neither). For the dot kernel (polynomial) g is replaced by h = dk/d(x.y) and G_i = -sum_j h_ij
+(a_i . v_j) y_j: in every case G_i = -sum_j (a_i . v_j) dk(x_i, y_j)/dx_i. exclude_diagonal drops the
+pairs i == j.
 float16/bfloat16 compute in float32; float32 and float64 in their own precision. This backend computes
 r2 from coordinate differences (torch.cdist without its matmul shortcut) for d <= 64, under
-torch.compile, and wherever the expansion would be lossy (kernels.LOSSY_TOLERANCE); above d = 64 it
+torch.compile, for laplacian and energy, and wherever the expansion would be lossy
+(kernels.LOSSY_TOLERANCE); above d = 64 it
 otherwise uses the expansion |x|^2 + |y|^2 - 2 x.y (one matmul, 10-20x faster there), clamped at 0 and
 exactly 0 between a point and itself when x and y are the same points.
 """
@@ -30,7 +34,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from infovae_kernels.kernels import LOSSY_TOLERANCE, compute_dtype, kappa, kernel_and_weight, unit_roundoff
+from infovae_kernels.kernels import (LOSSY_TOLERANCE, always_differences, compute_dtype, dot_kernel_and_weight, kappa,
+                                     kernel_and_weight, unit_roundoff)
 
 DIFFERENCES_UP_TO_D = 64
 
@@ -38,7 +43,7 @@ DIFFERENCES_UP_TO_D = 64
 def squared_distances(x: Tensor, y: Tensor, params: Tensor, kernel: str) -> Tensor:
     """r2_ij = |x_i - y_j|^2: from coordinate differences, or by the expansion where that is exact
     enough and faster (module docstring)."""
-    if x.shape[1] > DIFFERENCES_UP_TO_D and not torch.compiler.is_compiling():
+    if x.shape[1] > DIFFERENCES_UP_TO_D and not torch.compiler.is_compiling() and not always_differences(kernel):
         xn, yn = x.square().sum(1), y.square().sum(1)
         lossy = unit_roundoff(x.dtype) * float(xn.max() + yn.max()) * float(kappa(kernel, params)) > LOSSY_TOLERANCE
         if not lossy:
@@ -50,17 +55,23 @@ def squared_distances(x: Tensor, y: Tensor, params: Tensor, kernel: str) -> Tens
 
 
 def _kernel_matrices(x, y, params, kernel, exclude_diagonal):
+    """x, y in the compute dtype, k and its weight g (h for the dot kernel) as (N, M) matrices."""
     ct = compute_dtype(x.dtype)
     xc, yc = x.to(ct), y.to(ct)
-    k, g = kernel_and_weight(squared_distances(xc, yc, params, kernel), params, kernel)
+    if kernel == "polynomial":
+        k, g = dot_kernel_and_weight(xc @ yc.T, params)
+    else:
+        k, g = kernel_and_weight(squared_distances(xc, yc, params, kernel), params, kernel)
     if exclude_diagonal:
         k.fill_diagonal_(0.0)
         g.fill_diagonal_(0.0)
     return xc, yc, k, g
 
 
-def _weighted_differences(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
-    """sum_j w_ij (x_i - y_j)."""
+def _gradient_terms(x: Tensor, y: Tensor, w: Tensor, kernel: str) -> Tensor:
+    """G_i: sum_j w_ij (x_i - y_j), or -sum_j w_ij y_j for the dot kernel."""
+    if kernel == "polynomial":
+        return -(w @ y)
     return x * w.sum(1, keepdim=True) - w @ y
 
 
@@ -76,7 +87,7 @@ def pair_reduce(x: Tensor, y: Tensor, v: Tensor, a: Optional[Tensor], params: Te
     s = (k @ vc).double()
     if a is None:
         return s, x.new_zeros((0, x.shape[1]), dtype=torch.float64)
-    return s, _weighted_differences(xc, yc, g * (a.to(xc.dtype) @ vc.T)).double()
+    return s, _gradient_terms(xc, yc, g * (a.to(xc.dtype) @ vc.T), kernel).double()
 
 
 def quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel: str, exclude_diagonal: bool,
@@ -88,4 +99,4 @@ def quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel:
     s = kw.double() if row_sums else z.new_zeros((0, w.shape[1]), dtype=torch.float64)
     if a is None:
         return q, s, z.new_zeros((0, z.shape[1]), dtype=torch.float64)
-    return q, s, _weighted_differences(zc, zc, g * (a.to(zc.dtype) @ wc.T)).double()
+    return q, s, _gradient_terms(zc, zc, g * (a.to(zc.dtype) @ wc.T), kernel).double()
