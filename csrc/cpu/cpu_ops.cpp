@@ -22,10 +22,21 @@ using engine::Dims;
 using engine::divup;
 using engine::roundup;
 
-// params' values, read on the host for free here: finite and > 0 (the op layer clamps them).
-std::vector<double> param_values(const char* op, const at::Tensor& params) {
+// params' values, read on the host for free here. Distance kernels: finite and > 0 (the op layer clamps
+// them). polynomial [gamma, coef, degree]: gamma and coef finite (any sign), degree an integer in
+// 1..kMaxDegree.
+std::vector<double> param_values(const char* op, const at::Tensor& params, KernelKind kind) {
   const at::Tensor pc = params.contiguous();
   std::vector<double> out(pc.data_ptr<double>(), pc.data_ptr<double>() + pc.size(0));
+  if (kind == KernelKind::POLYNOMIAL) {  // checks::params made sure there are 3
+    TORCH_CHECK(std::isfinite(out[0]) && std::isfinite(out[1]), "infovae::", op,
+                ": params [gamma, coef, degree] of the polynomial kernel must have a finite gamma and coef, got [",
+                out[0], ", ", out[1], ", ", out[2], "]");
+    TORCH_CHECK(valid_degree(out[2]), "infovae::", op,
+                ": params [gamma, coef, degree] of the polynomial kernel must have an integer degree in 1..",
+                kMaxDegree, ", got ", out[2]);
+    return out;
+  }
   for (double v : out)
     TORCH_CHECK(std::isfinite(v) && v > 0.0, "infovae::", op, ": every entry of params must be finite and > 0, got ",
                 v);
@@ -204,7 +215,7 @@ void quad_form_typed(const at::Tensor& z, const at::Tensor& w, const std::option
 at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& params, c10::string_view kernel,
                 bool derivative) {
   const KernelKind kind = checks::gram_args(x, y, params, kernel, c10::DeviceType::CPU);
-  const auto prm = param_values("gram", params);  // kernel_arg points into it
+  const auto prm = param_values("gram", params, kind);  // kernel_arg points into it
   const auto ka = kernel_arg(kind, prm);
   const int64_t N = x.size(0), M = y.size(0);
   if (N == 0 || M == 0) return at::zeros({N, M}, x.options());
@@ -217,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x, const at::Te
                                                const std::optional<at::Tensor>& a, const at::Tensor& params,
                                                c10::string_view kernel, bool exclude_diagonal) {
   const KernelKind kind = checks::pair_reduce_args(x, y, v, a, params, kernel, exclude_diagonal, c10::DeviceType::CPU);
-  const auto prm = param_values("pair_reduce", params);  // kernel_arg points into it
+  const auto prm = param_values("pair_reduce", params, kind);  // kernel_arg points into it
   const auto ka = kernel_arg(kind, prm);
   const int64_t N = x.size(0), M = y.size(0), d = x.size(1), p = v.size(1);
   const auto dopt = x.options().dtype(at::kDouble);
@@ -236,7 +247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z, co
                                                          c10::string_view kernel, bool exclude_diagonal,
                                                          bool row_sums) {
   const KernelKind kind = checks::quad_form_args(z, w, a, params, kernel, c10::DeviceType::CPU);
-  const auto prm = param_values("quad_form", params);  // kernel_arg points into it
+  const auto prm = param_values("quad_form", params, kind);  // kernel_arg points into it
   const auto ka = kernel_arg(kind, prm);
   const int64_t N = z.size(0), d = z.size(1), P = w.size(1);
   const auto dopt = z.options().dtype(at::kDouble);

@@ -28,6 +28,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "engine_api.h"
 
 #define INFOVAE_AI inline __attribute__((always_inline))
@@ -158,6 +162,63 @@ struct VExp {
   }
 };
 
+// Correctly rounded square root on SIMD vectors (laplacian and energy: r = sqrt(r2)), the same value as
+// std::sqrt lane by lane.
+template <typename V, typename T>
+INFOVAE_AI V vsqrt_lanes(V x) {
+  constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
+  T a[L];
+  std::memcpy(a, &x, sizeof(x));
+  for (int i = 0; i < L; ++i) a[i] = std::sqrt(a[i]);
+  std::memcpy(&x, a, sizeof(x));
+  return x;
+}
+INFOVAE_AI vf32 vsqrt(vf32 x) {
+#if INFOVAE_VBYTES == 64 && defined(__AVX512F__)
+  return (vf32)_mm512_sqrt_ps((__m512)x);
+#elif INFOVAE_VBYTES == 32 && defined(__AVX__)
+  return (vf32)_mm256_sqrt_ps((__m256)x);
+#elif INFOVAE_VBYTES == 16 && defined(__SSE2__)
+  return (vf32)_mm_sqrt_ps((__m128)x);
+#else
+  return vsqrt_lanes<vf32, float>(x);
+#endif
+}
+INFOVAE_AI vf64 vsqrt(vf64 x) {
+#if INFOVAE_VBYTES == 64 && defined(__AVX512F__)
+  return (vf64)_mm512_sqrt_pd((__m512d)x);
+#elif INFOVAE_VBYTES == 32 && defined(__AVX__)
+  return (vf64)_mm256_sqrt_pd((__m256d)x);
+#elif INFOVAE_VBYTES == 16 && defined(__SSE2__)
+  return (vf64)_mm_sqrt_pd((__m128d)x);
+#else
+  return vsqrt_lanes<vf64, double>(x);
+#endif
+}
+
+// The sqrt policy of infovae/pair_math.h on SIMD vectors (read by laplacian and energy only).
+struct VSqrt {
+  template <class V>
+  INFOVAE_AI V operator()(V x) const {
+    return vsqrt(x);
+  }
+};
+
+// Where r2 comes from, fixed at compile time per kernel kind: coordinate differences always (laplacian,
+// energy), the raw dot product always (polynomial: Diff = false, and the pair value is x.y itself), or
+// the lossy rule per call / tile (rbf, imq). f(std::integral_constant<bool, Diff>).
+template <KernelKind K, class F>
+INFOVAE_AI void with_diff(bool lossy, F&& f) {
+  if constexpr (always_differences(K))
+    f(std::true_type{});
+  else if constexpr (is_dot_kernel(K))
+    f(std::false_type{});
+  else if (lossy)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Micro-kernel: acc[r][v] = sum_k xp[k][r] * yp[k][v*L + lane] (row panel x col panel), q-long, or with
 // Diff, sum_k (xp[k][r] - yp[k][v*L + lane])^2.
@@ -235,6 +296,9 @@ void sweep_row_panel(const KernelParams<T>& kp, const PanelArgs<T>& pa, T* s_out
   using VI = typename VecT<T>::VI;
   constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NRV = Dims<T>::NRV, NR = Dims<T>::NR;
   constexpr bool NeedG = StoreG || GradP1 || GradPG;
+  // polynomial: acc is x.y; G needs no row / column sums of the weights (no x_i sum_j W_ij term)
+  constexpr bool Dot = is_dot_kernel(K);
+  static_assert(!(Dot && Diff), "a dot kernel never uses coordinate differences");
   static const Iota<T> iota;
   const int64_t d = pa.d, p = pa.p;
   V s_acc[MR], rs_acc[MR];
@@ -274,22 +338,26 @@ void sweep_row_panel(const KernelParams<T>& kp, const PanelArgs<T>& pa, T* s_out
       for (int v = 0; v < NRV; ++v) {
         const int64_t off = jp * NR + v * L;
         V ynv = {};
-        if constexpr (!Diff) ynv = vload(pa.yn + off);
+        if constexpr (!Diff && !Dot) ynv = vload(pa.yn + off);
         V vv = {};
         if constexpr (FuseS || GradP1) vv = vload(pa.vcol + off);
         V cs = {}, cu = {};
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
-          V r2;
-          if constexpr (Diff)
+          V r2;  // the dot product for Dot
+          if constexpr (Diff || Dot)
             r2 = acc[r][v];
           else
             r2 = squared_distance(vset<T>(pa.xn[r]), ynv, acc[r][v]);
           V k, g;
-          if constexpr (NeedG)
-            kernel_value_and_weight<K, NS>(kp, r2, VExp{}, k, g);
+          if constexpr (Dot && NeedG)
+            dot_kernel_value_and_weight(kp, r2, k, g);
+          else if constexpr (Dot)
+            k = dot_kernel_value(kp, r2);
+          else if constexpr (NeedG)
+            kernel_value_and_weight<K, NS>(kp, r2, VExp{}, k, g, VSqrt{});
           else
-            k = kernel_value<K, NS>(kp, r2, VExp{});
+            k = kernel_value<K, NS>(kp, r2, VExp{}, VSqrt{});
           if constexpr (Masked) {
             // i == j  <=>  gj + v*L + lane - (gi0 + r) == 0
             const VI idx =
@@ -304,24 +372,24 @@ void sweep_row_panel(const KernelParams<T>& kp, const PanelArgs<T>& pa, T* s_out
           if constexpr (StoreG) vstore(pa.kb + r * pa.ldb + off, g);
           if constexpr (ColS) cs += k * vset<T>(wrow[r]);
           if constexpr (GradP1) {
-            rs_acc[r] += g * vv;
-            cu += g * vset<T>(wrow[r]);
+            if constexpr (!Dot) rs_acc[r] += g * vv;
+            if constexpr (!Dot) cu += g * vset<T>(wrow[r]);
             vstore(pa.hb + r * pa.ldb + off, g);
           }
           if constexpr (GradPG) {
             const V w = g * vload(avt + r * NR + v * L);
-            rs_acc[r] += w;
+            if constexpr (!Dot) rs_acc[r] += w;
             vstore(pa.hb + r * pa.ldb + off, w);
             if (col_side) {
               const V wc = g * vload(wat + r * NR + v * L);
-              cu += wc;
+              if constexpr (!Dot) cu += wc;
               vstore(pa.hcb + r * pa.ldb + off, wc);
             }
           }
         }
         if constexpr (ColS)
           if (pa.colS) vstore(pa.colS + off, vload(pa.colS + off) + cs);
-        if constexpr (GradP1 || GradPG)
+        if constexpr ((GradP1 || GradPG) && !Dot)
           if (pa.colU) vstore(pa.colU + off, vload(pa.colU + off) + cu);
       }
     };
@@ -580,7 +648,9 @@ void pair_reduce_mode(const PairProblem<T>& pb) {
         for (int64_t i = 0; i < rows; ++i) {
           const double ai = P1 ? static_cast<double>(pb.acol[i0 + i]) : 1.0;
           for (int64_t k = 0; k < d; ++k) {
-            const double g = static_cast<double>(pb.x.rows[(i0 + i) * xdp + k]) * rs[i] - wy[i * d + k];
+            // a dot kernel: G_i = -sum_j W_ij y_j (rs stays 0, and x_i rs is not formed)
+            const double g =
+                is_dot_kernel(K) ? -wy[i * d + k] : static_cast<double>(pb.x.rows[(i0 + i) * xdp + k]) * rs[i] - wy[i * d + k];
             pb.G[(i0 + i) * d + k] = P1 ? ai * g : g;
           }
         }
@@ -591,7 +661,7 @@ void pair_reduce_mode(const PairProblem<T>& pb) {
 
 template <typename T, KernelKind K, int NS>
 void pair_reduce_kernel(const PairProblem<T>& pb) {
-  const bool diff = lossy_call(pb.kernel, pb.x, pb.y);
+  const bool diff = !always_differences(K) && !is_dot_kernel(K) && lossy_call(pb.kernel, pb.x, pb.y);
   const bool grad = pb.G != nullptr, p1 = pb.p == 1;
   auto go = [&](auto diff_tag) {
     constexpr bool D = decltype(diff_tag)::value;
@@ -604,7 +674,7 @@ void pair_reduce_kernel(const PairProblem<T>& pb) {
     else
       pair_reduce_mode<T, K, NS, D, false, true>(pb);
   };
-  diff ? go(std::true_type{}) : go(std::false_type{});
+  with_diff<K>(diff, go);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -849,10 +919,9 @@ void quad_form_kernel(const QuadProblem<T>& pb) {
         quad_tile_pg<T, K, D, G>(pb, kp, tj, acc, acct, ws, q);
       }
     };
-    if (diff)
-      tgrad ? go(std::true_type{}, std::true_type{}) : go(std::true_type{}, std::false_type{});
-    else
-      tgrad ? go(std::false_type{}, std::true_type{}) : go(std::false_type{}, std::false_type{});
+    with_diff<K>(diff, [&](auto diff_tag) {
+      tgrad ? go(diff_tag, std::true_type{}) : go(diff_tag, std::false_type{});
+    });
   };
   auto tiles_of_round = [&](int64_t t) { return t == 0 ? nb : (even && t == half ? half : nb); };
 
@@ -892,10 +961,11 @@ void quad_form_kernel(const QuadProblem<T>& pb) {
   if (grad) {
     at::parallel_for(0, N, 256, [&](int64_t r0, int64_t r1) {
       for (int64_t i = r0; i < r1; ++i) {
-        const double u = Urow[i] + Ucol[i];
+        const double u = is_dot_kernel(K) ? 0.0 : Urow[i] + Ucol[i];  // a dot kernel: G = -Y (u is 0)
         const double ai = p1 ? static_cast<double>(pb.acol[i]) : 1.0;
         for (int64_t k = 0; k < d; ++k) {
-          const double g = static_cast<double>(pb.z.rows[i * dp + k]) * u - (pb.G[i * d + k] + Ycol[i * d + k]);
+          const double y = pb.G[i * d + k] + Ycol[i * d + k];
+          const double g = is_dot_kernel(K) ? -y : static_cast<double>(pb.z.rows[i * dp + k]) * u - y;
           pb.G[i * d + k] = p1 ? ai * g : g;
         }
       }
@@ -936,21 +1006,26 @@ void gram_mode(const GramProblem<T>& pb) {
 
 template <typename T, KernelKind K, int NS>
 void gram_kernel(const GramProblem<T>& pb) {
-  const bool diff = lossy_call(pb.kernel, pb.x, pb.y);
-  if (diff)
-    pb.derivative ? gram_mode<T, K, NS, true, true>(pb) : gram_mode<T, K, NS, true, false>(pb);
-  else
-    pb.derivative ? gram_mode<T, K, NS, false, true>(pb) : gram_mode<T, K, NS, false, false>(pb);
+  const bool diff = !always_differences(K) && !is_dot_kernel(K) && lossy_call(pb.kernel, pb.x, pb.y);
+  with_diff<K>(diff, [&](auto diff_tag) {
+    constexpr bool D = decltype(diff_tag)::value;
+    pb.derivative ? gram_mode<T, K, NS, D, true>(pb) : gram_mode<T, K, NS, D, false>(pb);
+  });
 }
 
-// Dispatch on the kernel kind and on one scale (the common case: its scale loop compiles away).
+// Dispatch on the kernel kind and, for rbf / imq, on one scale (the common case: its scale loop compiles
+// away). laplacian reads its scale count at run time (one instantiation keeps the build short); energy
+// and polynomial have exactly one (NS = 1; polynomial ignores it).
 template <template <typename, KernelKind, int> class F, typename T, class Pb>
 void dispatch_kernel(const KernelArg& ka, const Pb& pb) {
   const bool ns1 = ka.n_scales == 1;
-  if (ka.kind == KernelKind::RBF)
-    ns1 ? F<T, KernelKind::RBF, 1>::run(pb) : F<T, KernelKind::RBF, 0>::run(pb);
-  else
-    ns1 ? F<T, KernelKind::IMQ, 1>::run(pb) : F<T, KernelKind::IMQ, 0>::run(pb);
+  switch (ka.kind) {
+    case KernelKind::RBF: ns1 ? F<T, KernelKind::RBF, 1>::run(pb) : F<T, KernelKind::RBF, 0>::run(pb); break;
+    case KernelKind::IMQ: ns1 ? F<T, KernelKind::IMQ, 1>::run(pb) : F<T, KernelKind::IMQ, 0>::run(pb); break;
+    case KernelKind::LAPLACIAN: F<T, KernelKind::LAPLACIAN, 0>::run(pb); break;
+    case KernelKind::ENERGY: F<T, KernelKind::ENERGY, 1>::run(pb); break;
+    case KernelKind::POLYNOMIAL: F<T, KernelKind::POLYNOMIAL, 1>::run(pb); break;
+  }
 }
 
 template <typename T, KernelKind K, int NS>
