@@ -11,10 +11,10 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from infovae_kernels.kernels import KERNELS, MAX_SCALES
+from infovae_kernels.kernels import KERNELS, MAX_DEGREE, MAX_SCALES, Kernel, Polynomial, has_bandwidth, polynomial
 
 ESTIMATORS = ("biased", "unbiased")
-Sigma = Union[float, Sequence[float], str]
+Sigma = Union[None, float, Sequence[float], str, Tensor]
 
 
 def _tracing() -> bool:
@@ -69,10 +69,20 @@ def same_space(x: Tensor, y: Tensor, xname: str = "x", yname: str = "y") -> None
         raise ValueError(f"{xname} has {x.shape[-1]} features but {yname} has {y.shape[-1]}")
 
 
-def kernel(name: str) -> str:
+def kernel(name: Kernel) -> Kernel:
+    """A kernel name, or a Polynomial; "polynomial" and "linear" come back as their Polynomial."""
+    if isinstance(name, Polynomial):
+        if isinstance(name.degree, bool) or not isinstance(name.degree, numbers.Integral) \
+                or not 1 <= name.degree <= MAX_DEGREE:
+            raise ValueError(f"kernel: the polynomial degree must be an int in 1..{MAX_DEGREE}, got {name.degree!r}")
+        if name.gamma is not None:
+            _positive_float(name.gamma, "kernel: the polynomial gamma")
+        if isinstance(name.coef, bool) or not isinstance(name.coef, numbers.Real) or not math.isfinite(name.coef):
+            raise ValueError(f"kernel: the polynomial coef must be a finite float, got {name.coef!r}")
+        return name
     if not isinstance(name, str) or name not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
-    return name
+        raise ValueError(f"kernel must be one of {KERNELS} or an ik.Polynomial(degree, gamma, coef), got {name!r}")
+    return polynomial(name) if name in ("polynomial", "linear") else name
 
 
 def estimator(name: str) -> bool:
@@ -91,22 +101,27 @@ def _positive_float(value, name: str) -> float:
     return value
 
 
-def sigmas(sigma: Sigma, like: Tensor, median: Callable[[], Tensor]) -> Tensor:
-    """Bandwidths as a float64 tensor (S,) on like's device, 1 <= S <= MAX_SCALES; "median" calls
-    `median()` (a 0-dim tensor). A tensor sigma is used as given (its values are checked outside
-    torch.compile); gradients with respect to sigma are not computed, so one that requires grad is refused."""
+def sigmas(sigma: Sigma, like: Tensor, median: Callable[[], Tensor], kernel: Kernel = "rbf") -> Optional[Tensor]:
+    """Bandwidths as a float64 tensor (S,) on like's device, 1 <= S <= MAX_SCALES, or None for a kernel
+    without a bandwidth (energy, polynomial, linear: sigma must then be None). sigma=None means 1.0;
+    "median" calls `median()` (a 0-dim tensor). A tensor sigma keeps its autograd graph (a bandwidth that
+    requires grad gets a gradient); its values are checked outside torch.compile."""
+    if not has_bandwidth(kernel):
+        if sigma is not None:
+            name = "polynomial" if isinstance(kernel, Polynomial) else kernel
+            raise ValueError(f"sigma: the {name} kernel has no bandwidth; leave sigma=None, got {sigma!r}")
+        return None
+    if sigma is None:
+        sigma = 1.0
     if isinstance(sigma, str):
         if sigma != "median":
             raise ValueError(f"sigma must be a positive float, a sequence of them, or 'median', got {sigma!r}")
         return median().to(torch.float64).reshape(1)
     if isinstance(sigma, Tensor):
-        if sigma.requires_grad and torch.is_grad_enabled():
-            raise ValueError("sigma requires grad, but gradients with respect to the bandwidth are not "
-                             "implemented; pass sigma.detach()")
         if not sigma.dtype.is_floating_point or sigma.dim() > 1:
             raise ValueError(f"a tensor sigma must be a floating 0-d or 1-d tensor, got {sigma.dtype} "
                              f"of shape {tuple(sigma.shape)}")
-        values = sigma.detach().to(device=like.device, dtype=torch.float64).reshape(-1)
+        values = sigma.to(device=like.device, dtype=torch.float64).reshape(-1)
         _scale_count(values.shape[0])
         if not _tracing() and not bool(((values > 0) & torch.isfinite(values)).all()):
             raise ValueError(f"sigma must hold positive finite bandwidths, got {sigma.tolist()}")

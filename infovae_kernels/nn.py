@@ -11,9 +11,10 @@ from infovae_kernels._checks import Sigma
 
 
 class MMDLoss(nn.Module):
-    """Squared MMD between two samples as a loss: MMDLoss(...)(x, y, weights_x=None, weights_y=None)."""
+    """Squared MMD between two samples as a loss: MMDLoss(...)(x, y, weights_x=None, weights_y=None).
+    A learnable bandwidth: MMDLoss(sigma=nn.Parameter(torch.tensor(1.0))) (a module parameter then)."""
 
-    def __init__(self, kernel: str = "rbf", sigma: Sigma = 1.0, estimator: str = "biased", backend: str = "auto"):
+    def __init__(self, kernel: str = "rbf", sigma: Sigma = None, estimator: str = "biased", backend: str = "auto"):
         super().__init__()
         self.kernel, self.sigma, self.estimator, self.backend = kernel, sigma, estimator, backend
 
@@ -29,7 +30,7 @@ class MMDLoss(nn.Module):
 class RBFKernel(nn.Module):
     """RBF Gram matrix K(x, y) (y defaults to x)."""
 
-    def __init__(self, sigma: Sigma = 1.0, backend: str = "auto"):
+    def __init__(self, sigma: Sigma = None, backend: str = "auto"):
         super().__init__()
         self.sigma, self.backend = sigma, backend
 

@@ -1,9 +1,11 @@
-"""What every public op does before its primitives run: pick the backend, prepare the points."""
+"""What every public op does before its primitives run: pick the backend, check the bandwidths, prepare
+the points; and the bandwidth gradient every op derives the same way."""
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -17,16 +19,52 @@ def primitives(backend: str, device: torch.device) -> ModuleType:
     return backends.primitives(backends.resolve(backend, device))
 
 
-def prepared(x: Tensor, y: Tensor, sigma: _checks.Sigma, kernel: str,
-             median: Callable[[], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(x', y', scale, params): the points centred and scaled (kernels.prepare) and the kernel
-    parameters for them. sigma="median" is the median pair distance of the pooled points (or `median()`)."""
-    sigmas = _checks.sigmas(sigma, x, median or (lambda: median_distance(torch.cat([x, y]))))
-    xs, ys, scale = kernels.prepare(x, y)
-    return xs, ys, scale, kernels.kernel_params(kernel, sigmas, x.shape[1], scale, x.dtype)
+def bandwidths(sigma: _checks.Sigma, kernel: kernels.Kernel, x: Tensor, y: Optional[Tensor] = None,
+               median: Callable[[], Tensor] | None = None) -> Optional[Tensor]:
+    """sigma as a float64 (S,) tensor (keeping its autograd graph), or None for a kernel without a
+    bandwidth; sigma="median" is the median pair distance of the pooled points (or `median()`)."""
+    pooled = (lambda: torch.cat([x, y])) if y is not None else (lambda: x)
+    return _checks.sigmas(sigma, x, median or (lambda: median_distance(pooled())), kernel)
 
 
-def needs_grad(*tensors: Tensor) -> list[bool]:
+def prepared(x: Tensor, y: Tensor, sigmas: Optional[Tensor], kernel: kernels.Kernel
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x', y', scale, params): the points prepared (kernels.prepare) and the kernel parameters for them
+    (from the bandwidths' values: their gradient is the op's to compute, see bandwidth_grad)."""
+    xs, ys, scale = kernels.prepare(x, y, kernel)
+    params = kernels.kernel_params(kernel, None if sigmas is None else sigmas.detach(), x.shape[1], scale, x.dtype)
+    if kernels.is_dot(kernel):
+        _dot_range(xs, ys, params, x.dtype)
+    return xs, ys, scale, params
+
+
+def _dot_range(xs: Tensor, ys: Tensor, params: Tensor, dtype: torch.dtype) -> None:
+    """A ValueError when the polynomial kernel's values or weights could overflow the compute dtype:
+    |t| <= gamma max|x| max|y| + |coef|, k = t^n, h = n gamma t^(n-1)."""
+    if _checks._tracing():
+        return
+    gamma, coef, degree = params.tolist()
+    t = gamma * float(xs.norm(dim=1).max()) * float(ys.norm(dim=1).max()) + abs(coef)
+    log_bound = max(degree * math.log(max(t, 1e-300)),
+                    math.log(degree * gamma) + (degree - 1) * math.log(max(t, 1e-300)))
+    ct = kernels.compute_dtype(dtype)
+    if log_bound > math.log(torch.finfo(ct).max / 4):
+        raise ValueError(f"kernel: polynomial values reach about 1e{log_bound / math.log(10):.0f}, beyond the range of "
+                         f"{ct} (|gamma x.y + coef| up to {t:.3g}, degree {degree:g}); pass float64 points or a smaller gamma")
+
+
+def bandwidth_grad(sigmas: Tensor, params: Tensor, point_moment: Callable[[Tensor], Tensor]) -> Tensor:
+    """dL/dsigma (S,) by homogeneity. Restricted to scale s the kernel depends on the points only through
+    p / sigma_s (rbf, imq, laplacian), so  sigma_s dL/dsigma_s = -sum_i p_i . dL^(s)/dp_i  over every point,
+    where L^(s) is L with the kernel's scale-s part only (its coefficients dL/dK held at their full-kernel
+    values). point_moment(params_s) returns that sum for the kernel with params_s = params[s:s+1] (the
+    points in the prepared units: the moment does not depend on them). One extra pass per scale when S > 1;
+    with one scale the op passes the moment of the gradient it computed anyway."""
+    moments = [point_moment(params[s:s + 1]) for s in range(params.shape[0])]
+    return -torch.stack(moments).to(torch.float64) / sigmas.detach()
+
+
+def needs_grad(*tensors: Optional[Tensor]) -> list[bool]:
     enabled = torch.is_grad_enabled()
     return [enabled and t is not None and t.requires_grad for t in tensors]
 

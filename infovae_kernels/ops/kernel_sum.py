@@ -4,7 +4,8 @@ Forward is one pair_reduce(x, y, v). Backward, with grad_out = dL/dS (N, p):
     dL/dx_i = -sum_j g_ij (grad_i . v_j)(x_i - y_j)      pair_reduce(x, y, v, a=grad).G
     dL/dy_j = -sum_i g_ij (v_j . grad_i)(y_j - x_i)      pair_reduce(y, x, grad, a=v).G
     dL/dv_j =  sum_i k_ij grad_i                          pair_reduce(y, x, grad).S  (same call)
-G is computed on the scaled points, so it is divided by the scale once more.
+G is computed on the scaled points, so it is divided by the scale once more. A bandwidth that requires
+grad gets dL/dsigma_s = (1 / sigma_s)(sum_i x_i . Gx_i^(s) + sum_j y_j . Gy_j^(s)) (_common.bandwidth_grad).
 """
 
 from __future__ import annotations
@@ -14,42 +15,54 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from infovae_kernels import _checks
-from infovae_kernels.ops._common import no_double_backward, prepared, primitives
+from infovae_kernels import _checks, kernels
+from infovae_kernels.ops._common import bandwidth_grad, bandwidths, no_double_backward, prepared, primitives
 
 
 class _KernelSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, v, sigma, kernel, backend):
+    def forward(ctx, x, y, v, sigmas, kernel, backend):
         ops = primitives(backend, x.device)
-        xs, ys, scale, params = prepared(x, y, sigma, kernel)
-        s, _ = ops.pair_reduce(xs, ys, v.to(xs.dtype), None, params, kernel, False)
-        ctx.save_for_backward(xs, ys, v, scale, params)
-        ctx.args = (kernel, ops)
+        xs, ys, scale, params = prepared(x, y, sigmas, kernel)
+        name = kernels.primitive_name(kernel)
+        s, _ = ops.pair_reduce(xs, ys, v.to(xs.dtype), None, params, name, False)
+        ctx.save_for_backward(xs, ys, v, scale, params, sigmas)
+        ctx.args = (name, ops)
         return s.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         no_double_backward("kernel_sum")
-        xs, ys, v, scale, params = ctx.saved_tensors
-        kernel, ops = ctx.args
-        need_x, need_y, need_v = ctx.needs_input_grad[:3]
+        xs, ys, v, scale, params, sigmas = ctx.saved_tensors
+        name, ops = ctx.args
+        need_x, need_y, need_v, need_sigma = ctx.needs_input_grad[:4]
         vc, gc = v.to(xs.dtype), grad.to(xs.dtype)
-        dx = dy = dv = None
-        if need_x:
-            dx = (ops.pair_reduce(xs, ys, vc, gc, params, kernel, False)[1] / -scale).to(grad.dtype)
-        if need_y or need_v:
-            s, g = ops.pair_reduce(ys, xs, gc, vc if need_y else None, params, kernel, False)
-            dy = (g / -scale).to(grad.dtype) if need_y else None
-            dv = s.to(v.dtype) if need_v else None
-        return dx, dy, dv, None, None, None
+
+        def gradient_terms(p, rows, cols):  # (Gx, S^T grad and Gy): dL/dx' = -Gx, dL/dy' = -Gy
+            gx = ops.pair_reduce(xs, ys, vc, gc, p, name, False)[1] if rows else None
+            s, gy = ops.pair_reduce(ys, xs, gc, vc if cols else None, p, name, False)
+            return gx, s, gy
+
+        gx, s, gy = gradient_terms(params, need_x or need_sigma, need_y or need_sigma)
+        dsigma = None
+        if need_sigma:
+            def moment(p):  # sum_i x_i . dL/dx_i + sum_j y_j . dL/dy_j
+                px, _, py = (gx, s, gy) if p.shape[0] == params.shape[0] else gradient_terms(p, True, True)
+                return -(xs.double() * px).sum() - (ys.double() * py).sum()
+
+            dsigma = bandwidth_grad(sigmas, params, moment)
+        dx = (gx / -scale).to(grad.dtype) if need_x else None
+        dy = (gy / -scale).to(grad.dtype) if need_y else None
+        dv = s.to(v.dtype) if need_v else None
+        return dx, dy, dv, dsigma, None, None
 
 
-def kernel_sum(x: Tensor, y: Tensor, v: Optional[Tensor] = None, *, kernel: str = "rbf",
-               sigma: _checks.Sigma = 1.0, backend: str = "auto") -> Tensor:
+def kernel_sum(x: Tensor, y: Tensor, v: Optional[Tensor] = None, *, kernel: kernels.Kernel = "rbf",
+               sigma: _checks.Sigma = None, backend: str = "auto") -> Tensor:
     """S_i = sum_j k(x_i, y_j) v_j without storing the N x M matrix.
 
-    v: None (all ones) or (M,) gives shape (N,); (M, p) gives (N, p). Differentiable in x, y and v.
+    v: None (all ones) or (M,) gives shape (N,); (M, p) gives (N, p). Differentiable in x, y, v and a
+    tensor sigma. kernel and sigma as in ik.mmd.
     """
     _checks.points(x, y)
     kernel = _checks.kernel(kernel)
@@ -58,5 +71,5 @@ def kernel_sum(x: Tensor, y: Tensor, v: Optional[Tensor] = None, *, kernel: str 
     else:
         _checks.values(v, y.shape[0], y, "v")
         v2 = v[:, None] if v.dim() == 1 else v
-    s = _KernelSum.apply(x, y, v2, sigma, kernel, backend)
+    s = _KernelSum.apply(x, y, v2, bandwidths(sigma, kernel, x, y), kernel, backend)
     return s if v is not None and v.dim() == 2 else s[:, 0]

@@ -16,6 +16,9 @@ its gradient from a_i = (c_xx wx_i, -wx_i, 0) for i in X and (-wy_i, c_yy wy_i, 
 a_i . u_j is then the coefficient of k_ij in the statistic. Rows of a for a set that needs no gradient
 are 0 (the MMD-VAE case: only z ~ q(z|x) needs one), so the engines skip half of the G work. The value is computed the same way with
 and without gradients (bitwise the same); backward only scales the saved gradients.
+
+A bandwidth that requires grad gets dMMD^2/dsigma_s = (2 / sigma_s) sum_i z_i . G_i^(s) (homogeneity, see
+_common.bandwidth_grad): from the same pass with one scale, one more quad_form per scale otherwise.
 """
 
 from __future__ import annotations
@@ -25,21 +28,24 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from infovae_kernels import _checks
-from infovae_kernels.ops._common import needs_grad, no_double_backward, prepared, primitives
+from infovae_kernels import _checks, kernels
+from infovae_kernels.ops._common import bandwidth_grad, bandwidths, needs_grad, no_double_backward, prepared, \
+    primitives
 
 
 class _MMD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, wx, wy, sigma, kernel, unbiased, backend, need):
+    def forward(ctx, x, y, wx, wy, sigmas, kernel, unbiased, backend, need):
         ops = primitives(backend, x.device)
-        xs, ys, scale, params = prepared(x, y, sigma, kernel)
+        xs, ys, scale, params = prepared(x, y, sigmas, kernel)
+        name = kernels.primitive_name(kernel)
         n = x.shape[0]
         z = torch.cat([xs, ys])
         zeros_x, zeros_y = wx.new_zeros(wx.shape), wy.new_zeros(wy.shape)
-        need_x, need_y, need_wx, need_wy = need
+        need_x, need_y, need_wx, need_wy, need_sigma = need
         # a's rows of a set that needs no gradient are 0: its G rows are then 0 and the engines skip them
-        ax, ay = (wx if need_x else zeros_x), (wy if need_y else zeros_y)
+        # (the bandwidth's gradient needs every row)
+        ax, ay = (wx if need_x or need_sigma else zeros_x), (wy if need_y or need_sigma else zeros_y)
         if unbiased:
             cxx, cyy = 1.0 / (1.0 - wx.square().sum()), 1.0 / (1.0 - wy.square().sum())
             w = torch.stack([torch.cat([wx, zeros_y]), torch.cat([zeros_x, wy]), torch.cat([wx, wy])], 1)
@@ -47,15 +53,21 @@ class _MMD(torch.autograd.Function):
         else:
             w = torch.cat([wx, -wy])[:, None]
             a = torch.cat([ax, -ay])[:, None]
-        grad_points = need_x or need_y
-        q, s, g = ops.quad_form(z, w.to(z.dtype), a.to(z.dtype) if grad_points else None, params, kernel,
-                                unbiased, need_wx or need_wy)
+        grad_points = need_x or need_y or need_sigma
+        w, a = w.to(z.dtype), a.to(z.dtype)
+        q, s, g = ops.quad_form(z, w, a if grad_points else None, params, name, unbiased, need_wx or need_wy)
         if unbiased:
             value = (cxx + 1.0) * q[0] + (cyy + 1.0) * q[1] - q[2]
         else:
             value = q[0]
-        grads = [None] * 4
-        if grad_points:
+        grads = [None] * 5
+        if need_sigma:  # sum_i z_i . dvalue/dz_i = -2 sum_i z_i . G_i
+            def moment(p):
+                gp = g if p.shape[0] == params.shape[0] else ops.quad_form(z, w, a, p, name, unbiased, False)[2]
+                return -2.0 * (z.double() * gp).sum()
+
+            grads[4] = bandwidth_grad(sigmas, params, moment)
+        if need_x or need_y:
             dz = g * (-2.0 / scale)
             grads[0] = dz[:n].to(x.dtype) if need_x else None
             grads[1] = dz[n:].to(y.dtype) if need_y else None
@@ -70,10 +82,10 @@ class _MMD(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_value):
         no_double_backward("mmd")
-        return tuple(None if g is None else grad_value.to(g.dtype) * g for g in ctx.grads) + (None,) * 5
+        return tuple(None if g is None else grad_value.to(g.dtype) * g for g in ctx.grads) + (None,) * 4
 
 
-def mmd(x: Tensor, y: Tensor, *, kernel: str = "rbf", sigma: _checks.Sigma = 1.0, estimator: str = "biased",
+def mmd(x: Tensor, y: Tensor, *, kernel: kernels.Kernel = "rbf", sigma: _checks.Sigma = None, estimator: str = "biased",
         weights_x: Optional[Tensor] = None, weights_y: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     """Squared MMD between the samples x (N, d) and y (M, d), a 0-dim tensor in x's dtype.
 
@@ -82,8 +94,13 @@ def mmd(x: Tensor, y: Tensor, *, kernel: str = "rbf", sigma: _checks.Sigma = 1.0
                              (1/(N(N-1)) for uniform weights).
     Weights are non-negative and normalised to sum 1 in float64 (uniform when None). Value and gradient
     (x, y and the weights) come out of one fused symmetric pass over the pooled points; second
-    derivatives raise NotImplementedError. sigma: a float, up to 16 floats (sum over scales), a tensor
-    of them, or "median" (median pair distance of the pooled sample, see bandwidth.median_distance).
+    derivatives raise NotImplementedError.
+
+    kernel: "rbf", "imq", "laplacian", "energy", "polynomial", "linear" or ik.Polynomial(degree, gamma,
+    coef) (formulas in infovae_kernels/kernels.py). sigma, for rbf, imq and laplacian: a float (None
+    means 1.0), up to 16 floats (sum over scales), a tensor of them (one that requires grad gets a
+    gradient), or "median" (median pair distance of the pooled sample, see bandwidth.median_distance);
+    None for the other kernels.
     """
     _checks.points(x, y)
     kernel = _checks.kernel(kernel)
@@ -96,4 +113,5 @@ def mmd(x: Tensor, y: Tensor, *, kernel: str = "rbf", sigma: _checks.Sigma = 1.0
                 raise ValueError(f"the unbiased estimator needs at least 2 points in {name}, got {n}")
             if not _checks._tracing() and float(w.detach().square().sum()) >= 1.0 - 1e-12:
                 raise ValueError(f"the unbiased estimator needs at least 2 positive weights for {name}")
-    return _MMD.apply(x, y, wx, wy, sigma, kernel, unbiased, backend, needs_grad(x, y, wx, wy))
+    sigmas = bandwidths(sigma, kernel, x, y)
+    return _MMD.apply(x, y, wx, wy, sigmas, kernel, unbiased, backend, needs_grad(x, y, wx, wy, sigmas))

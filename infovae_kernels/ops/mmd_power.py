@@ -9,7 +9,9 @@ blocks of quad_form's row sums S = K w:  h = S_x[:, 0] + S_y[:, 1] - S_x[:, 1] -
 
 Both are smooth functions of S. The gradient of any L(S) follows from dL/dS = U: L = sum_ij (U_i . w_j)
 k_ij over both orders of each pair, so dL/dz_i = -sum_j g_ij (U_i . w_j + w_i . U_j)(z_i - z_j): one
-quad_form with columns [w, U] and a = [U, w]. Forward and backward are one symmetric pass each.
+quad_form with columns [w, U] and a = [U, w]. Forward and backward are one symmetric pass each; a
+bandwidth that requires grad gets dL/dsigma_s = -(1/sigma_s) sum_i z_i . dL^(s)/dz_i (_common.bandwidth_grad;
+one more pass per scale when there are several).
 """
 
 from __future__ import annotations
@@ -20,28 +22,44 @@ import torch
 from torch import Tensor
 
 from infovae_kernels import _checks, kernels
-from infovae_kernels.ops._common import no_double_backward, prepared, primitives
+from infovae_kernels.ops._common import bandwidth_grad, bandwidths, no_double_backward, prepared, primitives
 
 
 class _RowSums(torch.autograd.Function):
-    """S = K(z, z) w (float64), differentiable in z (prepared points; dz in their units)."""
+    """S = K(z, z) w (float64), differentiable in z (prepared points; dz in their units) and sigmas."""
 
     @staticmethod
-    def forward(ctx, z, w, params, kernel, ops):
-        _, s, _ = ops.quad_form(z, w, None, params, kernel, False, True)
-        ctx.save_for_backward(z, w, params)
-        ctx.args = (kernel, ops)
+    def forward(ctx, z, w, sigmas, params, name, ops):
+        _, s, _ = ops.quad_form(z, w, None, params, name, False, True)
+        ctx.save_for_backward(z, w, sigmas, params)
+        ctx.args = (name, ops)
         return s
 
     @staticmethod
     def backward(ctx, u):
         no_double_backward("mmd_power")
-        z, w, params = ctx.saved_tensors
-        kernel, ops = ctx.args
+        z, w, sigmas, params = ctx.saved_tensors
+        name, ops = ctx.args
         cols = torch.cat([w, u.to(z.dtype)], 1)
         a = torch.cat([u.to(z.dtype), w], 1)
-        _, _, g = ops.quad_form(z, cols, a, params, kernel, False, False)
-        return -g.to(z.dtype), None, None, None, None
+        g = ops.quad_form(z, cols, a, params, name, False, False)[2]
+        dsigma = None
+        if ctx.needs_input_grad[2]:
+            def moment(p):  # sum_i z_i . dL/dz_i, dL/dz = -G
+                gp = g if p.shape[0] == params.shape[0] else ops.quad_form(z, cols, a, p, name, False, False)[2]
+                return -(z.double() * gp).sum()
+
+            dsigma = bandwidth_grad(sigmas, params, moment)
+        return -g.to(z.dtype), None, dsigma, None, None, None
+
+
+def _trace(kernel: kernels.Kernel, params: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """sum_i k(x_i, x_i) (= sum_i k(y_i, y_i) for distance kernels: k(0)); the two traces summed."""
+    if kernels.is_dot(kernel):
+        k, _ = kernels.dot_kernel_and_weight(torch.cat([xs, ys]).double().square().sum(1), params)
+        return k.sum()
+    k0, _ = kernels.kernel_and_weight(torch.zeros(1, dtype=torch.float64, device=xs.device), params, kernel)
+    return 2 * xs.shape[0] * k0[0]
 
 
 class MMDPower(NamedTuple):
@@ -52,27 +70,28 @@ class MMDPower(NamedTuple):
     criterion: Tensor
 
 
-def mmd_power(x: Tensor, y: Tensor, *, kernel: str = "rbf", sigma: _checks.Sigma = 1.0, eps: float = 1e-8,
+def mmd_power(x: Tensor, y: Tensor, *, kernel: kernels.Kernel = "rbf", sigma: _checks.Sigma = None, eps: float = 1e-8,
               backend: str = "auto") -> MMDPower:
     """Unbiased MMD^2 of paired samples x, y (n, d) each, its variance under H1 and the test-power
     criterion mmd2 / sqrt(variance + eps) (Sutherland et al. 2017; Liu et al. 2020), all float64 0-dim
-    tensors differentiable in x and y (train features phi(x) through them). O(n d) memory: the row
-    sums of the n x n blocks come from one fused pass; the matrices are never built."""
+    tensors differentiable in x, y and a tensor sigma (train features phi(x), or the bandwidth, through
+    them; kernel and sigma as in ik.mmd). O(n d) memory: the row sums of the n x n blocks come from one
+    fused pass; the matrices are never built."""
     _checks.points(x, y)
     kernel = _checks.kernel(kernel)
     n = x.shape[0]
     if y.shape[0] != n or n < 2:
         raise ValueError(f"mmd_power needs paired samples of equal size >= 2, got {n} and {y.shape[0]} points")
     ops = primitives(backend, x.device)
-    xs, ys, scale, params = prepared(x, y, sigma, kernel)
+    sigmas = bandwidths(sigma, kernel, x, y)
+    xs, ys, scale, params = prepared(x, y, sigmas, kernel)
     z = torch.cat([xs, ys])  # prepared points: the gradient flows back through centring and scaling
     w = torch.zeros(2 * n, 2, dtype=z.dtype, device=z.device)
     w[:n, 0], w[n:, 1] = 1.0, 1.0
-    s = _RowSums.apply(z, w, params, kernel, ops)
-    k0, _ = kernels.kernel_and_weight(torch.zeros(1, dtype=torch.float64, device=z.device), params, kernel)
+    s = _RowSums.apply(z, w, sigmas, params, kernels.primitive_name(kernel), ops)
     sxx, sxy, syx, syy = s[:n, 0], s[:n, 1], s[n:, 0], s[n:, 1]
-    trace = n * k0[0]
-    mmd2 = (sxx.sum() - trace + syy.sum() - trace) / (n * (n - 1)) - 2.0 * sxy.sum() / (n * n)
+    trace = _trace(kernel, params, xs, ys)
+    mmd2 = (sxx.sum() + syy.sum() - trace) / (n * (n - 1)) - 2.0 * sxy.sum() / (n * n)
     h = sxx + syy - sxy - syx
     variance = 4.0 * h.square().sum() / n**3 - 4.0 * h.sum().square() / n**4
     return MMDPower(mmd2, variance, mmd2 / torch.sqrt(variance.clamp_min(0.0) + eps))

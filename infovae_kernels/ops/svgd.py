@@ -14,7 +14,7 @@ from torch import Tensor
 
 from infovae_kernels import _checks
 from infovae_kernels.bandwidth import svgd_sigma
-from infovae_kernels.ops._common import prepared, primitives
+from infovae_kernels.ops._common import bandwidths, prepared, primitives
 
 
 def svgd_direction(x: Tensor, score: Tensor, *, sigma: _checks.Sigma = "median", backend: str = "auto") -> Tensor:
@@ -32,7 +32,8 @@ def svgd_direction(x: Tensor, score: Tensor, *, sigma: _checks.Sigma = "median",
     _checks.finite(score, "score")
     x, score = x.detach(), score.detach()
     ops = primitives(backend, x.device)
-    xs, _, scale, params = prepared(x, x, sigma, "rbf", median=lambda: svgd_sigma(x))
+    sigmas = bandwidths(sigma, "rbf", x, median=lambda: svgd_sigma(x))
+    xs, _, scale, params = prepared(x, x, sigmas, "rbf")
     n = x.shape[0]
     v = torch.cat([score.to(xs.dtype), xs.new_ones(n, 1)], 1)
     a = torch.cat([torch.zeros_like(score, dtype=xs.dtype), xs.new_ones(n, 1)], 1)
