@@ -16,9 +16,13 @@ Numerics (kernels.py has the details)
     r2 from coordinate differences for d <= 16; for d > 16 from |x|^2 + |y|^2 - 2 x.y (tl.dot), or from
     differences for the whole call when the lossy-distance rule of infovae_kernels/kernels.py says the
     expansion loses the distance (decided on the device: a flag the kernels read, no host sync).
-    quad_form forces r2(i, i) = 0; g(0) = 0 everywhere. float16/bfloat16 are upcast in the kernel and
-    compute in float32 like float32; float64 computes in float64. exp is Triton's tl.exp (on NVIDIA GPUs
-    ex2.approx.f32 of x log2(e) for float32). Partials are combined in float64 in a fixed order, no
+    laplacian and energy use differences for every d (sqrt of r2: the expansion would be lossy near
+    r = 0); polynomial needs only x.y (a loop over d for d <= 16, else tl.dot; no lossy rule), its G
+    drops the x_i sum_j W_ij term, and its degree is read in the kernel (no host read on a GPU; on CPU
+    tensors _check validates it). quad_form forces r2(i, i) = 0 (distance kernels); g(0) = 0 everywhere.
+    float16/bfloat16 are upcast in the kernel and compute in float32 like float32; float64 computes in
+    float64. exp is Triton's tl.exp (on NVIDIA GPUs ex2.approx.f32 of x log2(e) for float32), sqrt
+    tl.sqrt (sqrt.approx.ftz.f32; sqrt.rn.f64). Partials are combined in float64 in a fixed order, no
     atomics.
 
     ``set_precision(p)`` selects the tl.dot input precision for float32 compute (float64 is always IEEE):
@@ -47,7 +51,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from infovae_kernels.kernels import KERNELS, LOSSY_TOLERANCE, MAX_SCALES, compute_dtype, unit_roundoff
+from infovae_kernels.kernels import (LOSSY_TOLERANCE, MAX_DEGREE, MAX_SCALES, PRIMITIVE_KERNELS, compute_dtype,
+                                     unit_roundoff)
 
 NAMESPACE = "infovae_triton"
 PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -219,22 +224,33 @@ def _tl_dtype(ct: torch.dtype):
     return tl.float64 if ct == torch.float64 else tl.float32
 
 
+#: The kernels' KIND constexpr: pair_math.h's KernelKind (kernels.PRIMITIVE_KERNELS is in its order).
+_KIND = {name: i for i, name in enumerate(PRIMITIVE_KERNELS)}
+_DOT_KERNELS = ("polynomial",)
+_ALWAYS_DIFFERENCES = ("laplacian", "energy")
+
+
 def _common_meta(kernel: str, params: Tensor, ct: torch.dtype) -> dict:
-    return dict(NS=params.shape[0], KIND=KERNELS.index(kernel), CT=_tl_dtype(ct),
+    # NS: the scale count of the distance kernels; the dot kernel reads its three params by position.
+    return dict(NS=1 if kernel in _DOT_KERNELS else params.shape[0], KIND=_KIND[kernel], CT=_tl_dtype(ct),
                 PREC="ieee" if ct == torch.float64 else _PRECISION)
 
 
 def _variants(x: Tensor, y: Tensor, params: Tensor, kernel: str, ct: torch.dtype) -> tuple[Tensor, list]:
-    """(flag tensor, [launch meta per variant]). d <= 16: one launch, differences, ungated. d > 16: the
-    lossy flag of the call is computed on the device and two launches follow, the expansion (GATE 0)
-    and the differences (GATE 1); the one the flag does not select returns at once."""
+    """(flag tensor, [launch meta per variant]). d <= 16, laplacian and energy: one launch, coordinate
+    differences, ungated. polynomial: one launch, ungated, its dot by a loop over d (d <= 16, DIFF) or
+    tl.dot (no lossy rule: no distances). rbf and imq at d > 16: the lossy flag of the call is computed on
+    the device and two launches follow, the expansion (GATE 0) and the differences (GATE 1); the one the
+    flag does not select returns at once."""
     d = x.shape[1]
-    if d <= 16:
+    if kernel in _DOT_KERNELS:
+        return params, [dict(DIFF=d <= 16, GATE=-1)]
+    if d <= 16 or kernel in _ALWAYS_DIFFERENCES:
         return params, [dict(DIFF=True, GATE=-1)]
     flag = torch.empty((1,), dtype=torch.int32, device=x.device)
     _tuner("lossy_flag_kernel", ((4, 1),))[(1,)](
         x, y, params, flag, x.shape[0], y.shape[0], d, x.stride(0), y.stride(0),
-        NS=params.shape[0], KIND=KERNELS.index(kernel), CT=_tl_dtype(ct),
+        NS=params.shape[0], KIND=_KIND[kernel], CT=_tl_dtype(ct),
         LOSSY_BOUND=float(LOSSY_TOLERANCE / unit_roundoff(ct)), BLOCK_R=64, BLOCK_C=32)
     return flag, [dict(DIFF=False, GATE=0), dict(DIFF=True, GATE=1)]
 
@@ -260,10 +276,22 @@ def _check(name: str, tensors: dict, params: Tensor, kernel: str) -> None:
     if params.dtype != torch.float64 or params.dim() != 1 or params.device != first.device:
         raise ValueError(f"{NAMESPACE}.{name}: params must be a 1-D float64 tensor on {first.device}, got "
                          f"{params.dtype} of shape {tuple(params.shape)} on {params.device}")
-    if not 1 <= params.shape[0] <= MAX_SCALES:
-        raise ValueError(f"{NAMESPACE}.{name}: between 1 and {MAX_SCALES} scales, got {params.shape[0]}")
-    if kernel not in KERNELS:
-        raise ValueError(f"{NAMESPACE}.{name}: kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel not in _KIND:
+        raise ValueError(f"{NAMESPACE}.{name}: kernel must be one of {PRIMITIVE_KERNELS}, got {kernel!r}")
+    n = params.shape[0]
+    if kernel == "energy" and n != 1:
+        raise ValueError(f"{NAMESPACE}.{name}: params must hold 1 value (energy), got {n}")
+    if kernel in _DOT_KERNELS:
+        if n != 3:
+            raise ValueError(f"{NAMESPACE}.{name}: params must hold 3 values [gamma, coef, degree] (polynomial), "
+                             f"got {n}")
+        if params.device.type == "cpu":  # reading the degree is free here (on a GPU it would be a host sync)
+            degree = float(params[2])
+            if not (1 <= degree <= MAX_DEGREE and degree == int(degree)):
+                raise ValueError(f"{NAMESPACE}.{name}: the polynomial degree must be an integer 1..{MAX_DEGREE}, "
+                                 f"got {degree}")
+    elif not 1 <= n <= MAX_SCALES:
+        raise ValueError(f"{NAMESPACE}.{name}: between 1 and {MAX_SCALES} scales, got {n}")
     if first.shape[1] == 0:
         raise ValueError(f"{NAMESPACE}.{name}: points need at least one feature")
 

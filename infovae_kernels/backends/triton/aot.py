@@ -52,14 +52,18 @@ def _signature(fn, pointers: dict, consts: dict) -> dict:
     return {name: "constexpr" if name in consts else pointers.get(name, "i32") for name in fn.arg_names}
 
 
-def _variant(kind: str, d: int, dtype: torch.dtype, p: int, has_a: bool, diff: bool):
-    """(kernel, pointer types, constexprs, num_warps) as the op bodies of __init__.py launch them."""
+def _variant(kind: str, d: int, dtype: torch.dtype, p: int, has_a: bool, diff: bool, kernel: str = "rbf"):
+    """(kernel, pointer types, constexprs, num_warps) as the op bodies of __init__.py launch them. kernel:
+    the pair kernel (rbf and laplacian with 2 scales, energy and polynomial as their params); diff: the
+    DIFF constexpr (for polynomial: the dot by a loop over d)."""
     from infovae_kernels.backends.triton import kernels as K
 
     plan = T._plan(kind, d, dtype, gpu=True)
     num_warps = plan["space"][0][0]
     ct = torch.float64 if dtype == torch.float64 else torch.float32
-    common = dict(NS=2, KIND=0, CT=T._tl_dtype(ct), PREC="ieee", DIFF=diff, GATE=-1 if d <= 16 else int(diff))
+    gated = d > 16 and kernel in ("rbf", "imq")  # the two lossy-rule variants; the other kernels launch one
+    common = dict(NS=2 if kernel in ("rbf", "imq", "laplacian") else 1, KIND=T._KIND[kernel], CT=T._tl_dtype(ct),
+                  PREC="ieee", DIFF=diff, GATE=int(diff) if gated else -1)
     el = "*" + _TL_NAMES[dtype]
     block_p = 1 if p == 1 else T._clamp_np2(p, 16, 64)
     if kind == "quad":
@@ -81,16 +85,17 @@ def _variant(kind: str, d: int, dtype: torch.dtype, p: int, has_a: bool, diff: b
 
 
 def resource_usage(kind: str, d: int, dtype: torch.dtype = torch.float32, p: int = 1, has_a: bool = True,
-                   diff: bool | None = None, arch: int = 90) -> dict:
+                   diff: bool | None = None, arch: int = 90, kernel: str = "rbf") -> dict:
     """{"regs", "stack" (bytes of local memory per thread), "seconds" (compile time)} of kernel `kind`
-    ("quad", "pair", "gram") compiled for sm_{arch} with the plan's tiles for (d, dtype)."""
+    ("quad", "pair", "gram") compiled for sm_{arch} with the plan's tiles for (d, dtype), for the pair
+    kernel `kernel`."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton >= 3.9 warns otherwise; 3.6 fuses
     diff = (d <= 16) if diff is None else diff
-    fn, ptrs, consts, num_warps = _variant(kind, d, dtype, p, has_a, diff)
+    fn, ptrs, consts, num_warps = _variant(kind, d, dtype, p, has_a, diff, kernel)
     start = time.perf_counter()
     compiled = triton.compile(ASTSource(fn=fn, signature=_signature(fn, ptrs, consts), constexprs=consts),
                               target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps, num_stages=2))
@@ -107,18 +112,31 @@ def resource_usage(kind: str, d: int, dtype: torch.dtype = torch.float32, p: int
     return dict(regs=int(regs.group(1)), stack=int(stack.group(1)), seconds=seconds, num_warps=num_warps)
 
 
-#: The variants that carry the work: (kind, d, dtype, p, has_a, diff)
+#: The variants that carry the work: (kind, d, dtype, p, has_a, diff, kernel). laplacian and energy
+#: always run the differences form (DIFF); polynomial its dot by a loop (d <= 16) or tl.dot (d > 16).
 MAIN_VARIANTS = [
-    ("quad", 8, torch.float32, 1, True, True),
-    ("quad", 64, torch.float32, 1, True, False),
-    ("quad", 64, torch.float32, 1, True, True),
-    ("quad", 64, torch.float32, 3, True, False),
-    ("pair", 8, torch.float32, 1, True, True),
-    ("pair", 64, torch.float32, 1, True, False),
-    ("gram", 8, torch.float32, 1, False, True),
-    ("gram", 64, torch.float32, 1, False, False),
-    ("quad", 64, torch.float64, 1, True, False),
-    ("pair", 64, torch.float64, 1, True, False),
+    ("quad", 8, torch.float32, 1, True, True, "rbf"),
+    ("quad", 64, torch.float32, 1, True, False, "rbf"),
+    ("quad", 64, torch.float32, 1, True, True, "rbf"),
+    ("quad", 64, torch.float32, 3, True, False, "rbf"),
+    ("pair", 8, torch.float32, 1, True, True, "rbf"),
+    ("pair", 64, torch.float32, 1, True, False, "rbf"),
+    ("gram", 8, torch.float32, 1, False, True, "rbf"),
+    ("gram", 64, torch.float32, 1, False, False, "rbf"),
+    ("quad", 64, torch.float64, 1, True, False, "rbf"),
+    ("pair", 64, torch.float64, 1, True, False, "rbf"),
+    ("quad", 8, torch.float32, 1, True, True, "laplacian"),
+    ("quad", 64, torch.float32, 1, True, True, "laplacian"),
+    ("pair", 64, torch.float32, 1, True, True, "laplacian"),
+    ("quad", 8, torch.float32, 1, True, True, "energy"),
+    ("quad", 64, torch.float64, 1, True, True, "laplacian"),
+    ("quad", 8, torch.float32, 1, True, True, "polynomial"),
+    ("quad", 64, torch.float32, 1, True, False, "polynomial"),
+    ("quad", 64, torch.float32, 3, True, False, "polynomial"),
+    ("pair", 8, torch.float32, 1, True, True, "polynomial"),
+    ("pair", 64, torch.float32, 1, True, False, "polynomial"),
+    ("gram", 64, torch.float32, 1, False, False, "polynomial"),
+    ("quad", 64, torch.float64, 1, True, False, "polynomial"),
 ]
 
 
@@ -133,10 +151,11 @@ def main() -> int:
     args = [a for a in sys.argv[1:] if a != "--check"]
     arch = int(args[0]) if args else 90
     spills = 0
-    for kind, d, dtype, p, has_a, diff in MAIN_VARIANTS:
-        r = resource_usage(kind, d, dtype, p, has_a, diff, arch)
+    for kind, d, dtype, p, has_a, diff, kernel in MAIN_VARIANTS:
+        r = resource_usage(kind, d, dtype, p, has_a, diff, arch, kernel)
         spills += r["stack"] > SPILL_LIMIT
-        print(f"{kind:5s} d={d:<4d} {str(dtype):14s} P={p} {'diff' if diff else 'dot '} sm_{arch}: "
+        form = ("loop" if diff else "dot ") if kernel == "polynomial" else ("diff" if diff else "dot ")
+        print(f"{kind:5s} {kernel:10s} d={d:<4d} {str(dtype):14s} P={p} {form} sm_{arch}: "
               f"{r['regs']} registers, {r['stack']} B local, {r['num_warps']} warps ({r['seconds']:.1f} s)", flush=True)
     return 1 if ("--check" in sys.argv and spills) else 0
 

@@ -11,9 +11,19 @@ Per-pair math lives in two jit helpers used by every kernel:
                and the programs of the variant the flag does not select return at once: no host sync,
                and each variant compiles to clean code (a per-tile runtime branch between the two
                formulas cost ptxas minutes and spilled).
-  _pair_terms  k(r2) and g(r2) = -2 dk/dr2 summed over the NS scales; params (float64, one per scale) are
-               loaded from their pointer; g := 0 where r2 == 0. Adding a kernel means editing this one
-               function (and KERNELS/kernel_params in infovae_kernels/kernels.py).
+  _pair_terms  k(r2) and g(r2) = -2 dk/dr2 summed over the NS scales of a distance kernel (rbf, imq,
+               laplacian, energy); params (float64, one per scale) are loaded from their pointer; g := 0
+               where r2 == 0 (laplacian, energy: the subgradient at the kink; never inf).
+  _dot_terms   the dot kernel (polynomial): k(x.y) and h = dk/d(x.y), params [gamma, coef, n] read in the
+               kernel (the degree is a run-time loop bound: no host read, one binary for every degree).
+  _tile_terms  one tile's (k, weight) for every kernel: KIND (pair_math.h's KernelKind, a constexpr) picks
+               r2 (_sqdist) or the dot (_dotprod) and the formula at compile time, so the rbf and imq
+               binaries are those of before the other kernels existed (same PTX; aot.py compiles them).
+laplacian and energy always take r2 from coordinate differences (the op bodies launch only DIFF
+variants for them: near r = 0 the expansion's error u |x|^2 in r2 would be sqrt(u) |x| in r). The
+polynomial takes the dot by a loop over d (d <= 16) or tl.dot chunks, with no lossy rule (no
+distances), and its gradient has no x_i sum_j W_ij term: G_i = -sum_j h_ij (a_i . v_j) y_j (the
+quad_form column side likewise).
 
 The points arrive centred and scaled (the op layer does it); nothing here centres again.
 
@@ -61,23 +71,54 @@ def _kappa(c_ptr, NS: tl.constexpr, KIND: tl.constexpr):
 
 @triton.jit
 def _pair_terms(r2, c_ptr, NS: tl.constexpr, KIND: tl.constexpr, CT: tl.constexpr):
-    """k = sum_s k_s(r2) and g = -2 dk/dr2 (0 where r2 == 0). KIND 0: rbf, c_s = 1 / (2 sigma_s^2),
-    k_s = exp(-c_s r2), g_s = 2 c_s k_s; KIND 1: imq, C_s = 2 d sigma_s^2, k_s = C_s / (C_s + r2),
-    g_s = 2 k_s^2 / C_s."""
+    """k = sum_s k_s and g = -2 dk/dr2 (0 where r2 == 0) of a distance kernel (KIND as pair_math.h's
+    KernelKind). 0 rbf: c_s = 1 / (2 sigma_s^2), k_s = exp(-c_s r2), g_s = 2 c_s k_s; 1 imq:
+    C_s = 2 d sigma_s^2, k_s = C_s / (C_s + r2), g_s = 2 k_s^2 / C_s; 2 laplacian: c_s = 1 / sigma_s,
+    k_s = exp(-c_s r), g = sum_s c_s k_s / r; 3 energy: [p], k = -p r, g = p / r (r = sqrt(r2); at
+    r == 0 g is the subgradient 0, never inf)."""
     k = tl.zeros(r2.shape, dtype=CT)
     g = tl.zeros(r2.shape, dtype=CT)
+    if KIND >= 2:
+        r = tl.sqrt(r2)
     for s in tl.static_range(NS):
         c = tl.load(c_ptr + s).to(CT)
         if KIND == 0:
             e = tl.exp(-c * r2)
             k += e
             g += (2.0 * c) * e
-        else:
+        elif KIND == 1:
             ks = c / (c + r2)
             k += ks
             g += (2.0 / c) * ks * ks
-    g = tl.where(r2 == 0.0, 0.0, g)
+        elif KIND == 2:
+            e = tl.exp(-c * r)
+            k += e
+            g += c * e
+        else:
+            k -= c * r
+            g += c
+    if KIND >= 2:
+        # r == 0 also where a subnormal r2 flushes to 0 in the GPU's sqrt: g 0 there too, never inf
+        coincide = r == 0.0
+        g = tl.where(coincide, 0.0, g / tl.where(coincide, 1.0, r))
+    else:
+        g = tl.where(r2 == 0.0, 0.0, g)
     return k, g
+
+
+@triton.jit
+def _dot_terms(dot, c_ptr, CT: tl.constexpr):
+    """The polynomial kernel (KernelKind 4) of dot = x.y, params [gamma, coef, n]: t = gamma dot + coef,
+    k = t^n and h = n gamma t^(n-1) (grad_x k = h y), t^(n-1) by n - 1 multiplications (n read at run
+    time: one binary for every degree)."""
+    gamma = tl.load(c_ptr).to(tl.float64)
+    coef = tl.load(c_ptr + 1).to(CT)
+    nf = tl.load(c_ptr + 2).to(tl.float64)
+    t = dot * gamma.to(CT) + coef
+    pw = tl.full(dot.shape, 1.0, CT)
+    for i in range(1, nf.to(tl.int32)):
+        pw = pw * t
+    return pw * t, pw * (nf * gamma).to(CT)
 
 
 @triton.jit
@@ -116,6 +157,43 @@ def _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, BM: tl.constexpr, BN: tl.
             yn += tl.sum(yt * yt, axis=1)
         r2 = tl.maximum(xn[:, None] + yn[None, :] - 2.0 * dot, 0.0)
     return r2
+
+
+@triton.jit
+def _dotprod(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, BM: tl.constexpr, BN: tl.constexpr,
+             BLOCK_D: tl.constexpr, LOOP: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr):
+    """dot[i, j] = x_rows[i] . y_cols[j] in CT: a loop over the d columns (LOOP; d <= 16, the code shape of
+    _sqdist's differences) or tl.dot over BLOCK_D-wide chunks."""
+    dot = tl.zeros([BM, BN], dtype=CT)
+    if LOOP:
+        for k in range(0, D):
+            dot += _load_col(x_ptr, rows, k, N, sx, CT)[:, None] * _load_col(y_ptr, cols, k, M, sy, CT)[None, :]
+    else:
+        for k0 in range(0, D, BLOCK_D):
+            kk = k0 + tl.arange(0, BLOCK_D)
+            xt = _load_tile(x_ptr, rows, kk, N, D, sx, CT)
+            yt = _load_tile(y_ptr, cols, kk, M, D, sy, CT)
+            dot += tl.dot(xt, tl.trans(yt), input_precision=PREC, out_dtype=CT)
+    return dot
+
+
+@triton.jit
+def _tile_terms(x_ptr, y_ptr, c_ptr, rows, cols, N, M, D, sx, sy, NS: tl.constexpr, KIND: tl.constexpr,
+                SELF: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BLOCK_D: tl.constexpr,
+                DIFF: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr):
+    """(k, weight) of a BM x BN tile: distance kernels (KIND 0-3) k(r2) and g(r2), with r2(i, i) forced
+    to 0 when SELF (x and y the same points, quad_form); the polynomial (KIND 4) k(x.y) and h(x.y), DIFF
+    selecting the loop form of the dot. laplacian and energy always arrive with DIFF (the op bodies
+    launch no expansion variant for them)."""
+    if KIND == 4:
+        dot = _dotprod(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, BM, BN, BLOCK_D, DIFF, CT, PREC)
+        k, g = _dot_terms(dot, c_ptr, CT)
+    else:
+        r2 = _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, BM, BN, BLOCK_D, DIFF, CT, PREC)
+        if SELF:
+            r2 = tl.where(rows[:, None] == cols[None, :], 0.0, r2)  # a point against itself: exactly 0
+        k, g = _pair_terms(r2, c_ptr, NS, KIND, CT)
+    return k, g
 
 
 @triton.jit
@@ -164,8 +242,8 @@ def gram_kernel(
         return
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    r2 = _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, DIFF, CT, PREC)
-    k, g = _pair_terms(r2, c_ptr, NS, KIND, CT)
+    k, g = _tile_terms(x_ptr, y_ptr, c_ptr, rows, cols, N, M, D, sx, sy, NS, KIND, False, BLOCK_M, BLOCK_N,
+                       BLOCK_D, DIFF, CT, PREC)
     out = g if DERIV else k
     mask = (rows[:, None] < N) & (cols[None, :] < M)
     tl.store(out_ptr + rows[:, None] * M + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -207,8 +285,8 @@ def pair_reduce_kernel(
     for t in range(t_begin, t_end):
         cols = t * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
         col_ok = cols < M
-        r2 = _sqdist(x_ptr, y_ptr, rows, cols, N, M, D, sx, sy, BLOCK_M, BLOCK_N, BLOCK_D, DIFF, CT, PREC)
-        k, g = _pair_terms(r2, c_ptr, NS, KIND, CT)
+        k, g = _tile_terms(x_ptr, y_ptr, c_ptr, rows, cols, N, M, D, sx, sy, NS, KIND, False, BLOCK_M, BLOCK_N,
+                           BLOCK_D, DIFF, CT, PREC)
         valid = row_ok[:, None] & col_ok[None, :]
         if EXCL:
             valid = valid & (rows[:, None] != cols[None, :])
@@ -231,7 +309,8 @@ def pair_reduce_kernel(
                     vt2 = _load_tile(v_ptr, cols, pp, M, P, sv, CT)
                     av += tl.dot(at, tl.trans(vt2), input_precision=PREC, out_dtype=CT)
             w = tl.where(valid, g * av, 0.0)
-            acc_w += tl.sum(w, axis=1).to(tl.float64)
+            if KIND != 4:
+                acc_w += tl.sum(w, axis=1).to(tl.float64)
             if do_g:
                 yt = _load_tile(y_ptr, cols, gc, M, D, sy, CT)
                 acc_g += tl.dot(w, yt, input_precision=PREC, out_dtype=CT).to(tl.float64)
@@ -241,9 +320,13 @@ def pair_reduce_kernel(
         tl.store(s_ptr + s_off, acc_s, mask=row_ok[:, None] & (pc[None, :] < P))
     if HAS_A:
         if do_g:
-            xt = _load_tile(x_ptr, rows, gc, N, D, sx, CT).to(tl.float64)
-            g_off = pid_s * N * D + rows[:, None] * D + gc[None, :]
-            tl.store(g_ptr + g_off, xt * acc_w[:, None] - acc_g, mask=row_ok[:, None] & (gc[None, :] < D))
+            if KIND == 4:  # the dot kernel: G_i = -sum_j h_ij (a_i . v_j) y_j
+                g_off = pid_s * N * D + rows[:, None] * D + gc[None, :]
+                tl.store(g_ptr + g_off, -acc_g, mask=row_ok[:, None] & (gc[None, :] < D))
+            else:
+                xt = _load_tile(x_ptr, rows, gc, N, D, sx, CT).to(tl.float64)
+                g_off = pid_s * N * D + rows[:, None] * D + gc[None, :]
+                tl.store(g_ptr + g_off, xt * acc_w[:, None] - acc_g, mask=row_ok[:, None] & (gc[None, :] < D))
 
 
 # ------------------------------------------------------------------------------------ quad_form
@@ -285,9 +368,8 @@ def quad_form_kernel(
     cols = J * B + tl.arange(0, B).to(tl.int64)
     row_ok = rows < N
     col_ok = cols < N
-    r2 = _sqdist(z_ptr, z_ptr, rows, cols, N, N, D, sz, sz, B, B, BLOCK_D, DIFF, CT, PREC)
-    r2 = tl.where(rows[:, None] == cols[None, :], 0.0, r2)  # a point against itself: exactly 0
-    k, g = _pair_terms(r2, c_ptr, NS, KIND, CT)
+    k, g = _tile_terms(z_ptr, z_ptr, c_ptr, rows, cols, N, N, D, sz, sz, NS, KIND, True, B, B, BLOCK_D, DIFF,
+                       CT, PREC)
     valid = row_ok[:, None] & col_ok[None, :]
     if EXCL:
         valid = valid & (rows[:, None] != cols[None, :])
@@ -347,17 +429,25 @@ def quad_form_kernel(
                 av += tl.dot(Wi, tl.trans(Aj), input_precision=PREC, out_dtype=CT)
             u = g * au
             v = g * av
-        ru = tl.sum(u, axis=1).to(tl.float64)
-        cv = tl.sum(v, axis=0).to(tl.float64)
+        if KIND != 4:
+            ru = tl.sum(u, axis=1).to(tl.float64)
+            cv = tl.sum(v, axis=0).to(tl.float64)
         for g0 in range(0, D, BLOCK_G):
             gc = g0 + tl.arange(0, BLOCK_G).to(tl.int64)
             Zi = _load_tile(z_ptr, rows, gc, N, D, sz, CT)
             Zj = _load_tile(z_ptr, cols, gc, N, D, sz, CT)
-            grow = Zi.to(tl.float64) * ru[:, None] - tl.dot(u, Zj, input_precision=PREC, out_dtype=CT).to(tl.float64)
+            if KIND == 4:  # the dot kernel: no (sum_j u_ij) z_i term
+                grow = -tl.dot(u, Zj, input_precision=PREC, out_dtype=CT).to(tl.float64)
+            else:
+                grow = Zi.to(tl.float64) * ru[:, None] - tl.dot(u, Zj, input_precision=PREC,
+                                                                out_dtype=CT).to(tl.float64)
             _add_rows(g_ptr, slot_r, rows, gc, N, D, grow)
             if off_diag:
-                gcol = Zj.to(tl.float64) * cv[:, None] - tl.dot(tl.trans(v), Zi, input_precision=PREC,
-                                                                out_dtype=CT).to(tl.float64)
+                if KIND == 4:
+                    gcol = -tl.dot(tl.trans(v), Zi, input_precision=PREC, out_dtype=CT).to(tl.float64)
+                else:
+                    gcol = Zj.to(tl.float64) * cv[:, None] - tl.dot(tl.trans(v), Zi, input_precision=PREC,
+                                                                    out_dtype=CT).to(tl.float64)
                 _add_rows(g_ptr, slot_c, cols, gc, N, D, gcol)
 
 
