@@ -9,11 +9,15 @@
 //   (ty + 16 r, tx + 16 c). Both operands are staged in shared memory, k-major ([BK][rows]), BK = 16
 //   features at a time, with 16-byte vector loads when the row length and base pointer allow it.
 //   float/half/bf16 -> acc_t float, TM = TN = 4 (64 x 64 tile); double -> acc_t double, TM = TN = 2.
-// Distances. r2 = |x|^2 + |y|^2 - 2 x.y, clamped at 0, where |x|^2 is accumulated exactly like the dot
-//   products (acc_t, fma, k ascending from 0), so a point paired with itself gives r2 = 0 exactly; in
+// Kernel families (Family below): every kernel is compiled once per family (RULE: rbf, imq; DIFF:
+//   laplacian, energy; DOT: polynomial), the kind within a family read at run time.
+// Distances. RULE: r2 = |x|^2 + |y|^2 - 2 x.y, clamped at 0, where |x|^2 is accumulated exactly like the
+//   dot products (acc_t, fma, k ascending from 0), so a point paired with itself gives r2 = 0 exactly; in
 //   quad_form r2 is also forced to 0 for i == j. A tile computes r2 = sum_k (x_k - y_k)^2 instead when
 //   the expansion would lose the distance (the lossy-distance rule of pair_math.h, decided per tile from
-//   the largest squared norm of each side's rows: uniform over the block).
+//   the largest squared norm of each side's rows: uniform over the block). DIFF: r2 = sum_k (x_k - y_k)^2
+//   on every tile (no norms are computed). DOT: the dot products x.y only (no norms, no distances); its
+//   gradient term is -h (a . v) y_j where the distance kernels have g (a . v)(x_i - y_j).
 // Sums. Per tile, partial sums in acc_t; across tiles, float64 in a fixed order owned by one block; slabs
 //   summed by fixed-order kernels. No atomics; no grid choice depends on the device (only on the
 //   problem size): bitwise reproducible run to run, process to process and GPU to GPU.
@@ -101,15 +105,51 @@ __device__ __forceinline__ void load_kernel(DeviceKernel<acc_t>& k, KernelKind k
 // math library's ~1-2 ulp versions); see setup.py for why --use_fast_math is not used.
 using CudaExp = StdExp;
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t k_of(const DeviceKernel<acc_t>& k, acc_t r2) {
-  return kernel_value_dyn(k.p, r2, CudaExp{});
+// Kernel families: every kernel (and its driver) is compiled once per family, so that a launch carries
+// only its own family's per-pair code. One run-time switch over all five kinds in the pair loop made
+// ptxas spill (pair_reduce<double>: 120 -> 6756 bytes of spill stores at sm_90, from the double
+// division and sqrt slow paths of laplacian/energy beside rbf/imq).
+//   RULE: rbf, imq          r2 by the expansion, or by coordinate differences where the lossy rule says
+//   DIFF: laplacian, energy r2 from coordinate differences on every tile (always_differences)
+//   DOT:  polynomial        the dot product x.y only (no norms, no differences); G's term -h (a.v) y_j
+enum class Family : int { RULE = 0, DIFF = 1, DOT = 2 };
+
+__host__ __device__ __forceinline__ constexpr Family family_of(KernelKind kind) {
+  return is_dot_kernel(kind) ? Family::DOT : always_differences(kind) ? Family::DIFF : Family::RULE;
 }
 
-// k and g (g = 0 where r2 == 0); k is bitwise k_of's.
-template <typename acc_t>
-__device__ __forceinline__ void k_and_g_of(const DeviceKernel<acc_t>& k, acc_t r2, acc_t& kv, acc_t& gv) {
-  kernel_value_and_weight_dyn(k.p, r2, CudaExp{}, kv, gv);
+// k of one pair from its argument (r2, or x.y for DOT).
+template <Family F, typename acc_t>
+__device__ __forceinline__ acc_t k_of(const DeviceKernel<acc_t>& k, acc_t arg) {
+  if constexpr (F == Family::DOT) {
+    return dot_kernel_value(k.p, arg);
+  } else if constexpr (F == Family::DIFF) {
+    return k.p.kind == KernelKind::ENERGY ? kernel_value<KernelKind::ENERGY, 1>(k.p, arg, CudaExp{})
+                                          : kernel_value<KernelKind::LAPLACIAN, 0>(k.p, arg, CudaExp{});
+  } else {
+    return k.p.kind == KernelKind::IMQ ? kernel_value<KernelKind::IMQ, 0>(k.p, arg, CudaExp{})
+                                       : kernel_value<KernelKind::RBF, 0>(k.p, arg, CudaExp{});
+  }
+}
+
+// k and its gradient weight: g (distance kernels; g = 0 where r2 == 0) or h (DOT); k is bitwise k_of's.
+template <Family F, typename acc_t>
+__device__ __forceinline__ void k_and_g_of(const DeviceKernel<acc_t>& k, acc_t arg, acc_t& kv, acc_t& gv) {
+  if constexpr (F == Family::DOT) {
+    dot_kernel_value_and_weight(k.p, arg, kv, gv);
+  } else if constexpr (F == Family::DIFF) {
+    if (k.p.kind == KernelKind::ENERGY) {
+      kernel_value_and_weight<KernelKind::ENERGY, 1>(k.p, arg, CudaExp{}, kv, gv);
+    } else {
+      kernel_value_and_weight<KernelKind::LAPLACIAN, 0>(k.p, arg, CudaExp{}, kv, gv);
+    }
+  } else {
+    if (k.p.kind == KernelKind::IMQ) {
+      kernel_value_and_weight<KernelKind::IMQ, 0>(k.p, arg, CudaExp{}, kv, gv);
+    } else {
+      kernel_value_and_weight<KernelKind::RBF, 0>(k.p, arg, CudaExp{}, kv, gv);
+    }
+  }
 }
 
 // Whether a tile whose rows have squared norms <= max_x and columns <= max_y computes r2 from
@@ -262,6 +302,27 @@ __device__ __forceinline__ void tile_r2(acc_t (&r2)[Tile<acc_t>::TM][Tile<acc_t>
     for (int c = 0; c < TN; ++c) r2[r][c] = squared_distance(an[r], bn[c], r2[r][c]);
 }
 
+// The argument of the family's kernel for the thread's TM x TN pairs of the tile (rows row0a.., columns
+// row0b..): r2 (RULE: the expansion, or coordinate differences on a lossy tile; DIFF: coordinate
+// differences) or x.y (DOT). amax / bmax: the per-row-block maxima of the squared norms, read by RULE
+// only (the drivers compute norms for RULE only; anorm, bnorm, amax, bmax are not read otherwise).
+template <Family F, typename T, typename acc_t>
+__device__ __forceinline__ void tile_arg(acc_t (&arg)[Tile<acc_t>::TM][Tile<acc_t>::TN], acc_t* smem,
+                                         const DeviceKernel<acc_t>& kern, const T* __restrict__ A, int64_t na,
+                                         int64_t row0a, const acc_t* __restrict__ anorm,
+                                         const acc_t* __restrict__ amax, bool vec_a, const T* __restrict__ B,
+                                         int64_t nb, int64_t row0b, const acc_t* __restrict__ bnorm,
+                                         const acc_t* __restrict__ bmax, bool vec_b, int64_t d) {
+  if constexpr (F == Family::DOT) {
+    tile_pairs<false, T, acc_t>(arg, smem, A, na, row0a, vec_a, B, nb, row0b, vec_b, d);
+  } else if constexpr (F == Family::DIFF) {
+    tile_pairs<true, T, acc_t>(arg, smem, A, na, row0a, vec_a, B, nb, row0b, vec_b, d);
+  } else {
+    const bool lossy = tile_is_lossy(kern, amax[row0a / Tile<acc_t>::BM], bmax[row0b / Tile<acc_t>::BN]);
+    tile_r2<T, acc_t>(arg, smem, lossy, A, na, row0a, anorm, vec_a, B, nb, row0b, bnorm, vec_b, d);
+  }
+}
+
 // ---- kernels ----
 
 // norms[i] = |x_i|^2 accumulated as tile_pairs accumulates a dot product (acc_t, fma, k ascending), so
@@ -292,8 +353,9 @@ __global__ void __launch_bounds__(Tile<acc_t>::BM)
   }
 }
 
-// gram: out[i][j] = k(r2_ij), or g(r2_ij) when derivative, written in T. grid (ceil(M/BN), ceil(N/BM)).
-template <typename T, typename acc_t>
+// gram: out[i][j] = k_ij, or when derivative g_ij (distance kernels) / h_ij (DOT), written in T.
+// grid (ceil(M/BN), ceil(N/BM)).
+template <typename T, typename acc_t, Family F>
 __global__ void __launch_bounds__(kThreads)
     gram_kernel(const T* __restrict__ x, const T* __restrict__ y, int64_t N, int64_t M, int64_t d,
                 const acc_t* __restrict__ xnorm, const acc_t* __restrict__ ynorm, const acc_t* __restrict__ xmax,
@@ -307,9 +369,8 @@ __global__ void __launch_bounds__(kThreads)
   load_kernel(kern, kind, params, n_scales);
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * TL::BM;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * TL::BN;
-  const bool lossy = tile_is_lossy(kern, xmax[blockIdx.y], ymax[blockIdx.x]);
-  acc_t r2[TM][TN];
-  tile_r2<T, acc_t>(r2, smem, lossy, x, N, row0, xnorm, vec_x, y, M, col0, ynorm, vec_y, d);
+  acc_t r2[TM][TN];  // or x.y (DOT)
+  tile_arg<F, T, acc_t>(r2, smem, kern, x, N, row0, xnorm, xmax, vec_x, y, M, col0, ynorm, ymax, vec_y, d);
   const int tx = threadIdx.x, ty = threadIdx.y;
 #pragma unroll
   for (int r = 0; r < TM; ++r) {
@@ -320,7 +381,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t j = col0 + tx + kThreadsX * c;
       if (j >= M) continue;
       acc_t kv, gv;
-      k_and_g_of(kern, r2[r][c], kv, gv);
+      k_and_g_of<F>(kern, r2[r][c], kv, gv);
       const acc_t v = derivative ? gv : kv;
       if constexpr (sizeof(acc_t) == sizeof(double)) {
         out[i * M + j] = from_acc_d(v);
@@ -335,6 +396,7 @@ __global__ void __launch_bounds__(kThreads)
 // [blockIdx.y * tiles_per_split, +tiles_per_split)), one sweep over those Y tiles in tiles of BN:
 //   S_i += sum_j k_ij v_j                       (p columns)
 //   G_i += sum_j g_ij (a_i . v_j) (x_i - y_j)   (d columns, only when a != nullptr)
+//   DOT: G_i += -sum_j h_ij (a_i . v_j) y_j     (the same loop without the x_i term)
 // S with p <= kNarrow (MMD: p = 1) skips shared memory: each thread sums its TN pairs per row, the 16
 // threads of a row (one half-warp) combine by a fixed xor-shuffle tree, and thread tx = q keeps column
 // q's float64 accumulator. Otherwise, and for G, outputs go through column chunks (below).
@@ -343,7 +405,7 @@ __global__ void __launch_bounds__(kThreads)
 // others in the (zero-initialised) output rows of this split's slab (S + split * N * p,
 // G + split * N * d), which no other block touches. Slabs are summed in split order by
 // sum_slabs_kernel when there is more than one split.
-template <typename T, typename acc_t>
+template <typename T, typename acc_t, Family F>
 __global__ void __launch_bounds__(kThreads, 2)
     pair_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ v,
                        const T* __restrict__ a, int64_t N, int64_t M, int64_t d, int64_t p,
@@ -390,9 +452,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   for (int64_t col0 = col_begin; col0 < col_end; col0 += BN) {
     // Phase 1: distances (and a . v) for the BM x BN tile -> P, Q in shared memory.
-    const bool lossy = tile_is_lossy(kern, xmax[blockIdx.x], ymax[col0 / BN]);
-    acc_t r2[TM][TN];
-    tile_r2<T, acc_t>(r2, smem, lossy, x, N, row0, xnorm, vec_x, y, M, col0, ynorm, vec_y, d);
+    acc_t r2[TM][TN];  // or x.y (DOT)
+    tile_arg<F, T, acc_t>(r2, smem, kern, x, N, row0, xnorm, xmax, vec_x, y, M, col0, ynorm, ymax, vec_y, d);
     acc_t av[TM][TN];
     if (has_a) {
       tile_pairs<false, T, acc_t>(av, smem, a, N, row0, vec_a, v, M, col0, vec_v, p);
@@ -407,10 +468,10 @@ __global__ void __launch_bounds__(kThreads, 2)
         acc_t kv = acc_t(0), gv = acc_t(0);
         if (i < N && j < M && !(exclude_diagonal && i == j)) {
           if (has_a) {
-            k_and_g_of(kern, r2[r][c], kv, gv);
+            k_and_g_of<F>(kern, r2[r][c], kv, gv);
             gv *= av[r][c];
           } else {
-            kv = k_of(kern, r2[r][c]);
+            kv = k_of<F>(kern, r2[r][c]);
           }
         }
         const int li = ty + kThreadsY * r, lj = tx + kThreadsX * c;
@@ -471,6 +532,19 @@ __global__ void __launch_bounds__(kThreads, 2)
           for (int r = 0; r < TM; ++r)
 #pragma unroll
             for (int c = 0; c < TC; ++c) part[r][c] = fma(pv[r], cv[c], part[r][c]);
+        }
+      } else if constexpr (F == Family::DOT) {
+#pragma unroll 4
+        for (int jj = 0; jj < BN; ++jj) {
+          acc_t qv[TM], cv[TC];
+#pragma unroll
+          for (int r = 0; r < TM; ++r) qv[r] = Qs[(ty + kThreadsY * r) * LDP + jj];
+#pragma unroll
+          for (int c = 0; c < TC; ++c) cv[c] = Cs[jj * LDC + tx + kThreadsX * c];
+#pragma unroll
+          for (int r = 0; r < TM; ++r)
+#pragma unroll
+            for (int c = 0; c < TC; ++c) part[r][c] = fma(qv[r], -cv[c], part[r][c]);
         }
       } else {
         acc_t xv[TM][TC];
@@ -563,7 +637,9 @@ __global__ void __launch_bounds__(kThreads, 2)
 //   S:  the row part sum_{j in J} k_ij w_j to the rows of I of a "row" copy; off the diagonal, the
 //       column part sum_{i in I} k_ij w_i to the rows of J of a "column" copy;
 //   G:  the row part sum_j g_ij (a_i . w_j)(z_i - z_j) likewise; off the diagonal, the column part
-//       sum_i g_ij (a_j . w_i)(z_j - z_i).
+//       sum_i g_ij (a_j . w_i)(z_j - z_i). DOT: -sum_j h_ij (a_i . w_j) z_j and -sum_i h_ij (a_j . w_i) z_i
+//       (k is symmetric, so the symmetric sweep is the same; exclude_diagonal matters: k(z_i, z_i) is
+//       not a constant).
 // Value only (no S, no G): one launch, grid (nb, chunks); block (I, k) walks the rounds of chunk k in
 // ascending order, accumulating q in its own qslab entry.
 // With S or G, grouped (the default): `tps` launches, grid (nb, chunks); launch j gives block (I, k) the
@@ -626,7 +702,7 @@ __device__ __forceinline__ void stage_column_chunk(acc_t* Cj, acc_t* Ci, const T
   }
 }
 
-template <typename T, typename acc_t, bool ROWS, bool GRAD>
+template <typename T, typename acc_t, Family F, bool ROWS, bool GRAD>
 __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const DeviceKernel<acc_t>& kern,
                                           int64_t I, int64_t J, const QuadOut& out, acc_t* smem) {
   using TL = Tile<acc_t>;
@@ -642,10 +718,10 @@ __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const Dev
   const bool diag = I == J;
   const int64_t row0 = I * BM, col0 = J * BN;
 
-  // Phase 1: r2, k (and g) of the tile's pairs.
-  const bool lossy = tile_is_lossy(kern, A.zmax[I], A.zmax[J]);
+  // Phase 1: r2 (or z_i . z_j for DOT), k (and g or h) of the tile's pairs.
   acc_t r2[TM][TN];
-  tile_r2<T, acc_t>(r2, smem, lossy, A.z, N, row0, A.znorm, A.vec_z, A.z, N, col0, A.znorm, A.vec_z, d);
+  tile_arg<F, T, acc_t>(r2, smem, kern, A.z, N, row0, A.znorm, A.zmax, A.vec_z, A.z, N, col0, A.znorm, A.zmax,
+                        A.vec_z, d);
   acc_t greg[TM][TN];
 #pragma unroll
   for (int r = 0; r < TM; ++r) {
@@ -655,11 +731,12 @@ __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const Dev
       const int64_t j = col0 + tx + kThreadsX * c;
       acc_t kv = acc_t(0), gv = acc_t(0);
       if (i < N && j < N && !(A.exclude_diagonal && i == j)) {
-        const acc_t d2 = i == j ? acc_t(0) : r2[r][c];
+        // distance kernels: r2 = 0 for i == j whatever the rounding; DOT: the computed z_i . z_i
+        const acc_t d2 = (F != Family::DOT && i == j) ? acc_t(0) : r2[r][c];
         if constexpr (GRAD) {
-          k_and_g_of(kern, d2, kv, gv);
+          k_and_g_of<F>(kern, d2, kv, gv);
         } else {
-          kv = k_of(kern, d2);
+          kv = k_of<F>(kern, d2);
         }
       }
       Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = kv;
@@ -756,7 +833,7 @@ __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const Dev
 #pragma unroll
       for (int r = 0; r < TM; ++r) {
         part[r] = acc_t(0);
-        zi[r] = Ci[(ty + kThreadsY * r) * LDC + tx];
+        zi[r] = F == Family::DOT ? acc_t(0) : Ci[(ty + kThreadsY * r) * LDC + tx];  // DOT: 0 - z_j
       }
 #pragma unroll 4
       for (int jj = 0; jj < BN; ++jj) {
@@ -776,7 +853,7 @@ __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const Dev
 #pragma unroll
         for (int r = 0; r < TN; ++r) {
           cpart[r] = acc_t(0);
-          zj[r] = Cj[(ty + kThreadsY * r) * LDC + tx];
+          zj[r] = F == Family::DOT ? acc_t(0) : Cj[(ty + kThreadsY * r) * LDC + tx];  // DOT: 0 - z_i
         }
 #pragma unroll 4
         for (int ii = 0; ii < BM; ++ii) {
@@ -798,7 +875,7 @@ __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const Dev
 }
 
 // Value only: grid (nb, chunks); block (I, k) takes the rounds t in [k * tps, (k + 1) * tps) of I.
-template <typename T, typename acc_t>
+template <typename T, typename acc_t, Family F>
 __global__ void __launch_bounds__(kThreads, 2) quad_form_value_kernel(QuadArgs<T, acc_t> A) {
   __shared__ __align__(16) unsigned char smem_raw[Tile<acc_t>::kQuadBytes];
   __shared__ DeviceKernel<acc_t> kern;
@@ -811,14 +888,14 @@ __global__ void __launch_bounds__(kThreads, 2) quad_form_value_kernel(QuadArgs<T
   load_kernel(kern, A.kind, A.params, A.n_scales);
   const QuadOut out{A.qslab + (I * A.chunks + k) * A.P, nullptr, nullptr, nullptr, nullptr};
   for (int64_t t = t_begin; t < t_end; ++t) {
-    quad_tile<T, acc_t, false, false>(A, kern, I, (I + t) % A.nb, out, smem);
+    quad_tile<T, acc_t, F, false, false>(A, kern, I, (I + t) % A.nb, out, smem);
   }
 }
 
 // With S and/or G: block (I, blockIdx.y) takes the tile of round t = t_base + blockIdx.y * t_stride and
 // writes copy blockIdx.y (grouped: t_base = j, t_stride = tps, grid (nb, chunks); per round: t_base = t,
 // grid (blocks of round t, 1)).
-template <typename T, typename acc_t, bool ROWS, bool GRAD>
+template <typename T, typename acc_t, Family F, bool ROWS, bool GRAD>
 __global__ void __launch_bounds__(kThreads, 2)
     quad_form_round_kernel(QuadArgs<T, acc_t> A, int64_t t_base, int64_t t_stride) {
   __shared__ __align__(16) unsigned char smem_raw[Tile<acc_t>::kQuadBytes];
@@ -838,7 +915,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     out.Grow = A.Gbuf + copy * N * A.d;
     out.Gcol = A.Gbuf + (C + copy) * N * A.d;
   }
-  quad_tile<T, acc_t, ROWS, GRAD>(A, kern, I, (I + t) % A.nb, out, smem);
+  quad_tile<T, acc_t, F, ROWS, GRAD>(A, kern, I, (I + t) % A.nb, out, smem);
 }
 
 // out[e] = sum_s slabs[s * n + e] for e < n, s ascending. (Templates, like every kernel here, so that
@@ -914,17 +991,26 @@ struct GramArgs {
   bool derivative, vec_x, vec_y;
 };
 
-// Scratch: xnorm (N), ynorm (M), xmax (row_blocks(N)), ymax (row_blocks(M)).
+// The squared norms and their per-row-block maxima are read by the RULE family only (rbf, imq).
+inline bool needs_norms(KernelKind kind) { return family_of(kind) == Family::RULE; }
+
+// Scratch: xnorm (N), ynorm (M), xmax (row_blocks(N)), ymax (row_blocks(M)) (written and read for rbf and
+// imq only: needs_norms).
 template <typename T, typename acc_t>
 void run_gram(const T* x, const T* y, const GramArgs& g, acc_t* xnorm, acc_t* ynorm, acc_t* xmax,
                      acc_t* ymax, T* out, cudaStream_t s) {
   if (g.N == 0 || g.M == 0) return;
-  run_row_norms<T, acc_t>(x, g.N, g.d, xnorm, xmax, s);
-  run_row_norms<T, acc_t>(y, g.M, g.d, ynorm, ymax, s);
+  if (needs_norms(g.kind)) {
+    run_row_norms<T, acc_t>(x, g.N, g.d, xnorm, xmax, s);
+    run_row_norms<T, acc_t>(y, g.M, g.d, ynorm, ymax, s);
+  }
   const dim3 grid(static_cast<unsigned>(row_blocks<acc_t>(g.M)), static_cast<unsigned>(row_blocks<acc_t>(g.N)));
-  launch(&gram_kernel<T, acc_t>, grid, tile_block(), s, x, y, g.N, g.M, g.d, (const acc_t*)xnorm,
-         (const acc_t*)ynorm, (const acc_t*)xmax, (const acc_t*)ymax, g.kind, g.params, g.n_scales, g.derivative,
-         g.vec_x, g.vec_y, out);
+  const Family f = family_of(g.kind);
+  auto* kernel = f == Family::DOT    ? &gram_kernel<T, acc_t, Family::DOT>
+                 : f == Family::DIFF ? &gram_kernel<T, acc_t, Family::DIFF>
+                                     : &gram_kernel<T, acc_t, Family::RULE>;
+  launch(kernel, grid, tile_block(), s, x, y, g.N, g.M, g.d, (const acc_t*)xnorm, (const acc_t*)ynorm,
+         (const acc_t*)xmax, (const acc_t*)ymax, g.kind, g.params, g.n_scales, g.derivative, g.vec_x, g.vec_y, out);
 }
 
 struct PairReducePlan {
@@ -959,11 +1045,17 @@ void run_pair_reduce(const T* x, const T* y, const T* v, const T* a, const PairR
                             const PairReducePlan& pl, acc_t* xnorm, acc_t* ynorm, acc_t* xmax, acc_t* ymax,
                             double* S_slabs, double* G_slabs, double* S, double* G, cudaStream_t s) {
   if (r.N == 0 || r.M == 0 || r.p == 0) return;
-  run_row_norms<T, acc_t>(x, r.N, r.d, xnorm, xmax, s);
-  run_row_norms<T, acc_t>(y, r.M, r.d, ynorm, ymax, s);
+  if (needs_norms(r.kind)) {
+    run_row_norms<T, acc_t>(x, r.N, r.d, xnorm, xmax, s);
+    run_row_norms<T, acc_t>(y, r.M, r.d, ynorm, ymax, s);
+  }
   double* S_acc = pl.splits == 1 ? S : S_slabs;
   double* G_acc = a == nullptr ? nullptr : (pl.splits == 1 ? G : G_slabs);
-  launch(&pair_reduce_kernel<T, acc_t>, dim3(static_cast<unsigned>(pl.blocks), static_cast<unsigned>(pl.splits)),
+  const Family f = family_of(r.kind);
+  auto* kernel = f == Family::DOT    ? &pair_reduce_kernel<T, acc_t, Family::DOT>
+                 : f == Family::DIFF ? &pair_reduce_kernel<T, acc_t, Family::DIFF>
+                                     : &pair_reduce_kernel<T, acc_t, Family::RULE>;
+  launch(kernel, dim3(static_cast<unsigned>(pl.blocks), static_cast<unsigned>(pl.splits)),
          tile_block(), s, x, y, v, a, r.N, r.M, r.d, r.p, (const acc_t*)xnorm, (const acc_t*)ynorm,
          (const acc_t*)xmax, (const acc_t*)ymax, r.kind, r.params, r.n_scales, r.exclude_diagonal, r.vec_x,
          r.vec_y, r.vec_a, r.vec_v, pl.tps, S_acc, G_acc);
@@ -994,37 +1086,45 @@ inline QuadPlan plan_quad_form(int64_t N, int64_t d, int64_t P, bool row_sums, b
   return pl;
 }
 
+template <typename T, typename acc_t, Family F>
+void run_quad_form_family(const QuadArgs<T, acc_t>& B, const QuadPlan& pl, cudaStream_t s) {
+  const bool rows = B.Sbuf != nullptr, grad = B.Gbuf != nullptr;
+  if (!rows && !grad) {
+    launch(&quad_form_value_kernel<T, acc_t, F>, dim3(static_cast<unsigned>(B.nb), static_cast<unsigned>(B.chunks)),
+           tile_block(), s, B);
+    return;
+  }
+  auto* kernel = rows ? (grad ? &quad_form_round_kernel<T, acc_t, F, true, true>
+                              : &quad_form_round_kernel<T, acc_t, F, true, false>)
+                      : &quad_form_round_kernel<T, acc_t, F, false, true>;
+  if (pl.grouped) {
+    for (int64_t j = 0; j < B.tps; ++j)
+      launch(kernel, dim3(static_cast<unsigned>(B.nb), static_cast<unsigned>(B.chunks)), tile_block(), s, B, j,
+             B.tps);
+  } else {
+    for (int64_t t = 0; t < pl.rounds; ++t)
+      launch(kernel, dim3(static_cast<unsigned>(quad_blocks_of_round(B.nb, t))), tile_block(), s, B, t, int64_t(0));
+  }
+}
+
 // A holds the plan's nb/tps/chunks/copies and zero-initialised qslab, Sbuf (row_sums) and Gbuf (a
-// given); znorm (N) and zmax (nb) are scratch. Results: q (P), and S (N x P) / G (N x d) when Sbuf /
-// Gbuf are given.
+// given); znorm (N) and zmax (nb) are scratch (rbf, imq only). Results: q (P), and S (N x P) / G (N x d)
+// when Sbuf / Gbuf are given.
 template <typename T, typename acc_t>
 void run_quad_form(const QuadArgs<T, acc_t>& A, const QuadPlan& pl, acc_t* znorm, acc_t* zmax, double* q,
                    double* S, double* G, cudaStream_t s) {
   if (A.N == 0 || A.P == 0) return;
-  run_row_norms<T, acc_t>(A.z, A.N, A.d, znorm, zmax, s);
+  if (needs_norms(A.kind)) run_row_norms<T, acc_t>(A.z, A.N, A.d, znorm, zmax, s);
   QuadArgs<T, acc_t> B = A;
   B.znorm = znorm;
   B.zmax = zmax;
-  const bool rows = A.Sbuf != nullptr, grad = A.Gbuf != nullptr;
-  if (!rows && !grad) {
-    launch(&quad_form_value_kernel<T, acc_t>, dim3(static_cast<unsigned>(A.nb), static_cast<unsigned>(A.chunks)),
-           tile_block(), s, B);
-  } else {
-    auto* kernel = rows ? (grad ? &quad_form_round_kernel<T, acc_t, true, true>
-                                : &quad_form_round_kernel<T, acc_t, true, false>)
-                        : &quad_form_round_kernel<T, acc_t, false, true>;
-    if (pl.grouped) {
-      for (int64_t j = 0; j < A.tps; ++j)
-        launch(kernel, dim3(static_cast<unsigned>(A.nb), static_cast<unsigned>(A.chunks)), tile_block(), s, B, j,
-               A.tps);
-    } else {
-      for (int64_t t = 0; t < pl.rounds; ++t)
-        launch(kernel, dim3(static_cast<unsigned>(quad_blocks_of_round(A.nb, t))), tile_block(), s, B, t,
-               int64_t(0));
-    }
-    if (rows) run_sum_slabs(A.Sbuf, 2 * A.copies, A.N * A.P, S, s);
-    if (grad) run_sum_slabs(A.Gbuf, 2 * A.copies, A.N * A.d, G, s);
+  switch (family_of(A.kind)) {
+    case Family::DOT: run_quad_form_family<T, acc_t, Family::DOT>(B, pl, s); break;
+    case Family::DIFF: run_quad_form_family<T, acc_t, Family::DIFF>(B, pl, s); break;
+    default: run_quad_form_family<T, acc_t, Family::RULE>(B, pl, s); break;
   }
+  if (A.Sbuf != nullptr) run_sum_slabs(A.Sbuf, 2 * A.copies, A.N * A.P, S, s);
+  if (A.Gbuf != nullptr) run_sum_slabs(A.Gbuf, 2 * A.copies, A.N * A.d, G, s);
   run_sum_slabs(A.qslab, A.nb * A.chunks, A.P, q, s);
 }
 

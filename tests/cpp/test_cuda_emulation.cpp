@@ -45,29 +45,72 @@ static void expect_true(const char* what, bool ok) {
 }
 
 // ---- float64 reference ----
+// The five kernels of reference.py, spelled out in float64: distance kernels of r2 (g = -2 dk/dr2, 0 at
+// r2 == 0), the polynomial of the dot product (h = dk/d(x.y)).
 struct RefKernel {
   KernelKind kind;
   std::vector<double> params;
-  void eval(double r2, double& k, double& g) const {
+  bool dot() const { return kind == KernelKind::POLYNOMIAL; }
+  // arg: r2, or x.y for the polynomial; g: the gradient weight g or h.
+  void eval(double arg, double& k, double& g) const {
     k = g = 0;
+    if (kind == KernelKind::POLYNOMIAL) {
+      const double t = params[0] * arg + params[1];
+      const int n = int(params[2]);
+      k = std::pow(t, n);
+      g = n * params[0] * std::pow(t, n - 1);
+      return;
+    }
+    const double r = std::sqrt(arg);
     for (double c : params) {
       if (kind == KernelKind::RBF) {
-        k += std::exp(-c * r2);
-        g += 2.0 * c * std::exp(-c * r2);
-      } else {
-        const double ks = c / (c + r2);
+        k += std::exp(-c * arg);
+        g += 2.0 * c * std::exp(-c * arg);
+      } else if (kind == KernelKind::IMQ) {
+        const double ks = c / (c + arg);
         k += ks;
         g += 2.0 * ks * ks / c;
+      } else if (kind == KernelKind::LAPLACIAN) {
+        k += std::exp(-c * r);
+        g += c * std::exp(-c * r) / r;
+      } else {  // energy
+        k += -c * r;
+        g += c / r;
       }
     }
-    if (r2 == 0) g = 0;
+    if (arg == 0) g = 0;
   }
+  // k(x, x) of a distance kernel: exact (r2 == 0)
+  double self_value() const { return kind == KernelKind::ENERGY ? 0.0 : double(params.size()); }
 };
 
 static double r2_of(const std::vector<double>& x, int64_t i, const std::vector<double>& y, int64_t j, int64_t d) {
   double s = 0;
   for (int64_t k = 0; k < d; ++k) s += (x[i * d + k] - y[j * d + k]) * (x[i * d + k] - y[j * d + k]);
   return s;
+}
+
+static double dot_of(const std::vector<double>& x, int64_t i, const std::vector<double>& y, int64_t j, int64_t d) {
+  double s = 0;
+  for (int64_t k = 0; k < d; ++k) s += x[i * d + k] * y[j * d + k];
+  return s;
+}
+
+// k and g (or h) of the pair (x_i, y_j); self: the same point (quad_form's i == j; r2 = 0 exactly).
+static void ref_pair(const RefKernel& kr, const std::vector<double>& x, int64_t i, const std::vector<double>& y,
+                     int64_t j, int64_t d, bool self, double& k, double& g) {
+  if (kr.dot()) {
+    kr.eval(dot_of(x, i, y, j, d), k, g);
+  } else {
+    kr.eval(self ? 0.0 : r2_of(x, i, y, j, d), k, g);
+  }
+}
+
+// Coordinate c of the gradient term of the pair: g (x_i - y_j) for a distance kernel, -h y_j for the
+// polynomial (times a_i . v_j by the caller).
+static double ref_grad_term(const RefKernel& kr, double g, const std::vector<double>& x, int64_t i,
+                            const std::vector<double>& y, int64_t j, int64_t d, int64_t c) {
+  return kr.dot() ? -g * y[j * d + c] : g * (x[i * d + c] - y[j * d + c]);
 }
 
 // ---- element types ----
@@ -117,7 +160,27 @@ static std::vector<double> params_of(KernelKind kind, const std::vector<double>&
   return p;
 }
 
-static const char* kname(KernelKind k) { return k == KernelKind::RBF ? "rbf" : "imq"; }
+static const char* kname(KernelKind k) {
+  switch (k) {
+    case KernelKind::RBF: return "rbf";
+    case KernelKind::IMQ: return "imq";
+    case KernelKind::LAPLACIAN: return "laplacian";
+    case KernelKind::ENERGY: return "energy";
+    default: return "polynomial";
+  }
+}
+
+// Parameters of the new kernels as kernels.py's kernel_params: laplacian c_s = 1 / sigma_s, energy [p],
+// polynomial [gamma, coef, degree].
+static RefKernel laplacian(std::vector<double> sigmas) {
+  RefKernel k{KernelKind::LAPLACIAN, {}};
+  for (double s : sigmas) k.params.push_back(1.0 / s);
+  return k;
+}
+static RefKernel energy(double p) { return RefKernel{KernelKind::ENERGY, {p}}; }
+static RefKernel polynomial(double gamma, double coef, int degree) {
+  return RefKernel{KernelKind::POLYNOMIAL, {gamma, coef, double(degree)}};
+}
 
 // ---- the primitives through the drivers ----
 template <typename T, typename acc_t>
@@ -185,67 +248,77 @@ static QuadRes quad_form(const Mat<T>& z, const Mat<T>& w, const Mat<T>* a, cons
 
 // ---- cases ----
 template <typename T, typename acc_t>
-static void gram_case(const char* tn, int64_t N, int64_t M, int64_t d, KernelKind kind, std::vector<double> sigmas,
-                      double tol, unsigned seed) {
+static void gram_case(const char* tn, int64_t N, int64_t M, int64_t d, const RefKernel& kr, double tol,
+                      unsigned seed) {
   std::mt19937 rng(seed);
   const Mat<T> x(N, d, randn(rng, N * d, 0.4)), y(M, d, randn(rng, M * d, 0.4, 0.1));
-  const RefKernel kr{kind, params_of(kind, sigmas, d)};
   for (bool deriv : {false, true}) {
     std::vector<double> ref(N * M);
     for (int64_t i = 0; i < N; ++i)
       for (int64_t j = 0; j < M; ++j) {
         double k, g;
-        kr.eval(r2_of(x.r, i, y.r, j, d), k, g);
+        ref_pair(kr, x.r, i, y.r, j, d, false, k, g);
         ref[i * M + j] = deriv ? g : k;
       }
     char label[200];
-    std::snprintf(label, sizeof label, "gram %s %s N=%lld M=%lld d=%lld scales=%zu derivative=%d", tn, kname(kind),
-                  (long long)N, (long long)M, (long long)d, sigmas.size(), int(deriv));
+    std::snprintf(label, sizeof label, "gram %s %s N=%lld M=%lld d=%lld params=%zu derivative=%d", tn, kname(kr.kind),
+                  (long long)N, (long long)M, (long long)d, kr.params.size(), int(deriv));
     expect_close(label, gram<T, acc_t>(x, y, kr, deriv), ref, sizeof(T) == 2 ? 1e-2 : tol);
   }
-  // a point paired with itself: r2 == 0 exactly, so k = n_scales and g = 0 exactly (points off the
-  // origin, so the expansion's norms and dots are not trivially 0)
+  if (kr.dot()) return;
+  // a point paired with itself: r2 == 0 exactly, so k = k(0) (n_scales; 0 for energy) and g = 0 exactly
+  // (points off the origin, so the expansion's norms and dots are not trivially 0)
   const Mat<T> u(N, d, randn(rng, N * d, 0.3, 0.4));
   const auto k = gram<T, acc_t>(u, u, kr, false), g = gram<T, acc_t>(u, u, kr, true);
   bool exact = true;
-  for (int64_t i = 0; i < N; ++i)
-    exact = exact && k[i * N + i] == double(sigmas.size()) && g[i * N + i] == 0.0;
+  for (int64_t i = 0; i < N; ++i) exact = exact && k[i * N + i] == kr.self_value() && g[i * N + i] == 0.0;
   char label[200];
-  std::snprintf(label, sizeof label, "gram %s %s N=%lld d=%lld: self-distance 0 (k(x,x) == %zu, g(x,x) == 0)", tn,
-                kname(kind), (long long)N, (long long)d, sigmas.size());
+  std::snprintf(label, sizeof label, "gram %s %s N=%lld d=%lld: self-distance 0 (k(x,x) == %g, g(x,x) == 0)", tn,
+                kname(kr.kind), (long long)N, (long long)d, kr.self_value());
   expect_true(label, exact);
 }
 
 template <typename T, typename acc_t>
+static void gram_case(const char* tn, int64_t N, int64_t M, int64_t d, KernelKind kind, std::vector<double> sigmas,
+                      double tol, unsigned seed) {
+  gram_case<T, acc_t>(tn, N, M, d, RefKernel{kind, params_of(kind, sigmas, d)}, tol, seed);
+}
+
+// dup > 0: x holds runs of dup identical rows and y = x: pairs at distance 0 on and off the diagonal.
+template <typename T, typename acc_t>
 static void pair_reduce_case(const char* tn, int64_t N, int64_t M, int64_t d, int64_t p, bool with_a, bool excl,
-                             KernelKind kind, std::vector<double> sigmas, double tol, unsigned seed) {
-  if (excl) M = N;
+                             const RefKernel& kr, double tol, unsigned seed, int64_t dup = 0) {
+  if (excl || dup > 0) M = N;
   std::mt19937 rng(seed);
-  const Mat<T> x(N, d, randn(rng, N * d, 0.4));
-  const Mat<T> y = excl ? x : Mat<T>(M, d, randn(rng, M * d, 0.4, 0.1));
+  std::vector<double> xv = randn(rng, N * d, 0.4);
+  if (dup > 0)
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t c = 0; c < d; ++c) xv[i * d + c] = xv[(i - i % dup) * d + c];
+  const Mat<T> x(N, d, xv);
+  const Mat<T> y = (excl || dup > 0) ? x : Mat<T>(M, d, randn(rng, M * d, 0.4, 0.1));
   const Mat<T> v(M, p, randn(rng, M * p, 1.0)), a(N, p, randn(rng, N * p, 1.0));
-  const RefKernel kr{kind, params_of(kind, sigmas, d)};
   std::vector<double> S_ref(N * p, 0.0), G_ref(with_a ? N * d : 0, 0.0);
   for (int64_t i = 0; i < N; ++i)
     for (int64_t j = 0; j < M; ++j) {
       if (excl && i == j) continue;
       double k, g;
-      kr.eval(r2_of(x.r, i, y.r, j, d), k, g);
+      ref_pair(kr, x.r, i, y.r, j, d, false, k, g);
       double av = 0;
       for (int64_t c = 0; c < p; ++c) {
         S_ref[i * p + c] += k * v.r[j * p + c];
         av += a.r[i * p + c] * v.r[j * p + c];
       }
       if (with_a)
-        for (int64_t c = 0; c < d; ++c) G_ref[i * d + c] += g * av * (x.r[i * d + c] - y.r[j * d + c]);
+        for (int64_t c = 0; c < d; ++c) G_ref[i * d + c] += av * ref_grad_term(kr, g, x.r, i, y.r, j, d, c);
     }
   std::vector<double> S, G;
   int64_t splits;
   pair_reduce<T, acc_t>(x, y, v, with_a ? &a : nullptr, kr, excl, S, G, &splits);
   char label[200];
-  std::snprintf(label, sizeof label, "pair_reduce S %s %s N=%lld M=%lld d=%lld p=%lld scales=%zu excl=%d splits=%lld",
-                tn, kname(kind), (long long)N, (long long)M, (long long)d, (long long)p, sigmas.size(), int(excl),
-                (long long)splits);
+  std::snprintf(label, sizeof label,
+                "pair_reduce S %s %s N=%lld M=%lld d=%lld p=%lld params=%zu excl=%d splits=%lld%s", tn,
+                kname(kr.kind), (long long)N, (long long)M, (long long)d, (long long)p, kr.params.size(), int(excl),
+                (long long)splits, dup > 0 ? " duplicates" : "");
   expect_close(label, S, S_ref, tol);
   if (with_a) {
     label[12] = 'G';
@@ -254,31 +327,42 @@ static void pair_reduce_case(const char* tn, int64_t N, int64_t M, int64_t d, in
 }
 
 template <typename T, typename acc_t>
-static void quad_case(const char* tn, int64_t N, int64_t d, int64_t P, KernelKind kind, std::vector<double> sigmas,
-                      bool excl, double tol, unsigned seed, bool all_modes = true) {
+static void pair_reduce_case(const char* tn, int64_t N, int64_t M, int64_t d, int64_t p, bool with_a, bool excl,
+                             KernelKind kind, std::vector<double> sigmas, double tol, unsigned seed) {
+  pair_reduce_case<T, acc_t>(tn, N, M, d, p, with_a, excl, RefKernel{kind, params_of(kind, sigmas, d)}, tol, seed);
+}
+
+// dup > 0: z holds runs of dup identical rows.
+template <typename T, typename acc_t>
+static void quad_case(const char* tn, int64_t N, int64_t d, int64_t P, const RefKernel& kr, bool excl, double tol,
+                      unsigned seed, bool all_modes = true, int64_t dup = 0) {
   std::mt19937 rng(seed);
-  const Mat<T> z(N, d, randn(rng, N * d, 0.4, 0.05));
+  std::vector<double> zv = randn(rng, N * d, 0.4, 0.05);
+  if (dup > 0)
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t c = 0; c < d; ++c) zv[i * d + c] = zv[(i - i % dup) * d + c];
+  const Mat<T> z(N, d, zv);
   const Mat<T> w(N, P, randn(rng, N * P, 1.0)), a(N, P, randn(rng, N * P, 1.0));
-  const RefKernel kr{kind, params_of(kind, sigmas, d)};
   std::vector<double> q_ref(P, 0.0), S_ref(N * P, 0.0), G_ref(N * d, 0.0);
   for (int64_t i = 0; i < N; ++i)
     for (int64_t j = 0; j < N; ++j) {
       if (excl && i == j) continue;
       double k, g;
-      kr.eval(i == j ? 0.0 : r2_of(z.r, i, z.r, j, d), k, g);
+      ref_pair(kr, z.r, i, z.r, j, d, i == j, k, g);
       double aw = 0;
       for (int64_t c = 0; c < P; ++c) {
         q_ref[c] += w.r[i * P + c] * k * w.r[j * P + c];
         S_ref[i * P + c] += k * w.r[j * P + c];
         aw += a.r[i * P + c] * w.r[j * P + c];
       }
-      for (int64_t c = 0; c < d; ++c) G_ref[i * d + c] += g * aw * (z.r[i * d + c] - z.r[j * d + c]);
+      for (int64_t c = 0; c < d; ++c) G_ref[i * d + c] += aw * ref_grad_term(kr, g, z.r, i, z.r, j, d, c);
     }
   const auto pl = K::plan_quad_form<acc_t>(N, d, P, true, true);
   char head[200], label[260];
-  std::snprintf(head, sizeof head, "quad_form %s %s N=%lld d=%lld P=%lld scales=%zu excl=%d nb=%lld chunks=%lld tps=%lld",
-                tn, kname(kind), (long long)N, (long long)d, (long long)P, sigmas.size(), int(excl), (long long)pl.nb,
-                (long long)pl.chunks, (long long)pl.tps);
+  std::snprintf(head, sizeof head,
+                "quad_form %s %s N=%lld d=%lld P=%lld params=%zu excl=%d nb=%lld chunks=%lld tps=%lld%s", tn,
+                kname(kr.kind), (long long)N, (long long)d, (long long)P, kr.params.size(), int(excl),
+                (long long)pl.nb, (long long)pl.chunks, (long long)pl.tps, dup > 0 ? " duplicates" : "");
   const QuadRes v = quad_form<T, acc_t>(z, w, nullptr, kr, excl, false);
   std::snprintf(label, sizeof label, "%s q", head);
   expect_close(label, v.q, q_ref, tol);
@@ -308,6 +392,12 @@ static void quad_case(const char* tn, int64_t N, int64_t d, int64_t P, KernelKin
   for (const QuadRes* m : modes) same = same && std::memcmp(m->q.data(), v.q.data(), P * sizeof(double)) == 0;
   std::snprintf(label, sizeof label, "  q bitwise equal with and without S/G (%zu modes)", modes.size() + 1);
   expect_true(label, same);
+}
+
+template <typename T, typename acc_t>
+static void quad_case(const char* tn, int64_t N, int64_t d, int64_t P, KernelKind kind, std::vector<double> sigmas,
+                      bool excl, double tol, unsigned seed, bool all_modes = true) {
+  quad_case<T, acc_t>(tn, N, d, P, RefKernel{kind, params_of(kind, sigmas, d)}, excl, tol, seed, all_modes);
 }
 
 // The lossy case, as the op layer prepares it: x = 100 randn(n, 3), y = x + 0.01 randn (float32
@@ -401,6 +491,140 @@ int main() {
                 o.q[0] == 0.75 && o.S[0] == 1.5 && o.G[0] == 0 && o.G[3] == 0);
   }
   lossy_case(250, 31);
+
+  // ---- laplacian, energy (coordinate differences on every tile), polynomial (the dot product) ----
+  // gram: k and the derivative (g; h for the polynomial); distance kernels also k(x, x) exact, g(x, x) = 0
+  gram_case<float, float>("f32", 70, 65, 5, laplacian({0.7}), 2e-6, 41);
+  gram_case<float, float>("f32", 33, 64, 20, laplacian({0.5, 1.0, 3.0}), 2e-6, 42);
+  gram_case<double, double>("f64", 35, 33, 17, laplacian({0.5, 1.0, 3.0}), 1e-13, 43);
+  gram_case<float, float>("f32", 65, 70, 3, energy(1.3), 2e-6, 44);
+  gram_case<double, double>("f64", 33, 35, 16, energy(0.7), 1e-13, 45);
+  gram_case<__half, float>("f16", 20, 70, 8, laplacian({1.0, 2.0}), 1e-2, 46);
+  gram_case<__nv_bfloat16, float>("bf16", 65, 7, 3, energy(2.0), 1e-2, 47);
+  for (int deg = 1; deg <= 3; ++deg)
+    for (double coef : {0.0, 1.0}) {
+      gram_case<float, float>("f32", 70, 65, 5, polynomial(0.2, coef, deg), 2e-6, 50 + deg);
+      gram_case<double, double>("f64", 35, 66, 17, polynomial(1.0 / 17, coef, deg), 1e-13, 60 + deg);
+    }
+  gram_case<__half, float>("f16", 20, 70, 8, polynomial(0.125, 1.0, 3), 1e-2, 48);
+
+  // pair_reduce: splits > 1 and = 1, narrow and chunked S, a absent / present, exclude_diagonal
+  pair_reduce_case<float, float>("f32", 70, 131, 5, 3, true, false, laplacian({0.7, 2.0, 5.0}), 2e-5, 71);
+  pair_reduce_case<float, float>("f32", 129, 129, 20, 1, true, true, laplacian({1.0}), 2e-5, 72);
+  pair_reduce_case<float, float>("f32", 65, 66, 16, 5, true, false, energy(1.3), 2e-5, 73);
+  pair_reduce_case<float, float>("f32", 1, 7, 1, 33, true, false, energy(0.5), 2e-5, 74);
+  pair_reduce_case<double, double>("f64", 70, 45, 5, 3, true, true, laplacian({0.5, 1.0}), 1e-12, 75);
+  pair_reduce_case<double, double>("f64", 20, 290, 3, 2, true, false, energy(0.9), 1e-12, 76);
+  pair_reduce_case<__half, float>("f16", 40, 50, 8, 2, true, false, laplacian({1.0}), 2e-5, 77);
+  pair_reduce_case<__nv_bfloat16, float>("bf16", 67, 67, 24, 1, true, true, energy(1.0), 2e-5, 78);
+  for (int deg = 1; deg <= 3; ++deg)
+    for (double coef : {0.0, 1.0}) {
+      pair_reduce_case<float, float>("f32", 70, 131, 5, 3, true, coef == 0.0, polynomial(0.2, coef, deg), 2e-5,
+                                     80 + deg);
+      pair_reduce_case<double, double>("f64", 65, 66, 16, 5, true, coef == 1.0, polynomial(1.0 / 16, coef, deg),
+                                       1e-12, 90 + deg);
+    }
+  pair_reduce_case<float, float>("f32", 129, 129, 20, 1, true, true, polynomial(0.05, 1.0, 3), 2e-5, 84);
+  pair_reduce_case<float, float>("f32", 1, 7, 1, 33, true, false, polynomial(0.5, 1.0, 2), 2e-5, 85);
+  pair_reduce_case<__nv_bfloat16, float>("bf16", 67, 67, 24, 2, true, false, polynomial(1.0 / 24, 1.0, 3), 2e-5, 86);
+  // duplicate points (runs of 3 identical rows, y = x): finite G, g = 0 at distance 0
+  for (bool excl : {false, true}) {
+    pair_reduce_case<float, float>("f32", 70, 70, 5, 2, true, excl, laplacian({0.7, 2.0}), 2e-5, 101, 3);
+    pair_reduce_case<float, float>("f32", 70, 70, 5, 2, true, excl, energy(1.3), 2e-5, 102, 3);
+    pair_reduce_case<double, double>("f64", 70, 70, 5, 2, true, excl, energy(1.3), 1e-12, 103, 3);
+  }
+
+  // quad_form: nb = 1, 2, 3, 5; P = 1, 3, 17; exclude_diagonal both ways; q bitwise equal across modes
+  for (bool excl : {false, true}) {
+    quad_case<float, float>("f32", 70, 5, 1, laplacian({0.7}), excl, 2e-5, 111);
+    quad_case<float, float>("f32", 129, 2, 3, laplacian({0.5, 1.0, 3.0}), excl, 2e-5, 112);
+    quad_case<double, double>("f64", 97, 7, 3, laplacian({0.5, 1.0, 3.0}), excl, 1e-12, 113);
+    quad_case<float, float>("f32", 100, 20, 17, energy(1.3), excl, 2e-5, 114);
+    quad_case<double, double>("f64", 70, 3, 1, energy(0.7), excl, 1e-12, 115);
+    for (int deg = 1; deg <= 3; ++deg)
+      for (double coef : {0.0, 1.0}) {
+        quad_case<float, float>("f32", 70, 5, deg == 2 ? 3 : 1, polynomial(0.2, coef, deg), excl, 2e-5, 120 + deg);
+        quad_case<double, double>("f64", 129, 16, deg == 3 ? 1 : 3, polynomial(1.0 / 16, coef, deg), excl, 1e-12,
+                                  130 + deg, false);
+      }
+  }
+  quad_case<float, float>("f32", 250, 20, 17, polynomial(0.05, 1.0, 3), false, 2e-5, 124, false);
+  quad_case<__half, float>("f16", 66, 8, 1, laplacian({1.0}), false, 2e-5, 125, false);
+  quad_case<__nv_bfloat16, float>("bf16", 65, 4, 3, polynomial(0.25, 1.0, 2), true, 2e-5, 126, false);
+  // duplicate points (runs of 4 identical rows): finite G, g = 0 at distance 0
+  for (bool excl : {false, true}) {
+    quad_case<float, float>("f32", 70, 5, 3, laplacian({0.7, 2.0}), excl, 2e-5, 141, true, 4);
+    quad_case<float, float>("f32", 70, 5, 1, energy(1.3), excl, 2e-5, 142, true, 4);
+    quad_case<double, double>("f64", 70, 5, 1, laplacian({1.0}), excl, 1e-12, 143, false, 4);
+  }
+  // laplacian / energy take r2 from coordinate differences on every tile: close points far from the origin
+  // (|x|^2 ~ 50, distances ~ 0.02), where the expansion's absolute error u |x|^2 ~ 3e-6 would be ~1% of r2
+  for (const RefKernel& kr : {laplacian({0.05}), energy(1.0)}) {
+    std::mt19937 rng(160);
+    const int64_t n = 70, m = 40, d = 3;
+    auto xs = randn(rng, n * d, 0.01), ys = randn(rng, m * d, 0.01);
+    for (auto& e : xs) e += 4.0;
+    for (auto& e : ys) e += 4.0;
+    const Mat<float> x(n, d, xs), y(m, d, ys), v(m, 1, randn(rng, m, 1.0)), a(n, 1, randn(rng, n, 1.0));
+    std::vector<double> k_ref(n * m), g_ref(n * m), S_ref(n, 0.0), G_ref(n * d, 0.0);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) {
+        double k, g;
+        ref_pair(kr, x.r, i, y.r, j, d, false, k, g);
+        k_ref[i * m + j] = k, g_ref[i * m + j] = g;
+        S_ref[i] += k * v.r[j];
+        for (int64_t c = 0; c < d; ++c) G_ref[i * d + c] += a.r[i] * v.r[j] * ref_grad_term(kr, g, x.r, i, y.r, j, d, c);
+      }
+    char label[200];
+    std::snprintf(label, sizeof label, "gram f32 %s: close points far from the origin (coordinate differences), k",
+                  kname(kr.kind));
+    expect_close(label, gram<float, float>(x, y, kr, false), k_ref, 1e-5);
+    std::snprintf(label, sizeof label, "gram f32 %s: close points far from the origin, derivative", kname(kr.kind));
+    expect_close(label, gram<float, float>(x, y, kr, true), g_ref, 1e-5);
+    std::vector<double> S, G;
+    int64_t splits;
+    pair_reduce<float, float>(x, y, v, &a, kr, false, S, G, &splits);
+    std::snprintf(label, sizeof label, "pair_reduce f32 %s: close points far from the origin, S", kname(kr.kind));
+    expect_close(label, S, S_ref, 1e-5);
+    std::snprintf(label, sizeof label, "pair_reduce f32 %s: close points far from the origin, G", kname(kr.kind));
+    expect_close(label, G, G_ref, 1e-5);
+    std::vector<double> zs(xs);
+    zs.insert(zs.end(), ys.begin(), ys.end());
+    const Mat<float> z(n + m, d, zs), w(n + m, 1, randn(rng, n + m, 1.0));
+    std::vector<double> q_ref(1, 0.0);
+    for (int64_t i = 0; i < n + m; ++i)
+      for (int64_t j = 0; j < n + m; ++j) {
+        double k, g;
+        ref_pair(kr, z.r, i, z.r, j, d, i == j, k, g);
+        q_ref[0] += w.r[i] * k * w.r[j];
+      }
+    std::snprintf(label, sizeof label, "quad_form f32 %s: close points far from the origin, q", kname(kr.kind));
+    expect_close(label, quad_form<float, float>(z, w, nullptr, kr, false, false).q, q_ref, 1e-5);
+  }
+  {  // all points identical: every pair at distance 0, so G == 0 exactly, k == k(0) exactly (energy: 0)
+    std::mt19937 rng(150);
+    const int64_t n = 70, d = 5;
+    const auto one = randn(rng, d, 0.3, 0.4);
+    std::vector<double> zs(n * d), ws(n, 0.5);
+    for (int64_t i = 0; i < n * d; ++i) zs[i] = one[i % d];
+    const Mat<float> z(n, d, zs), w(n, 1, ws);
+    for (const RefKernel& kr : {laplacian({0.7, 2.0}), energy(1.3)}) {
+      const QuadRes o = quad_form<float, float>(z, w, &w, kr, false, true);
+      bool exact = o.q[0] == 0.25 * n * n * kr.self_value();
+      for (int64_t i = 0; i < n; ++i) exact = exact && o.S[i] == 0.5 * n * kr.self_value();
+      for (double g : o.G) exact = exact && g == 0.0;
+      std::vector<double> S, G;
+      int64_t splits;
+      pair_reduce<float, float>(z, z, w, &w, kr, false, S, G, &splits);
+      for (int64_t i = 0; i < n; ++i) exact = exact && S[i] == 0.5 * n * kr.self_value();
+      for (double g : G) exact = exact && g == 0.0;
+      char label[200];
+      std::snprintf(label, sizeof label,
+                    "%s: %lld identical points: quad_form q, S and pair_reduce S exact (k(x,x) == %g), G == 0 exactly",
+                    kname(kr.kind), (long long)n, kr.self_value());
+      expect_true(label, exact);
+    }
+  }
 
   std::printf("%d checks, %d failures\n", g_checks, g_fail);
   return g_fail == 0 ? 0 : 1;
