@@ -374,3 +374,241 @@ _P = torch.ones(1, dtype=torch.float64)
 def test_checks_raise_runtime_error(call, match):
     with pytest.raises(RuntimeError, match=match):
         call()
+
+
+# ---- laplacian, energy, polynomial ------------------------------------------------------------------
+# Prepared as the op layer prepares them: distance kernels centred and scaled by a power of two,
+# polynomial only scaled (gamma folded into params). Tolerances relative to the largest magnitude:
+# float64 ~1e-15 measured (1e-11 allowed), float32 ~1e-6 measured (2e-5 allowed: a few float32 roundings
+# of t = gamma x.y + coef, d <= 40, raised to degree <= 3, or of the sqrt/exp of r).
+NEW_TOL = {torch.float64: 1e-11, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+NEW_KERNELS = [
+    ("laplacian", [0.8]),
+    ("laplacian", [0.3, 1.0, 2.5]),
+    ("energy", None),
+    *[(kernels.Polynomial(degree=n, gamma=None, coef=c), None) for n in (1, 2, 3) for c in (0.0, 1.0)],
+]
+
+
+def new_kernel_id(spec):
+    k, s = spec
+    if isinstance(k, kernels.Polynomial):
+        return f"poly{k.degree}c{k.coef:g}"
+    return f"{k}{len(s) if s else ''}"
+
+
+def prepared_new(x, y, kernel, sigmas, dtype):
+    """(x', y', params, primitive kernel name) for a new kernel, as the op layer prepares them."""
+    m = y.shape[0]
+    xs, ys, scale = kernels.prepare(x.to(dtype), (y if m else x).to(dtype), kernel)
+    ys = ys[:m]
+    sig = None if sigmas is None else torch.tensor(sigmas, dtype=torch.float64) * math.sqrt(x.shape[1])
+    params = kernels.kernel_params(kernel, sig, x.shape[1], scale, dtype)
+    return xs.to(dtype), ys.to(dtype), params, kernels.primitive_name(kernel)
+
+
+def abs_quad_scale(z, w, params, name):
+    """|w|^T |K| |w| per column: the magnitude q is measured against (signed k and w cancel)."""
+    K = reference.gram(f64(z), f64(z), params, name, False).abs()
+    return (f64(w).abs() * (K @ f64(w).abs())).sum(0)
+
+
+@pytest.mark.parametrize("n,d", [(1, 1), (7, 5), (97, 40), (256, 3), (301, 8)])
+@pytest.mark.parametrize("spec", NEW_KERNELS, ids=new_kernel_id)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_new_kernels_quad_form(n, d, spec, dtype):
+    # 256 and 301 rows: 4 and 5 symmetric blocks of 64 (even and odd circulant rounds)
+    x = points(n, d, shift=0.5, seed=40)
+    zs, _, params, name = prepared_new(x, x[:0], spec[0], spec[1], dtype)
+    for P in (1, 3):
+        w, a = points(n, P, seed=41).to(dtype), points(n, P, seed=42).to(dtype)
+        for excl in (False, True):
+            q0, s0, g0 = ops.quad_form(zs, w, None, params, name, excl, False)
+            q, s, g = ops.quad_form(zs, w, a, params, name, excl, True)
+            assert torch.equal(q, q0), "q must be bitwise the same with and without S and G"
+            assert s.shape == (n, P) and g.shape == (n, d) and s0.shape == (0, P) and g0.shape == (0, d)
+            qr, sr, gr = reference.quad_form(f64(zs), f64(w), f64(a), params, name, excl, True)
+            scale = abs_quad_scale(zs, w, params, name)
+            assert ((q - qr).abs() / scale.clamp_min(1e-300)).max().item() < NEW_TOL[dtype], (P, excl)
+            assert rel_err(s, sr) < NEW_TOL[dtype], (P, excl)
+            assert rel_err(g, gr) < NEW_TOL[dtype], (P, excl)
+            assert bool(torch.isfinite(g).all())
+
+
+@pytest.mark.parametrize("n,m,d", [(1, 1, 1), (7, 2, 5), (129, 129, 8), (70, 33, 40)])
+@pytest.mark.parametrize("spec", NEW_KERNELS, ids=new_kernel_id)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_new_kernels_pair_reduce(n, m, d, spec, dtype):
+    xs, ys, params, name = prepared_new(points(n, d, shift=1.0, seed=43), points(m, d, shift=1.2, scale=1.3, seed=44),
+                                        spec[0], spec[1], dtype)
+    for p in (1, 4):
+        v, a = points(m, p, seed=45).to(dtype), points(n, p, seed=46).to(dtype)
+        for excl in ([False, True] if n == m else [False]):
+            S0, G0 = ops.pair_reduce(xs, ys, v, None, params, name, excl)
+            S, G = ops.pair_reduce(xs, ys, v, a, params, name, excl)
+            assert G0.shape == (0, d) and G.shape == (n, d) and S.dtype == G.dtype == torch.float64
+            Sr, Gr = reference.pair_reduce(f64(xs), f64(ys), f64(v), f64(a), params, name, excl)
+            assert rel_err(S0, Sr) < NEW_TOL[dtype] and rel_err(S, Sr) < NEW_TOL[dtype], (p, excl)
+            assert rel_err(G, Gr) < NEW_TOL[dtype], (p, excl)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("spec", NEW_KERNELS, ids=new_kernel_id)
+def test_new_kernels_gram(dtype, spec):
+    for n, m, d in [(1, 1, 1), (7, 130, 5), (129, 33, 40)]:
+        xs, ys, params, name = prepared_new(points(n, d, seed=47), points(m, d, shift=0.2, seed=48), spec[0], spec[1],
+                                            dtype)
+        for derivative in (False, True):
+            K = ops.gram(xs, ys, params, name, derivative)
+            Kr = reference.gram(f64(xs), f64(ys), params, name, derivative)
+            assert K.dtype == dtype and K.shape == (n, m)
+            assert rel_err(K, Kr) < NEW_TOL[dtype], (n, m, d, derivative)
+
+
+def _textbook_k(x, y, name, params):
+    """k(x_i, y_j) in plain float64 torch (no package code), differentiable in x; at r = 0 the distance
+    kernels' gradient is the subgradient 0 (torch.where keeps sqrt away from 0)."""
+    if name == "polynomial":
+        gamma, coef, n = params.tolist()
+        return (gamma * (x @ y.T) + coef) ** int(n)
+    r2 = (x[:, None, :] - y[None, :, :]).square().sum(-1)
+    pos = r2 > 0
+    r = torch.where(pos, torch.where(pos, r2, torch.ones_like(r2)).sqrt(), torch.zeros_like(r2))
+    if name == "energy":
+        return -params[0] * r
+    return sum(torch.exp(-c * r) for c in params.tolist())
+
+
+@pytest.mark.parametrize("spec", NEW_KERNELS, ids=new_kernel_id)
+def test_new_kernels_gradient_is_minus_d_dx(spec):
+    # the contract's G_i = -sum_j (a_i . v_j) d k(x_i, y_j) / d x_i (y_j held fixed), by autograd of a
+    # textbook formula, independent of the oracle; quad_form: the same with y = z.
+    x, y = points(23, 6, seed=49), points(17, 6, shift=0.3, seed=50)
+    xs, ys, params, name = prepared_new(x, y, spec[0], spec[1], torch.float64)
+    v, a, w = points(17, 2, seed=51), points(23, 2, seed=52), points(23, 2, seed=53)
+    xg = xs.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(((a @ v.T) * _textbook_k(xg, ys, name, params)).sum(), xg)
+    S, G = ops.pair_reduce(xs, ys, v, a, params, name, False)
+    assert rel_err(G, -want) < 1e-12
+    assert rel_err(S, _textbook_k(xs, ys, name, params) @ v) < 1e-12
+    for excl in (False, True):
+        mask = 1.0 - torch.eye(23, dtype=torch.float64) if excl else torch.ones(23, 23, dtype=torch.float64)
+        xg = xs.clone().requires_grad_(True)
+        K = _textbook_k(xg, xs, name, params) * mask
+        (want,) = torch.autograd.grad(((a @ w.T) * K).sum(), xg)
+        q, s, g = ops.quad_form(xs, w, a, params, name, excl, True)
+        K = K.detach()
+        assert rel_err(g, -want) < 1e-12, excl
+        assert rel_err(q, (w * (K @ w)).sum(0)) < 1e-12 and rel_err(s, K @ w) < 1e-12, excl
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name,params", [("laplacian", [0.5, 2.0]), ("energy", [1.5])])
+def test_kink_duplicates_finite_and_zero(dtype, name, params):
+    # duplicate points (r = 0 between distinct indices) and near-duplicates (r at the bottom of the
+    # precision): the subgradient 0 at the kink, G finite and equal to the oracle, k(x, x) exact
+    params = torch.tensor(params, dtype=torch.float64)
+    base = points(9, 4, seed=54)
+    tiny = 1e-150 if dtype == torch.float64 else 1e-18
+    x = torch.cat([base, base, base[:3] + tiny, base[:1]]).to(dtype)  # rows i, i + 9 equal; 27 == 0 == 18
+    n = x.shape[0]
+    K = ops.gram(x, x, params, name, False)
+    Kd = ops.gram(x, x, params, name, True)
+    self_k = float(len(params)) if name == "laplacian" else 0.0
+    assert torch.equal(K.diagonal(), torch.full((n,), self_k, dtype=dtype))  # energy: k(x, x) = 0 exactly
+    assert torch.equal(K[:9, 9:18].diagonal(), torch.full((9,), self_k, dtype=dtype))
+    assert Kd.diagonal().abs().max().item() == 0.0 and Kd[:9, 9:18].diagonal().abs().max().item() == 0.0
+    assert bool(torch.isfinite(Kd).all())
+    w, a = points(n, 1, seed=55).to(dtype), points(n, 1, seed=56).to(dtype)
+    for excl in (False, True):
+        S, G = ops.pair_reduce(x, x, w, a, params, name, excl)
+        Sr, Gr = reference.pair_reduce(f64(x), f64(x), f64(w), f64(a), params, name, excl)
+        assert bool(torch.isfinite(G).all()) and rel_err(S, Sr) < NEW_TOL[dtype] and rel_err(G, Gr) < NEW_TOL[dtype]
+    for P in (1, 3):
+        wp, ap = points(n, P, seed=57).to(dtype), points(n, P, seed=58).to(dtype)
+        q, s, g = ops.quad_form(x, wp, ap, params, name, False, True)
+        qr, sr, gr = reference.quad_form(f64(x), f64(wp), f64(ap), params, name, False, True)
+        assert bool(torch.isfinite(g).all()) and rel_err(g, gr) < NEW_TOL[dtype] and rel_err(s, sr) < NEW_TOL[dtype]
+    # all points equal: every pair sits on the kink, so G is exactly 0 and k is the self value
+    same = base[:1].expand(70, 4).contiguous().to(dtype)
+    ones = torch.ones(70, 1, dtype=dtype)
+    q, s, g = ops.quad_form(same, ones, ones, params, name, False, True)
+    assert g.abs().max().item() == 0.0 and q.item() == 70 * 70 * self_k
+    S, G = ops.pair_reduce(same, same, ones, ones, params, name, False)
+    assert G.abs().max().item() == 0.0 and torch.equal(S, torch.full((70, 1), 70 * self_k, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_polynomial_self_pairs_count(dtype):
+    # k(z_i, z_i) is not a constant for the polynomial kernel: exclude_diagonal must drop exactly
+    # sum_i w_i^2 k(z_i, z_i) from q and w_i k(z_i, z_i) from S_i
+    z = points(50, 7, shift=0.4, seed=59).to(dtype)
+    w = points(50, 1, seed=60).to(dtype)
+    params = torch.tensor([0.25, 1.0, 3.0], dtype=torch.float64)
+    q1, s1, _ = ops.quad_form(z, w, None, params, "polynomial", False, True)
+    q0, s0, _ = ops.quad_form(z, w, None, params, "polynomial", True, True)
+    kd = (0.25 * f64(z).square().sum(1) + 1.0) ** 3
+    assert abs((q1 - q0).item() - (f64(w)[:, 0].square() * kd).sum().item()) < NEW_TOL[dtype] * abs(q1.item()) * 10
+    assert rel_err(s1 - s0, f64(w) * kd[:, None]) < NEW_TOL[dtype] * 10
+
+
+def test_new_kernels_deterministic_across_thread_counts():
+    x, y = points(700, 5, seed=61).float(), points(333, 5, seed=62).float()
+    z = torch.cat([x, y])
+    w, aw = points(1033, 3, seed=63).float(), points(1033, 3, seed=64).float()
+    v, a = points(333, 2, seed=65).float(), points(700, 2, seed=66).float()
+    lap, en = torch.tensor([0.7, 2.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    poly = torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64)
+
+    def run():
+        out = []
+        for name, prm in (("laplacian", lap), ("energy", en), ("polynomial", poly)):
+            full = ops.quad_form(z, w, aw, prm, name, True, True)
+            assert torch.equal(ops.quad_form(z, w, None, prm, name, True, False)[0], full[0])
+            out += [*full, *ops.quad_form(z, w[:, :1], aw[:, :1], prm, name, False, True),
+                    *ops.pair_reduce(x, y, v, a, prm, name, False), ops.gram(x[:50], y, prm, name, True)]
+        return out
+
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for nt in (1, 2, 3):
+            torch.set_num_threads(nt)
+            results.append(run())
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        assert all(torch.equal(p, q) for p, q in zip(results[0], other))
+
+
+_P3 = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: ops.gram(torch.ones(3, 1), torch.ones(3, 1), _P3(1.0, 1.0, 0.0), "polynomial", False), "integer degree"),
+    (lambda: ops.gram(torch.ones(3, 1), torch.ones(3, 1), _P3(1.0, 1.0, 2.5), "polynomial", False), "integer degree"),
+    (lambda: ops.pair_reduce(torch.ones(3, 1), torch.ones(3, 1), torch.ones(3, 1), None, _P3(1.0, 1.0, 17.0),
+                             "polynomial", False), "integer degree in 1..16"),
+    (lambda: ops.quad_form(torch.ones(3, 1), torch.ones(3, 1), None, _P3(math.nan, 1.0, 2.0), "polynomial", False,
+                           False), "finite gamma and coef"),
+    (lambda: ops.quad_form(torch.ones(3, 1), torch.ones(3, 1), None, _P3(1.0, math.inf, 2.0), "polynomial", False,
+                           False), "finite gamma and coef"),
+    (lambda: ops.quad_form(torch.ones(3, 1), torch.ones(3, 1), None, _P3(1.0, 2.0), "polynomial", False, False),
+     "3 values"),
+    (lambda: ops.gram(torch.ones(3, 1), torch.ones(3, 1), _P3(1.0, 2.0), "energy", False), "1 value"),
+    (lambda: ops.gram(torch.ones(3, 1), torch.ones(3, 1), _P3(-1.0), "energy", False), "finite and > 0"),
+    (lambda: ops.gram(torch.ones(3, 1), torch.ones(3, 1), _P3(1.0, 0.0), "laplacian", False), "finite and > 0"),
+])
+def test_new_kernel_checks_raise(call, match):
+    with pytest.raises(RuntimeError, match=match):
+        call()
+
+
+def test_polynomial_negative_gamma_and_coef_accepted():
+    # gamma and coef may have any sign (a user's Polynomial); the degree's parity decides the sign of k
+    x, y = points(9, 3, seed=67), points(11, 3, seed=68)
+    for prm in ((-0.5, 1.0, 3.0), (0.5, -2.0, 2.0), (0.5, -2.0, 3.0)):
+        params = _P3(*prm)
+        for der in (False, True):
+            K = ops.gram(x, y, params, "polynomial", der)
+            assert rel_err(K, reference.gram(x, y, params, "polynomial", der)) < 1e-12
