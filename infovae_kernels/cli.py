@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from infovae_kernels.kernels import KERNELS
+
 
 class InputError(Exception):
     """A problem with the user's files or arguments: printed without a traceback, exit code 2."""
@@ -163,24 +165,55 @@ def _join_torchrun(device: Optional[str]) -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _cmd_mmd(args) -> int:
-    import infovae_kernels as ik
-
-    rank = _join_torchrun(args.device)
-    if rank != 0:  # every rank computes its share of the tile pairs; rank 0 reports
-        args.quiet, args.json = True, None
+def _load_pair(args):
+    """x, y, the compute dtype and the progress flag of a two-file command (mmd, kid)."""
     if args.json:
         json_target(args.json)
     x, y = load_points(args.x), load_points(args.y)
     if x.shape[1] != y.shape[1]:
         raise InputError(f"{args.x} has {x.shape[1]} features (shape {tuple(x.shape)}) but {args.y} has "
                          f"{y.shape[1]} (shape {tuple(y.shape)})")
-    sigma = _parse_sigma(args.sigma)
     if args.dtype == "auto":
         dtype = torch.float32 if _is_float32(x) and _is_float32(y) else torch.float64
     else:
         dtype = getattr(torch, args.dtype)
     progress = None if (not args.quiet and sys.stderr.isatty()) else False
+    return x, y, dtype, progress
+
+
+def _report(args, rank: int, rows: list, info: dict, out: dict) -> None:
+    """Print the rows (rank 0) with the backend and time rows, and write the JSON (atomically)."""
+    secs = info["seconds"]
+    nx, ny = float(info["n_x"]), float(info["n_y"])
+    pairs = nx * nx + ny * ny + nx * ny  # the kernel pairs the MMD formula defines
+    rows = [("x", f"{args.x}  ({info['n_x']} x {info['d']})"),
+            ("y", f"{args.y}  ({info['n_y']} x {info['d']})")] + rows
+    rows += [("backend", f"{info['backend']} on {info['device']}, {info['dtype']}, block {info['block_size']} rows, "
+                         f"{info['tile_pairs']} tile pairs"),
+             ("time", f"{secs:.3f} s  ({pairs / max(secs, 1e-12):.3g} kernel pairs/s)")]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows if rank == 0 else ():
+        print(f"{k:<{width}}  {v}")
+    if args.json:
+        from infovae_kernels import __version__
+
+        write_json_atomic(args.json, dict(info, x=args.x, y=args.y, kernel_pairs_per_s=pairs / max(secs, 1e-12),
+                                          version=__version__, **out))
+        if not args.quiet:
+            print(f"wrote {args.json}")
+
+
+def _cmd_mmd(args) -> int:
+    import infovae_kernels as ik
+    from infovae_kernels.kernels import has_bandwidth
+
+    rank = _join_torchrun(args.device)
+    if rank != 0:  # every rank computes its share of the tile pairs; rank 0 reports
+        args.quiet, args.json = True, None
+    if args.sigma is not None and not has_bandwidth(args.kernel):
+        raise InputError(f"--sigma: the {args.kernel} kernel has no bandwidth")
+    sigma = _parse_sigma(args.sigma or "1.0") if has_bandwidth(args.kernel) else None
+    x, y, dtype, progress = _load_pair(args)
     info: dict = {}
     common = dict(kernel=args.kernel, sigma=sigma, estimator=args.estimator, backend=args.backend,
                   device=args.device, max_memory=args.max_memory, block_size=args.block_size, progress=progress,
@@ -195,34 +228,39 @@ def _cmd_mmd(args) -> int:
         raise InputError(str(exc)) from None
     if not np.isfinite(info["value"]):
         raise InputError(f"MMD^2 came out {info['value']} (not finite); please report this with the inputs")
-    secs = info["seconds"]
-    nx, ny = float(info["n_x"]), float(info["n_y"])
-    pairs = nx * nx + ny * ny + nx * ny  # the kernel pairs the MMD formula defines
-    rows = [("x", f"{args.x}  ({info['n_x']} x {info['d']})"),
-            ("y", f"{args.y}  ({info['n_y']} x {info['d']})"),
-            ("kernel", f"{info['kernel']}, sigma {', '.join(f'{s:.6g}' for s in info['sigmas'])}"
-                       + (" (median heuristic)" if sigma == "median" else "")),
-            ("estimator", args.estimator),
-            ("MMD^2", f"{info['value']:.10g}")]
+    kernel = args.kernel if sigma is None else (
+        f"{args.kernel}, sigma {', '.join(f'{s:.6g}' for s in info['sigmas'])}"
+        + (" (median heuristic)" if sigma == "median" else ""))
+    rows = [("kernel", kernel), ("estimator", args.estimator), ("MMD^2", f"{info['value']:.10g}")]
+    out = dict(estimator=args.estimator, mmd2=info["value"])
     if result is not None:
         rows.append(("p-value", f"{info['p_value']:.6g}  ({info['permutations']} permutations, seed {info['seed']})"))
-    rows += [("backend", f"{info['backend']} on {info['device']}, {info['dtype']}, block {info['block_size']} rows, "
-                         f"{info['tile_pairs']} tile pairs"),
-             ("time", f"{secs:.3f} s  ({pairs / max(secs, 1e-12):.3g} kernel pairs/s)")]
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows if rank == 0 else ():
-        print(f"{k:<{width}}  {v}")
-    if args.json:
-        out = dict(info, x=args.x, y=args.y, estimator=args.estimator, mmd2=info["value"],
-                   kernel_pairs_per_s=pairs / max(secs, 1e-12))
-        if result is not None:
-            out["permutation_statistics"] = result.permutation_statistics.tolist()
-        from infovae_kernels import __version__
+        out["permutation_statistics"] = result.permutation_statistics.tolist()
+    _report(args, rank, rows, info, out)
+    return 0
 
-        out["version"] = __version__
-        write_json_atomic(args.json, out)
-        if not args.quiet:
-            print(f"wrote {args.json}")
+
+def _cmd_kid(args) -> int:
+    import infovae_kernels as ik
+
+    rank = _join_torchrun(args.device)
+    if rank != 0:
+        args.quiet, args.json = True, None
+    x, y, dtype, progress = _load_pair(args)
+    info: dict = {}
+    try:
+        result = ik.kid(x, y, degree=args.degree, gamma=args.gamma, coef=args.coef, backend=args.backend,
+                        device=args.device, max_memory=args.max_memory, block_size=args.block_size,
+                        progress=progress, dtype=dtype, names=(args.x, args.y), report=info)
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(exc)) from None
+    if not (np.isfinite(result.value) and np.isfinite(result.std)):
+        raise InputError(f"KID came out {result.value} +- {result.std} (not finite); please report this with the inputs")
+    gamma = f"{args.gamma:g}" if args.gamma is not None else f"1/{info['d']}"
+    rows = [("kernel", f"polynomial (gamma x.y + coef)^degree, gamma {gamma}, coef {args.coef:g}, degree {args.degree}"),
+            ("KID", f"{result.value:.10g}"),
+            ("std error", f"{result.std:.4g}  (first-order U-statistic variance)")]
+    _report(args, rank, rows, info, dict(kid=result.value, kid_std_error=result.std))
     return 0
 
 
@@ -296,25 +334,38 @@ def _cmd_bench(args, rest: Sequence[str]) -> int:
 
 # ---------------------------------------------------------------------------------------------- main
 
+def _compute_options(p: argparse.ArgumentParser) -> None:
+    """Where and how a two-file command computes, and what it writes."""
+    p.add_argument("--backend", default="auto", help="auto, triton, cuda, cpu or torch")
+    p.add_argument("--device", default=None, help="where tiles are reduced, e.g. cpu, cuda, cuda:1")
+    p.add_argument("--max-memory", default="1GiB", help="working-set bound, e.g. 2GB, 512MiB (sets block size)")
+    p.add_argument("--block-size", type=int, default=None, help="rows per block (overrides --max-memory)")
+    p.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto",
+                   help="auto: float32 when both files are float32, else float64")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="also write the result as JSON (atomically)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="infovae-kernels", description="Full-dataset kernel two-sample tools.")
     sub = ap.add_subparsers(dest="command", required=True)
     m = sub.add_parser("mmd", help="exact MMD^2 between two data files, optionally with a permutation p-value")
     m.add_argument("x", help=".npy, .pt or .csv file, shape (n, d)")
     m.add_argument("y", help=".npy, .pt or .csv file, shape (m, d)")
-    m.add_argument("--kernel", choices=["rbf", "imq"], default="rbf")
-    m.add_argument("--sigma", default="1.0", help="a float, a comma-separated list (multi-scale), or 'median'")
+    m.add_argument("--kernel", choices=list(KERNELS), default="rbf")
+    m.add_argument("--sigma", default=None, help="rbf, imq, laplacian: a float (default 1.0), a comma-separated "
+                                                 "list (multi-scale), or 'median'")
     m.add_argument("--estimator", choices=["biased", "unbiased"], default="biased")
     m.add_argument("--permutations", type=int, default=0, help="permutation test with this many permutations")
     m.add_argument("--seed", type=int, default=0, help="seed of the permutations")
-    m.add_argument("--backend", default="auto", help="auto, triton, cuda, cpu or torch")
-    m.add_argument("--device", default=None, help="where tiles are reduced, e.g. cpu, cuda, cuda:1")
-    m.add_argument("--max-memory", default="1GiB", help="working-set bound, e.g. 2GB, 512MiB (sets block size)")
-    m.add_argument("--block-size", type=int, default=None, help="rows per block (overrides --max-memory)")
-    m.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto",
-                   help="auto: float32 when both files are float32, else float64")
-    m.add_argument("--json", default=None, metavar="OUT.json", help="also write the result as JSON (atomically)")
-    m.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _compute_options(m)
+    k = sub.add_parser("kid", help="exact Kernel Inception Distance between two feature files, with its standard error")
+    k.add_argument("x", help=".npy, .pt or .csv file of features, shape (n, d)")
+    k.add_argument("y", help=".npy, .pt or .csv file of features, shape (m, d)")
+    k.add_argument("--degree", type=int, default=3)
+    k.add_argument("--gamma", type=float, default=None, help="default 1/d")
+    k.add_argument("--coef", type=float, default=1.0)
+    _compute_options(k)
     sub.add_parser("info", help="list backends and devices")
     b = sub.add_parser("bench", help="run the scale benchmark ladder (benchmarks/bench_scale.py)")
     b.add_argument("--quick", action="store_true", help="small sizes only")
@@ -335,6 +386,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.permutations < 0:
                 raise InputError("--permutations must be >= 0")
             return _cmd_mmd(args)
+        if args.command == "kid":
+            return _cmd_kid(args)
         if args.command == "info":
             return _cmd_info(args)
         return _cmd_bench(args, rest)

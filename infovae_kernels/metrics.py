@@ -1,7 +1,7 @@
 """Streaming two-sample metrics in the torchmetrics style: update(real=..., fake=...) / compute() /
 reset(). Features are kept on the host (a memory-mapped temporary file past `spill_bytes`), so a loop
 over a data set never holds them on the device; compute() is the exact full-data value through
-ik.mmd_full (streamed tiles, never the N x M matrix). Under torch.distributed every rank's features
+ik.mmd_full / ik.kid (streamed tiles, never the N x M matrix). Under torch.distributed every rank's features
 count once: compute() gathers them, and the ranks share the tile pairs.
 """
 
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from infovae_kernels import _checks
-from infovae_kernels.scale import mmd_full
+from infovae_kernels import _checks, kernels
+from infovae_kernels.scale import kid, mmd_full
 from infovae_kernels.scale.planning import parse_memory
 
 _NP = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
@@ -90,25 +90,10 @@ def _gather(local, group) -> object:
     return torch.cat([p[:s].cpu() for p, s in zip(parts, sizes)])
 
 
-class MMD:
-    """Exact squared MMD between all `real` and all `fake` features seen since the last reset().
+class _FeatureMetric:
+    """update / reset and the feature stores every metric here shares; compute() is the metric's own."""
 
-        metric = ik.metrics.MMD(sigma="median")
-        for batch in loader:
-            metric.update(real=features(batch), fake=features(generator(batch)))
-        value = metric.compute()          # float64 0-dim tensor
-
-    Keyword arguments as ik.mmd_full (kernel, sigma, estimator, backend, device, max_memory); features
-    beyond `spill_bytes` (per set, default "1GiB") go to a temporary file in `spill_dir`. With
-    torch.distributed initialised, compute() is a collective: every rank must call it.
-    """
-
-    def __init__(self, *, kernel: str = "rbf", sigma: _checks.Sigma = "median", estimator: str = "unbiased",
-                 backend: str = "auto", device=None, max_memory="1GiB", spill_bytes="1GiB",
-                 spill_dir: Optional[str] = None, group=None):
-        self.kwargs = dict(kernel=_checks.kernel(kernel), sigma=sigma, estimator=estimator, backend=backend,
-                           device=device, max_memory=max_memory)
-        _checks.estimator(estimator)
+    def __init__(self, spill_bytes, spill_dir: Optional[str], group):
         self.group = group
         spill = parse_memory(spill_bytes)
         self.real = FeatureStore("real", spill, spill_dir)
@@ -125,11 +110,6 @@ class MMD:
     def _sets(self):
         return _gather(self.real.array(), self.group), _gather(self.fake.array(), self.group)
 
-    def compute(self) -> Tensor:
-        real, fake = self._sets()
-        return torch.tensor(mmd_full(real, fake, group=self.group, progress=False, **self.kwargs),
-                            dtype=torch.float64)
-
     def reset(self) -> None:
         self.real.close()
         self.fake.close()
@@ -139,3 +119,61 @@ class MMD:
             self.reset()
         except Exception:
             pass
+
+
+class MMD(_FeatureMetric):
+    """Exact squared MMD between all `real` and all `fake` features seen since the last reset().
+
+        metric = ik.metrics.MMD(sigma="median")
+        for batch in loader:
+            metric.update(real=features(batch), fake=features(generator(batch)))
+        value = metric.compute()          # float64 0-dim tensor
+
+    Keyword arguments as ik.mmd_full (kernel, sigma, estimator, backend, device, max_memory; the default
+    sigma "median" stands for None with a kernel that has no bandwidth); features beyond `spill_bytes`
+    (per set, default "1GiB") go to a temporary file in `spill_dir`. With torch.distributed initialised,
+    compute() is a collective: every rank must call it.
+    """
+
+    def __init__(self, *, kernel: kernels.Kernel = "rbf", sigma: _checks.Sigma = "median",
+                 estimator: str = "unbiased", backend: str = "auto", device=None, max_memory="1GiB",
+                 spill_bytes="1GiB", spill_dir: Optional[str] = None, group=None):
+        kernel = _checks.kernel(kernel)
+        if sigma == "median" and not kernels.has_bandwidth(kernel):
+            sigma = None
+        _checks.estimator(estimator)
+        self.kwargs = dict(kernel=kernel, sigma=sigma, estimator=estimator, backend=backend, device=device,
+                           max_memory=max_memory)
+        super().__init__(spill_bytes, spill_dir, group)
+
+    def compute(self) -> Tensor:
+        real, fake = self._sets()
+        return torch.tensor(mmd_full(real, fake, group=self.group, progress=False, **self.kwargs),
+                            dtype=torch.float64)
+
+
+class KID(_FeatureMetric):
+    """Exact Kernel Inception Distance between all `real` and all `fake` features since the last reset(),
+    as torchmetrics' KernelInceptionDistance is used (there: the mean over random subsets):
+
+        metric = ik.metrics.KID()
+        for batch in loader:
+            metric.update(real=inception(batch), fake=inception(generator(batch)))
+        kid_value, kid_std = metric.compute()   # float64 0-dim tensors: ik.kid's value and standard error
+
+    Keyword arguments as ik.kid (degree, gamma, coef, subsets, subset_size, seed, backend, device,
+    max_memory); spilling and torch.distributed as ik.metrics.MMD.
+    """
+
+    def __init__(self, *, degree: int = 3, gamma: Optional[float] = None, coef: float = 1.0,
+                 subsets: Optional[int] = None, subset_size: int = 1000, seed: int = 0, backend: str = "auto",
+                 device=None, max_memory="1GiB", spill_bytes="1GiB", spill_dir: Optional[str] = None, group=None):
+        _checks.kernel(kernels.Polynomial(degree, gamma, coef))
+        self.kwargs = dict(degree=degree, gamma=gamma, coef=coef, subsets=subsets, subset_size=subset_size,
+                           seed=seed, backend=backend, device=device, max_memory=max_memory)
+        super().__init__(spill_bytes, spill_dir, group)
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        real, fake = self._sets()
+        result = kid(real, fake, group=self.group, progress=False, **self.kwargs)
+        return torch.tensor(result.value, dtype=torch.float64), torch.tensor(result.std, dtype=torch.float64)

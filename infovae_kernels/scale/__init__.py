@@ -3,9 +3,11 @@
     sources.py   the data: tensors, numpy / memory-mapped arrays, chunked iterables
     planning.py  memory budget -> blocks, tile pairs and their split among ranks, the tile loop
     api.py       mmd_full, mmd_test (the public functions; how it works is in its docstring)
+    kid.py       kid: the exact Kernel Inception Distance and its standard error
 """
 
 from infovae_kernels.scale.api import MEDIAN_EXACT_LIMIT, MMDTestResult, mmd_full, mmd_test
+from infovae_kernels.scale.kid import KIDResult, kid
 from infovae_kernels.scale.planning import DEFAULT_MAX_MEMORY, parse_memory
 
-__all__ = ["mmd_full", "mmd_test", "MMDTestResult", "parse_memory", "DEFAULT_MAX_MEMORY", "MEDIAN_EXACT_LIMIT"]
+__all__ = ["mmd_full", "mmd_test", "MMDTestResult", "kid", "KIDResult", "parse_memory", "DEFAULT_MAX_MEMORY", "MEDIAN_EXACT_LIMIT"]

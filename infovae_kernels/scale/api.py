@@ -74,8 +74,8 @@ class _Setup(NamedTuple):
     sy: Source
     mean: Tensor  # float64 (d,), pooled column means
     scale: Tensor  # float64 0-dim, the power of two the centred points are divided by
-    sigmas: Tensor  # float64 (S,)
-    kernel: str
+    sigmas: Optional[Tensor]  # float64 (S,), None for a kernel without a bandwidth
+    kernel: kernels.Kernel
     backend: str
     ops: object  # the backend's primitives
     device: torch.device
@@ -108,10 +108,14 @@ def _setup(x, y, *, sigma, kernel, backend, device, max_memory, block_size, medi
     dev = compute_device(device, sx, sy)
     name = backends.resolve(backend, dev)
     mean = (sum_x + sum_y) / (sx.n + sy.n)  # float64, as kernels.prepare centres
+    if kernels.is_dot(kernel):
+        mean = torch.zeros_like(mean)  # dot kernels are not translation invariant: not centred
     peak = torch.maximum(torch.maximum(hi_x, hi_y) - mean, mean - torch.minimum(lo_x, lo_y)).amax()
     scale = kernels.power_of_two_scale(peak)
     sigmas = _checks.sigmas(sigma, torch.empty(0, device=dev),
-                            lambda: _median_sigma(sx, sy, median_points, median_seed, dev))
+                            lambda: _median_sigma(sx, sy, median_points, median_seed, dev), kernel)
+    if sigmas is not None:
+        sigmas = sigmas.detach().cpu()
     ct = kernels.compute_dtype(sx.dtype)
     if block_size is None:
         itemsize = torch.empty((), dtype=sx.dtype).element_size()
@@ -120,25 +124,26 @@ def _setup(x, y, *, sigma, kernel, backend, device, max_memory, block_size, medi
         if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {block_size!r}")
         block = int(block_size)
-    return _Setup(sx, sy, mean, scale, sigmas.cpu(), kernel, name, backends.primitives(name), dev, ct, block)
+    return _Setup(sx, sy, mean, scale, sigmas, kernel, name, backends.primitives(name), dev, ct, block)
 
 
 def _job(st: _Setup, columns, ncols: int, exclude: bool) -> Job:
     params = kernels.kernel_params(st.kernel, st.sigmas, st.sx.d, st.scale, st.sx.dtype)
-    return Job(st.sx, st.sy, st.mean, st.scale, columns, ncols, params, st.kernel, exclude, st.ops, st.device,
-               st.ct, st.block)
+    return Job(st.sx, st.sy, st.mean, st.scale, columns, ncols, params, kernels.primitive_name(st.kernel), exclude,
+               st.ops, st.device, st.ct, st.block)
 
 
 def _info(st: _Setup, plan, world: int, t0: float) -> dict:
     return dict(n_x=st.sx.n, n_y=st.sy.n, d=st.sx.d, dtype=str(st.sx.dtype).replace("torch.", ""),
-                sigmas=st.sigmas.tolist(), kernel=st.kernel, backend=st.backend, device=str(st.device),
+                sigmas=None if st.sigmas is None else st.sigmas.tolist(), kernel=str(st.kernel),
+                backend=st.backend, device=str(st.device),
                 block_size=st.block, tile_pairs=len(plan.pairs), world_size=world,
                 seconds=time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------------------- public API
 
-def mmd_full(x: Data, y: Data, *, kernel: str = "rbf", sigma: _checks.Sigma = 1.0, estimator: str = "biased",
+def mmd_full(x: Data, y: Data, *, kernel: kernels.Kernel = "rbf", sigma: _checks.Sigma = None, estimator: str = "biased",
              weights_x=None, weights_y=None, backend: str = "auto", device=None,
              max_memory: Union[int, str] = DEFAULT_MAX_MEMORY, block_size: Optional[int] = None,
              progress: Optional[bool] = None, median_points: Optional[int] = MEDIAN_SUBSAMPLE,
@@ -187,21 +192,26 @@ def mmd_full(x: Data, y: Data, *, kernel: str = "rbf", sigma: _checks.Sigma = 1.
 
     rank, world, group = dist_info(group)
     plan = plan_tiles(sx.n, sy.n, st.block, world)
-    partials = run_tiles(_job(st, columns, 1, unbiased), plan, rank, world, group, progress)[:, 0]
-    kinds = [plan.blocks[i][0] + plan.blocks[j][0] for i, j in plan.pairs]  # 0: xx, 1: xy, 2: yy
-    qxx = math.fsum(p for p, k in zip(partials, kinds) if k == 0)
-    qxy = math.fsum(p for p, k in zip(partials, kinds) if k == 1)  # already -2 w_x K w_y
-    qyy = math.fsum(p for p, k in zip(partials, kinds) if k == 2)
-    cxx = 1.0 / (1.0 - wx.sum_sq) if unbiased else 1.0
-    cyy = 1.0 / (1.0 - wy.sum_sq) if unbiased else 1.0
-    value = cxx * qxx + cyy * qyy + qxy
+    partials = run_tiles(_job(st, columns, 1, unbiased), plan, rank, world, group, progress)[0][:, 0]
+    value = signed_value(partials, plan, wx.sum_sq, wy.sum_sq, unbiased)
     if report is not None:
         report.update(_info(st, plan, world, t0), value=value)
     return value
 
 
-def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel: str = "rbf",
-             sigma: _checks.Sigma = 1.0, estimator: str = "biased", backend: str = "auto", device=None,
+def signed_value(partials: np.ndarray, plan, sum_sq_x: float, sum_sq_y: float, unbiased: bool) -> float:
+    """MMD^2 from the per-pair partials of the signed column [w_x; -w_y], summed exactly per kind."""
+    kinds = [plan.blocks[i][0] + plan.blocks[j][0] for i, j in plan.pairs]  # 0: xx, 1: xy, 2: yy
+    qxx = math.fsum(p for p, k in zip(partials, kinds) if k == 0)
+    qxy = math.fsum(p for p, k in zip(partials, kinds) if k == 1)  # already -2 w_x K w_y
+    qyy = math.fsum(p for p, k in zip(partials, kinds) if k == 2)
+    cxx = 1.0 / (1.0 - sum_sq_x) if unbiased else 1.0
+    cyy = 1.0 / (1.0 - sum_sq_y) if unbiased else 1.0
+    return cxx * qxx + cyy * qyy + qxy
+
+
+def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel: kernels.Kernel = "rbf",
+             sigma: _checks.Sigma = None, estimator: str = "biased", backend: str = "auto", device=None,
              max_memory: Union[int, str] = DEFAULT_MAX_MEMORY, block_size: Optional[int] = None,
              progress: Optional[bool] = None, median_points: Optional[int] = MEDIAN_SUBSAMPLE,
              median_seed: int = 0, dtype: Optional[torch.dtype] = None, group=None,
@@ -241,6 +251,9 @@ def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if isinstance(sigma, str) and sigma == "optimize":
+        if not kernels.has_bandwidth(_checks.kernel(kernel)):
+            raise ValueError(f'sigma="optimize" needs a kernel with a bandwidth ({kernels.BANDWIDTH_KERNELS}), '
+                             f"got {kernel!r}")
         x, y, sigma, chosen = _optimize_bandwidth(x, y, int(seed), kernel, backend, device, dtype)
         if report is not None:
             report.update(chosen)
@@ -267,7 +280,7 @@ def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel
 
     rank, world, group = dist_info(group)
     plan = plan_tiles(n, m, st.block, world)
-    partials = run_tiles(_job(st, columns, ncols, unbiased), plan, rank, world, group, progress)
+    partials, _ = run_tiles(_job(st, columns, ncols, unbiased), plan, rank, world, group, progress)
     q = np.array([math.fsum(partials[:, c]) for c in range(ncols)])
     if unbiased:
         t = q[-1]
@@ -278,7 +291,7 @@ def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel
     else:
         stats = q
     stat, perm = float(stats[0]), torch.from_numpy(stats[1:].copy())
-    tol = 16 * torch.finfo(st.ct).eps * len(st.sigmas)
+    tol = 16 * torch.finfo(st.ct).eps * max(1 if st.sigmas is None else len(st.sigmas), abs(stat))
     p_value = (1 + int((perm >= stat - tol).sum())) / (1 + permutations)
     if report is not None:
         report.update(_info(st, plan, world, t0), value=stat, p_value=p_value, permutations=int(permutations),

@@ -8,7 +8,7 @@ import math
 import numbers
 import re
 import sys
-from typing import Any, Callable, Iterator, NamedTuple, Union
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -171,16 +171,22 @@ class Job:
                 yield b, (z.to(self.ct) - self.mean_ct) * self.inv_scale, w
 
 
-def run_tiles(job: Job, plan: Plan, rank: int, world: int, group, progress) -> np.ndarray:
-    """Per-pair float64 partials (n_pairs, ncols), complete on every rank."""
+def run_tiles(job: Job, plan: Plan, rank: int, world: int, group, progress,
+              row_sums: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Per-pair float64 partials (n_pairs, ncols), complete on every rank; with row_sums also the
+    pooled row sums S = K W (n_x + n_y, ncols), float64 (an off-diagonal tile pair then costs two
+    pair_reduce calls, one per side). Partials are summed exactly by the caller; row sums are all-reduced,
+    so they agree across world sizes to rounding only."""
     ops = job.ops
     npairs = len(plan.pairs)
     partials = torch.zeros((npairs, job.ncols), dtype=torch.float64, device=job.device)
+    sums = torch.zeros((job.sx.n + job.sy.n, job.ncols), dtype=torch.float64, device=job.device) if row_sums else None
     mine: dict[int, list[tuple[int, int]]] = {}
     for k, ((i, j), r) in enumerate(zip(plan.pairs, plan.owner)):
         if r == rank:
             mine.setdefault(i, []).append((k, j))
     sizes = [b[2] - b[1] for b in plan.blocks]
+    rows = [slice(b[3], b[3] + b[2] - b[1]) for b in plan.blocks]  # pooled rows of each block
     my_pairs = sum(sizes[plan.pairs[k][0]] * sizes[j] * (1 if plan.pairs[k][0] == j else 2)
                    for lst in mine.values() for k, j in lst)
     bar = progress_bar(progress, my_pairs)
@@ -190,23 +196,33 @@ def run_tiles(job: Job, plan: Plan, rank: int, world: int, group, progress) -> n
             wi64 = wi.double()
             by_j = {j: k for k, j in lst}
             if i in by_j:
-                partials[by_j[i]] = ops.quad_form(zi, wi, None, job.params, job.kernel, job.exclude, False)[0]
+                q, s, _ = ops.quad_form(zi, wi, None, job.params, job.kernel, job.exclude, row_sums)
+                partials[by_j[i]] = q
+                if row_sums:
+                    sums[rows[i]] += s
                 bar.update(sizes[i] * sizes[i])
             others = [j for j in sorted(by_j) if j != i]
             for j, zj, wj in job.load(plan.blocks, others):
                 s, _ = ops.pair_reduce(zi, zj, wj, None, job.params, job.kernel, False)
                 partials[by_j[j]] = 2.0 * (wi64 * s).sum(0)
+                if row_sums:
+                    sums[rows[i]] += s
+                    sums[rows[j]] += ops.pair_reduce(zj, zi, wi, None, job.params, job.kernel, False)[0]
                 bar.update(2 * sizes[i] * sizes[j])
     finally:
         bar.close()
     if world > 1:
         dist = torch.distributed
         if dist.get_backend(group) == "nccl":
-            partials = partials.to(job.device if job.device.type == "cuda" else "cuda")
+            dev = job.device if job.device.type == "cuda" else "cuda"
         else:
-            partials = partials.cpu()
+            dev = "cpu"
+        partials = partials.to(dev)
         dist.all_reduce(partials, op=dist.ReduceOp.SUM, group=group)
-    return partials.cpu().numpy()
+        if row_sums:
+            sums = sums.to(dev)
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+    return partials.cpu().numpy(), (sums.cpu().numpy() if row_sums else None)
 
 
 class _NoBar:
