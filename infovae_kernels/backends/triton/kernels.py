@@ -444,7 +444,7 @@ def quad_form_kernel(
             _add_rows(g_ptr, slot_r, rows, gc, N, D, grow)
             if off_diag:
                 if KIND == 4:
-                    gcol = tl.dot(tl.trans(v), Zi, input_precision=PREC, out_dtype=CT).to(tl.float64)
+                    gcol = -tl.dot(tl.trans(v), Zi, input_precision=PREC, out_dtype=CT).to(tl.float64)
                 else:
                     gcol = Zj.to(tl.float64) * cv[:, None] - tl.dot(tl.trans(v), Zi, input_precision=PREC,
                                                                     out_dtype=CT).to(tl.float64)
