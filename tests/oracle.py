@@ -5,11 +5,21 @@ import torch
 
 
 def kernel_matrix(x, y, sigmas, kernel="rbf"):
+    """rbf, imq, laplacian (GeomLoss' exp(-|x - y| / sigma)), energy (-|x - y|), or a Polynomial
+    (torchmetrics' (gamma x.y + coef)^degree, gamma None = 1/d); sigmas is ignored by the last two."""
     x, y = x.double(), y.double()
-    r2 = torch.cdist(x, y).square()
     d = x.shape[1]
+    if not isinstance(kernel, str):
+        gamma = 1.0 / d if kernel.gamma is None else kernel.gamma
+        return (x @ y.T * gamma + kernel.coef) ** kernel.degree
+    r = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
+    r2 = r.square()
     if kernel == "rbf":
         return sum(torch.exp(-r2 / (2 * s * s)) for s in sigmas)
+    if kernel == "laplacian":
+        return sum(torch.exp(-r / s) for s in sigmas)
+    if kernel == "energy":
+        return -r
     return sum((2 * d * s * s) / (2 * d * s * s + r2) for s in sigmas)
 
 
