@@ -612,3 +612,16 @@ def test_polynomial_negative_gamma_and_coef_accepted():
         for der in (False, True):
             K = ops.gram(x, y, params, "polynomial", der)
             assert rel_err(K, reference.gram(x, y, params, "polynomial", der)) < 1e-12
+
+
+@pytest.mark.parametrize("spec", [NEW_KERNELS[1], NEW_KERNELS[2], NEW_KERNELS[-1]], ids=new_kernel_id)
+def test_new_kernels_quad_form_large_blocks(spec):
+    # N >= 2048: symmetric blocks of 128 rows (17 blocks), float32, with S and G
+    n, d = 2100, 3
+    zs, _, params, name = prepared_new(points(n, d, seed=69), points(0, d), spec[0], spec[1], torch.float32)
+    for P in (1, 3):
+        w, a = points(n, P, seed=70).float(), points(n, P, seed=71).float()
+        q, s, g = ops.quad_form(zs, w, a, params, name, True, True)
+        qr, sr, gr = reference.quad_form(f64(zs), f64(w), f64(a), params, name, True, True)
+        assert ((q - qr).abs() / abs_quad_scale(zs, w, params, name)).max().item() < NEW_TOL[torch.float32]
+        assert rel_err(s, sr) < NEW_TOL[torch.float32] and rel_err(g, gr) < NEW_TOL[torch.float32]
