@@ -35,7 +35,8 @@ from infovae_kernels.scale.sources import Data
 
 class KIDResult(NamedTuple):
     """value: KID (unbiased MMD^2, polynomial kernel). std: for method "exact" the standard error of value
-    (module docstring); for "subsets" the standard deviation of the subset values (torchmetrics' kid_std)."""
+    (module docstring); for "subsets" the standard deviation of the subset values (torchmetrics' kid_std,
+    the spread of one subset's estimate, not an error of their mean)."""
 
     value: float
     std: float
@@ -56,7 +57,8 @@ def kid(x: Data, y: Data, *, degree: int = 3, gamma: Optional[float] = None, coe
     subsets=S reproduces torchmetrics' KernelInceptionDistance estimate for comparison: S times, a random
     subset_size rows of x and of y (torch.randperm with a torch.Generator seeded by `seed`, x's draw then
     y's, as torchmetrics draws from the global generator after torch.manual_seed(seed)), the unbiased MMD^2
-    of the pair; value = their mean, std = their standard deviation. x and y must then be tensors or arrays.
+    of the pair; value = their mean, std = their standard deviation (population, as torchmetrics 1.x:
+    std(unbiased=False)). x and y must then be tensors or arrays.
     """
     spec = _checks.kernel(Polynomial(degree, gamma, coef))
     if subsets is not None:
@@ -114,4 +116,4 @@ def _kid_subsets(x, y, spec, subsets, subset_size, seed, backend, device, dtype,
     finally:
         bar.close()
     v = torch.tensor(values, dtype=torch.float64)
-    return KIDResult(float(v.mean()), float(v.std()), "subsets")
+    return KIDResult(float(v.mean()), float(v.std(unbiased=False)), "subsets")
