@@ -358,6 +358,169 @@ def test_empty_sizes():
     assert q.shape == (2,) and torch.equal(q, torch.zeros_like(q)) and s.shape == (0, 2) and g.shape == (0, 3)
 
 
+# ------------------------------------------------------------------------------------ contract v3 kernels
+# laplacian (1 and 3 scales), energy and polynomial (degree 1, 2, 3; coef 0 and 1) in every primitive,
+# against the oracle in float64. Errors are measured against the magnitudes the sums add up (|K| |v|,
+# |W| |a.v| |points|, |w|^T |K| |w|), so the tolerance is the rounding of the compute type, not the
+# cancellation of signed weights: float32 1e-4, float64 1e-10 (largest measured under the interpreter,
+# `python tests/test_triton.py` prints them: float32 2.5e-7, float64 5.4e-16; both in gram).
+
+NEW_KERNELS = [  # (kernel, params)
+    ("laplacian", (1.6,)),
+    ("laplacian", (1.6, 0.7, 5.0)),
+    ("energy", (0.75,)),
+    ("polynomial", (None, 0.0, 1.0)),  # gamma None: 1 / d
+    ("polynomial", (None, 1.0, 1.0)),
+    ("polynomial", (None, 0.0, 2.0)),
+    ("polynomial", (None, 1.0, 2.0)),
+    ("polynomial", (None, 0.0, 3.0)),
+    ("polynomial", (None, 1.0, 3.0)),
+]
+NEW_KERNEL_IDS = [f"{k}-{'-'.join('g' if p is None else f'{p:g}' for p in ps)}" for k, ps in NEW_KERNELS]
+NEW_TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+def new_params(kernel, ps, d, device=DEV):
+    """The primitives' params: laplacian c_s = 1 / sigma_s, energy [p], polynomial [gamma, coef, n]."""
+    return torch.tensor([1.0 / d if p is None else p for p in ps], dtype=torch.float64, device=device)
+
+
+def _weights(x, y, params, kernel, excl):
+    """float64 K and W (g, or h for polynomial) from the oracle, diagonal dropped when excl."""
+    x, y = x.double(), y.double()
+    k, w = R.gram(x, y, params, kernel, False), R.gram(x, y, params, kernel, True)
+    if excl:
+        k, w = k.clone().fill_diagonal_(0.0), w.clone().fill_diagonal_(0.0)
+    return k, w
+
+
+def _g_magnitude(x, y, w, av, kernel):
+    """Elementwise bound of G's terms: sum_j |W_ij| |a_i.v_j| (|x_i| + |y_j|) (|y_j| for polynomial)."""
+    m = w.abs() * av.abs()
+    ax, ay = x.double().abs(), y.double().abs()
+    return m @ ay if kernel == "polynomial" else m.sum(1, keepdim=True) * ax + m @ ay
+
+
+def err(out, ref, magnitude):
+    """max |out - ref| / max magnitude."""
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    if ref.numel() == 0:
+        return 0.0
+    return ((out.double().cpu() - ref.double().cpu()).abs().max() / magnitude.double().cpu().abs().max()).item()
+
+
+NEW_CASES = [(k, ps, d, dt) for (k, ps) in NEW_KERNELS for d, dt in ((5, torch.float32), (20, torch.float32))] + [
+    (k, ps, 5 if i % 2 else 20, torch.float64) for i, (k, ps) in enumerate(NEW_KERNELS)]
+NEW_CASE_IDS = [f"{k}-{'-'.join('g' if p is None else f'{p:g}' for p in ps)}-d{d}-{str(dt)[6:]}"
+                for k, ps, d, dt in NEW_CASES]
+
+
+@pytest.mark.parametrize("kernel,ps,d,dtype", NEW_CASES, ids=NEW_CASE_IDS)
+def test_new_kernels_gram_and_pair_reduce_match_float64(kernel, ps, d, dtype):
+    """gram (k and its weight), pair_reduce (S; G with a; exclude_diagonal) on 2 x 2 tiles of 32 rows."""
+    tol = NEW_TOL[dtype]
+    x, y, v, a = data(37, 45, d, 3, seed=20, dtype=dtype)
+    params = new_params(kernel, ps, d)
+    k0, w0 = _weights(x, y, params, kernel, False)
+    for deriv, ref in ((False, k0), (True, w0)):
+        K = T.gram(x, y, params, kernel, deriv)
+        assert K.dtype == dtype and K.shape == ref.shape
+        assert err(K, ref, ref) < tol, deriv
+    s, g = T.pair_reduce(x, y, v, a, params, kernel, False)
+    s0, g0 = ref_pair_reduce(x, y, v, a, params, kernel, False)
+    av = a.double() @ v.double().T
+    assert err(s, s0, k0.abs() @ v.double().abs()) < tol
+    assert err(g, g0, _g_magnitude(x, y, w0, av, kernel)) < tol
+    assert s0.abs().max() > 0 and g0.abs().max() > 0
+    # exclude_diagonal (x against itself): for polynomial the dropped k(x_i, x_i) is not a constant
+    vx = v[:37]
+    k1, w1 = _weights(x, x, params, kernel, True)
+    s, g = T.pair_reduce(x, x, vx, a, params, kernel, True)
+    s0, g0 = ref_pair_reduce(x, x, vx, a, params, kernel, True)
+    assert err(s, s0, k1.abs() @ vx.double().abs()) < tol
+    assert err(g, g0, _g_magnitude(x, x, w1, a.double() @ vx.double().T, kernel)) < tol
+    if kernel != "energy":  # k(x, x) = 0 for energy: nothing to drop
+        s_all = ref_pair_reduce(x, x, vx, a, params, kernel, False)[0]
+        assert (s_all - s0).abs().max() > 100 * tol * (k1.abs() @ vx.double().abs()).max()  # the diagonal shows
+
+
+@pytest.mark.parametrize("kernel,ps,d,dtype", NEW_CASES, ids=NEW_CASE_IDS)
+def test_new_kernels_quad_form_matches_float64(kernel, ps, d, dtype):
+    """q, S, G for P = 1 and P = 3, exclude_diagonal both ways; 65 rows: 3 row tiles, 2 rounds."""
+    tol = NEW_TOL[dtype]
+    z, _, w3, a3 = data(65, 65, d, 3, seed=21, dtype=dtype)
+    params = new_params(kernel, ps, d)
+    for P in (1, 3):
+        w, a = w3[:, :P], a3[:, :P]
+        for excl in (False, True):
+            k0, g0w = _weights(z, z, params, kernel, excl)
+            q, s, g = T.quad_form(z, w, a, params, kernel, excl, True)
+            q0, s0, g0 = ref_quad_form(z, w, a, params, kernel, excl, True)
+            assert q.shape == (P,) and s.shape == (65, P) and g.shape == (65, d)
+            wd = w.double().abs()
+            assert err(q, q0, (wd * (k0.abs() @ wd)).sum(0)) < tol, (P, excl)
+            assert err(s, s0, k0.abs() @ wd) < tol, (P, excl)
+            assert err(g, g0, _g_magnitude(z, z, g0w, a.double() @ w.double().T, kernel)) < tol, (P, excl)
+            if P == 3 and excl:
+                assert torch.equal(q, T.quad_form(z, w, None, params, kernel, excl, False)[0])  # value only: same bits
+
+
+@pytest.mark.parametrize("kernel", ["laplacian", "energy"])
+@pytest.mark.parametrize("d", [3, 20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kinked_kernels_duplicate_points(kernel, d, dtype):
+    """laplacian and energy at zero distance: weight exactly 0 (the subgradient), k(x, x) exact (energy
+    0, laplacian the scale count), finite G equal to the oracle's with duplicated and near-duplicated
+    points. At d = 20 a self-distance through the expansion would be ~1e-4 (sqrt of its rounding), not
+    0: these kernels always use differences."""
+    ps = (1.6, 0.7) if kernel == "laplacian" else (0.75,)
+    x, y, v, a = data(20, 24, d, 2, seed=22, dtype=dtype)
+    x[5] = x[2]
+    y[:4] = x[:4]  # pairs (i, i) for i < 4 coincide
+    y[7] = x[9]
+    y[7, 0] += 1e-20  # a near-duplicate: r2 subnormal in float32
+    params = new_params(kernel, ps, d)
+    K = T.gram(x, x, params, kernel, False)
+    W = T.gram(x, x, params, kernel, True)
+    k_self = 0.0 if kernel == "energy" else float(len(ps))
+    assert torch.all(torch.diagonal(K) == k_self) and K[5, 2] == k_self
+    assert torch.all(torch.diagonal(W) == 0) and W[5, 2] == 0 and W[2, 5] == 0
+    Wxy = T.gram(x, y, params, kernel, True)
+    assert torch.all(torch.diagonal(Wxy)[:4] == 0) and torch.isfinite(Wxy).all()
+    s, g = T.pair_reduce(x, y, v, a, params, kernel, False)
+    s0, g0 = ref_pair_reduce(x, y, v, a, params, kernel, False)
+    assert torch.isfinite(g).all() and torch.isfinite(s).all()
+    tol = NEW_TOL[dtype]
+    k0, w0 = _weights(x, y, params, kernel, False)
+    w0 = torch.where(torch.isfinite(w0), w0, torch.zeros_like(w0))
+    assert err(s, s0, k0.abs() @ v.double().abs()) < tol
+    assert err(g, g0, _g_magnitude(x, y, w0, a.double() @ v.double().T, kernel)) < tol
+    # a quad form over one point and its copy: every pair at distance 0, G exactly 0
+    z = torch.cat([x[:1], x[:1]])
+    q, s, g = T.quad_form(z, v[:2], a[:2], params, kernel, False, True)
+    assert torch.equal(g, torch.zeros_like(g))
+    assert torch.allclose(q, (v[:2].double().sum(0) ** 2) * k_self, rtol=1e-6, atol=0)
+    q, s, g = T.quad_form(x, a, a, params, kernel, True, True)
+    assert torch.isfinite(g).all()
+    assert err(g, ref_quad_form(x, a, a, params, kernel, True, True)[2], _g_magnitude(
+        x, x, _weights(x, x, params, kernel, True)[1], a.double() @ a.double().T, kernel)) < tol
+
+
+def test_new_kernel_argument_errors():
+    x, y, v, a = data(6, 7, 3, 1)
+    for kernel, params, match in (("energy", [1.0, 2.0], "1 value"), ("polynomial", [1.0, 1.0], "3 values"),
+                                  ("polynomial", [1.0, 1.0, 2.5], "degree"), ("polynomial", [1.0, 1.0, 0.0], "degree"),
+                                  ("polynomial", [1.0, 1.0, 17.0], "degree"), ("linear", [1.0, 0.0, 1.0], "kernel"),
+                                  ("laplacian", [1.0] * 17, "scales")):
+        p = torch.tensor(params, dtype=torch.float64, device=DEV)
+        with pytest.raises(ValueError, match=match):
+            T.pair_reduce(x, y, v, a, p, kernel, False)
+        with pytest.raises(ValueError, match=match):
+            T.quad_form(x, a, a, p, kernel, False, False)
+    p16 = torch.tensor([0.5, 1.0, 16.0], dtype=torch.float64, device=DEV)  # the largest degree
+    assert rel_err(T.gram(x, y, p16, "polynomial", False), R.gram(x.double(), y.double(), p16, "polynomial",
+                                                                  False)) < F32_TOL
+
 # ------------------------------------------------------------------------------------ determinism
 
 def _all_outputs(seed=10):
@@ -370,6 +533,9 @@ def _all_outputs(seed=10):
         outs.extend(T.pair_reduce(x, y, v, a, params, "imq", False))
         outs.extend(T.quad_form(y, v, v, params, "rbf", False, True))
         outs.extend(T.quad_form(y, v[:, :1], v[:, :1], params, "imq", True, True))
+        # contract v3: the dot kernel (loop / tl.dot dot, G without the x_i term) and an always-differences one
+        outs.extend(T.quad_form(y, v, v, new_params("polynomial", (None, 1.0, 3.0), d), "polynomial", True, True))
+        outs.extend(T.pair_reduce(x, y, v, a, new_params("laplacian", (1.6, 0.7), d), "laplacian", False))
     return outs
 
 
@@ -449,6 +615,9 @@ def test_opcheck_each_op():
     torch.library.opcheck(ops.pair_reduce.default, (x, x, v[:7], a, p1, "rbf", True))
     torch.library.opcheck(ops.quad_form.default, (x, a, a, p2, "imq", True, True))
     torch.library.opcheck(ops.quad_form.default, (x, a[:, :1], None, p1, "rbf", False, False))
+    poly, lap = new_params("polynomial", (None, 1.0, 2.0), 3), new_params("laplacian", (1.6,), 3)
+    torch.library.opcheck(ops.quad_form.default, (x, a, a, poly, "polynomial", True, True))
+    torch.library.opcheck(ops.pair_reduce.default, (x, y, v, a, lap, "laplacian", False))
 
 
 def test_compile_fullgraph():
@@ -558,6 +727,31 @@ def test_gpu_matches_float64_large():
 
 
 @gpu
+@pytest.mark.parametrize("kernel,ps", [("laplacian", (1.6, 0.7, 5.0)), ("energy", (0.75,)),
+                                       ("polynomial", (None, 1.0, 3.0)), ("polynomial", (None, 0.0, 2.0))])
+def test_gpu_new_kernels_match_float64_large(kernel, ps):
+    """The GPU's exp, sqrt (sqrt.approx) and division on several thousand points, d = 8 and 64 (the
+    polynomial's loop and tl.dot forms), against float64: errors against the summed magnitudes."""
+    for d in (8, 64):
+        x, y = _randn(3000, d, seed=1), _randn(2501, d, seed=2)
+        v, a = _randn(2501, 3, seed=3, scale=1.0), _randn(3000, 3, seed=4, scale=1.0)
+        y[:100] = x[:100]  # coincident pairs: the kink
+        params = new_params(kernel, ps, d, device="cuda")
+        k0, w0 = _weights(x, y, params, kernel, False)
+        s, g = T.pair_reduce(x, y, v, a, params, kernel, False)
+        s0, g0 = ref_pair_reduce(x, y, v, a, params, kernel, False)
+        assert err(s, s0, k0.abs() @ v.double().abs()) < 1e-4
+        assert err(g, g0, _g_magnitude(x, y, w0, a.double() @ v.double().T, kernel)) < 1e-4
+        kz, wz = _weights(x, x, params, kernel, True)
+        q, qs, qg = T.quad_form(x, a, a, params, kernel, True, True)
+        q0, qs0, qg0 = ref_quad_form(x, a, a, params, kernel, True, True)
+        ad = a.double().abs()
+        assert err(q, q0, (ad * (kz.abs() @ ad)).sum(0)) < 1e-4
+        assert err(qs, qs0, kz.abs() @ ad) < 1e-4
+        assert err(qg, qg0, _g_magnitude(x, x, wz, a.double() @ a.double().T, kernel)) < 1e-4
+
+
+@gpu
 def test_gpu_value_bitwise_with_and_without_gradient():
     for d in (8, 64):
         z = _randn(3001, d, seed=5)
@@ -578,8 +772,10 @@ def test_gpu_every_tuned_configuration_gives_the_same_bits():
         params = params_for("rbf", d, 2, device="cuda")
         for cfg in sorted(set(T._plan("pair", d, torch.float32)["space"] + T._plan("gram", d, torch.float32)["space"])):
             with T._forced_config(*cfg):
+                poly = new_params("polynomial", (None, 1.0, 3.0), d, device="cuda")
                 outs.setdefault(d, []).append(list(T.pair_reduce(x, y, v, a, params, "rbf", False))
-                                              + [T.gram(x, y, params, "imq", True)])
+                                              + [T.gram(x, y, params, "imq", True)]
+                                              + list(T.pair_reduce(x, y, v, a, poly, "polynomial", False)))
     for d, runs in outs.items():
         for r in runs[1:]:
             assert _bitwise_equal(r, runs[0]), d
@@ -647,6 +843,27 @@ def measured_errors() -> dict:
                     upd("quad_form S", rel_err(s, s0))
                 if g0.abs().max() > 0:
                     upd("quad_form G", rel_err(g, g0))
+    for kernel, ps, d, dtype in NEW_CASES:  # contract v3 kernels, errors against the summed magnitudes
+        name = kernel if kernel != "polynomial" else f"polynomial n={ps[2]:g}"
+        x, y, v, a = data(37, 45, d, 3, seed=20, dtype=dtype)
+        params = new_params(kernel, ps, d)
+        k0, w0 = _weights(x, y, params, kernel, False)
+        upd(f"{name} {str(dtype)[6:]} gram k", err(T.gram(x, y, params, kernel, False), k0, k0))
+        upd(f"{name} {str(dtype)[6:]} gram w", err(T.gram(x, y, params, kernel, True), w0, w0))
+        s, g = T.pair_reduce(x, y, v, a, params, kernel, False)
+        s0, g0 = ref_pair_reduce(x, y, v, a, params, kernel, False)
+        upd(f"{name} {str(dtype)[6:]} pair_reduce S", err(s, s0, k0.abs() @ v.double().abs()))
+        upd(f"{name} {str(dtype)[6:]} pair_reduce G",
+            err(g, g0, _g_magnitude(x, y, w0, a.double() @ v.double().T, kernel)))
+        z, w = x, a
+        kz, wz = _weights(z, z, params, kernel, True)
+        q, s, g = T.quad_form(z, w, w, params, kernel, True, True)
+        q0, s0, g0 = ref_quad_form(z, w, w, params, kernel, True, True)
+        wd = w.double().abs()
+        upd(f"{name} {str(dtype)[6:]} quad_form q", err(q, q0, (wd * (kz.abs() @ wd)).sum(0)))
+        upd(f"{name} {str(dtype)[6:]} quad_form S", err(s, s0, kz.abs() @ wd))
+        upd(f"{name} {str(dtype)[6:]} quad_form G",
+            err(g, g0, _g_magnitude(z, z, wz, w.double() @ w.double().T, kernel)))
     return errs
 
 
