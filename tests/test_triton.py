@@ -296,6 +296,14 @@ def test_half_inputs_upcast_in_kernel(dtype, d):
     q, s, g = T.quad_form(x, a, a, params, "imq", True, True)
     q0, s0, g0 = ref_quad_form(x, a, a, params, "imq", True, True)
     assert rel_err(q, q0) < F32_TOL and rel_err(s, s0) < F32_TOL and rel_err(g, g0) < F32_TOL
+    for kernel, ps in (("polynomial", (None, 1.0, 3.0)), ("laplacian", (1.6, 0.7))):  # contract v3 kernels
+        params = new_params(kernel, ps, d)
+        k0, w0 = _weights(x, x, params, kernel, True)
+        q, s, g = T.quad_form(x, a, a, params, kernel, True, True)
+        q0, s0, g0 = ref_quad_form(x, a, a, params, kernel, True, True)
+        ad = a.double().abs()
+        assert err(q, q0, (ad * (k0.abs() @ ad)).sum(0)) < 1e-4 and err(s, s0, k0.abs() @ ad) < 1e-4
+        assert err(g, g0, _g_magnitude(x, x, w0, a.double() @ a.double().T, kernel)) < 1e-4
 
 
 @pytest.mark.parametrize("d", [3, 64])
