@@ -5,9 +5,9 @@ from infovae_kernels import backends, metrics
 from infovae_kernels.kernels import Polynomial
 from infovae_kernels.ops import MMDPower, kernel_sum, mmd, mmd_power, rbf_gram, svgd_direction
 from infovae_kernels.nn import MMDLoss, RBFKernel
-from infovae_kernels.scale import KIDResult, MMDTestResult, kid, mmd_full, mmd_test
+from infovae_kernels.scale import KIDResult, MMDAggResult, MMDTestResult, kid, mmd_agg, mmd_full, mmd_test
 
 __all__ = ["backends", "rbf_gram", "kernel_sum", "mmd", "svgd_direction", "MMDLoss", "RBFKernel",
-           "mmd_full", "mmd_test", "MMDTestResult", "mmd_power", "MMDPower", "metrics", "kid", "KIDResult",
+           "mmd_full", "mmd_test", "MMDTestResult", "mmd_agg", "MMDAggResult", "mmd_power", "MMDPower", "metrics", "kid", "KIDResult",
            "Polynomial"]
 __version__ = "0.1.0"

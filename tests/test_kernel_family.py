@@ -10,8 +10,8 @@ from torch.autograd import gradcheck
 
 import infovae_kernels as ik
 from infovae_kernels import Polynomial
-from tests import oracle
-from tests.conftest import backends_for
+import oracle
+from conftest import backends_for
 
 BACKENDS = backends_for("cpu")
 # (public kernel, sigma, oracle kernel)

@@ -75,3 +75,35 @@ def test_optimized_bandwidth_finds_what_the_median_misses():
 def test_optimize_needs_in_memory_data():
     with pytest.raises(TypeError, match="tensor or numpy array"):
         ik.mmd_test([torch.randn(10, 2)], torch.randn(10, 2), sigma="optimize")
+
+
+def test_mmd_agg_detects_blobs_and_holds_its_level():
+    """MMDAgg (no split, 9 bandwidths): Blobs with rho = 0.7 at n = 400 is rejected in at least 3 of 5
+    trials; under the null (n = 150) at most 3 of 20 trials reject (expected 1 at level 0.05; P(>= 4) < 0.02)."""
+    h1 = h0 = 0
+    for t in range(20):
+        gen = torch.Generator().manual_seed(500 + t)
+        x, y = blobs(150, 0.0, gen), blobs(150, 0.0, gen)
+        h0 += ik.mmd_agg(x, y, seed=t, permutations=(100, 100)).reject
+    for t in range(5):
+        gen = torch.Generator().manual_seed(700 + t)
+        x, y = blobs(400, 0.0, gen), blobs(400, 0.7, gen)
+        h1 += ik.mmd_agg(x, y, seed=t, permutations=(200, 200)).reject
+    assert h0 <= 3
+    assert h1 >= 3
+
+
+def test_mmd_agg_collection_thresholds_and_errors():
+    gen = torch.Generator().manual_seed(0)
+    x, y = blobs(60, 0.0, gen), blobs(50, 0.0, gen) + 3.0
+    r = ik.mmd_agg(x, y, permutations=(99, 99))
+    med = float(ik.bandwidth.median_distance(torch.cat([x, y])))
+    assert r.bandwidths == pytest.approx([med * 2.0**k for k in range(-4, 5)], rel=1e-6)
+    assert r.reject and len(r.statistics) == len(r.thresholds) == 9 and 0 < r.u <= 9
+    assert r.reject == any(s > t for s, t in zip(r.statistics, r.thresholds))
+    one = ik.mmd_agg(x, y, bandwidths=[med], permutations=(99, 99))
+    assert one.statistics[0] == pytest.approx(ik.mmd(x, y, sigma=med, estimator="unbiased").item(), rel=1e-5)
+    for bad, match in ((dict(kernel="energy"), "bandwidth"), (dict(level=1.5), "level"),
+                       (dict(permutations=(0, 10)), "permutations"), (dict(bandwidths=[-1.0]), "bandwidths")):
+        with pytest.raises(ValueError, match=match):
+            ik.mmd_agg(x, y, **bad)

@@ -4,10 +4,12 @@
     planning.py  memory budget -> blocks, tile pairs and their split among ranks, the tile loop
     api.py       mmd_full, mmd_test (the public functions; how it works is in its docstring)
     kid.py       kid: the exact Kernel Inception Distance and its standard error
+    agg.py       mmd_agg: the aggregated test over a bandwidth collection (MMDAgg)
 """
 
 from infovae_kernels.scale.api import MEDIAN_EXACT_LIMIT, MMDTestResult, mmd_full, mmd_test
+from infovae_kernels.scale.agg import MMDAggResult, mmd_agg
 from infovae_kernels.scale.kid import KIDResult, kid
 from infovae_kernels.scale.planning import DEFAULT_MAX_MEMORY, parse_memory
 
-__all__ = ["mmd_full", "mmd_test", "MMDTestResult", "kid", "KIDResult", "parse_memory", "DEFAULT_MAX_MEMORY", "MEDIAN_EXACT_LIMIT"]
+__all__ = ["mmd_full", "mmd_test", "MMDTestResult", "kid", "KIDResult", "mmd_agg", "MMDAggResult", "parse_memory", "DEFAULT_MAX_MEMORY", "MEDIAN_EXACT_LIMIT"]
