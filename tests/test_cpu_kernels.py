@@ -625,3 +625,20 @@ def test_new_kernels_quad_form_large_blocks(spec):
         qr, sr, gr = reference.quad_form(f64(zs), f64(w), f64(a), params, name, True, True)
         assert ((q - qr).abs() / abs_quad_scale(zs, w, params, name)).max().item() < NEW_TOL[torch.float32]
         assert rel_err(s, sr) < NEW_TOL[torch.float32] and rel_err(g, gr) < NEW_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_laplacian_extreme_params_finite(dtype):
+    # laplacian params clamped to [tiny, max / 4] of the compute type (kernel_params' clamp): c r may
+    # overflow to inf (exp gives 0, g = 0) or g = c e / r meet the smallest r; every output finite
+    info = torch.finfo(dtype)
+    x = points(40, 3, seed=72).to(dtype)
+    x[1] = x[0]  # a duplicate: r = 0 on the off-diagonal too
+    w = points(40, 1, seed=73).to(dtype)
+    for value in (info.tiny, info.max / 4):
+        params = torch.tensor([value, 1.0], dtype=torch.float64)
+        outs = [*ops.quad_form(x, w, w, params, "laplacian", False, True),
+                *ops.pair_reduce(x, x, w, w, params, "laplacian", True), ops.gram(x, x, params, "laplacian", True)]
+        assert all(bool(torch.isfinite(t).all()) for t in outs), value
+        qr, sr, gr = reference.quad_form(f64(x), f64(w), f64(w), params, "laplacian", False, True)
+        assert rel_err(outs[1], sr) < NEW_TOL[dtype] and rel_err(outs[2], gr) < NEW_TOL[dtype], value
