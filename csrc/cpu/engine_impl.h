@@ -79,18 +79,28 @@ INFOVAE_AI typename VecT<T>::V vset(T x) {
   const typename VecT<T>::V zero = {};
   return x - zero;
 }
-// Horizontal sum in a fixed (pairwise) order.
+// Horizontal sum in a fixed (pairwise) order: lanes i and i + N/2 added, halving down to one lane. Kept
+// in registers (halves of the vector, not a stack array: a vector stored and read back lane by lane
+// stalls on store forwarding, which dominated the difference-form gradient stage's per-(i, k) sums).
+template <typename T, int N>
+struct VecN {
+  typedef T type __attribute__((vector_size(N * sizeof(T))));
+};
+template <typename T, int N>
+INFOVAE_AI T hsum_tree(typename VecN<T, N>::type v) {
+  if constexpr (N == 2) {
+    return v[0] + v[1];
+  } else {
+    using H = typename VecN<T, N / 2>::type;
+    H lo, hi;
+    std::memcpy(&lo, &v, sizeof(lo));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+    return hsum_tree<T, N / 2>(lo + hi);
+  }
+}
 template <typename T>
 INFOVAE_AI T hsum(typename VecT<T>::V v) {
-  constexpr int L = Dims<T>::L;
-  T a[L];
-  std::memcpy(a, &v, sizeof(v));
-#pragma GCC unroll 16
-  for (int w = L / 2; w >= 1; w /= 2) {
-#pragma GCC unroll 16
-    for (int i = 0; i < w; ++i) a[i] += a[i + w];
-  }
-  return a[0];
+  return hsum_tree<T, Dims<T>::L>(v);
 }
 
 // ---------------------------------------------------------------------------------------------------
