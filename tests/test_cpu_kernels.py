@@ -642,3 +642,20 @@ def test_laplacian_extreme_params_finite(dtype):
         assert all(bool(torch.isfinite(t).all()) for t in outs), value
         qr, sr, gr = reference.quad_form(f64(x), f64(w), f64(w), params, "laplacian", False, True)
         assert rel_err(outs[1], sr) < NEW_TOL[dtype] and rel_err(outs[2], gr) < NEW_TOL[dtype], value
+
+
+@pytest.mark.parametrize("spec", [NEW_KERNELS[0], NEW_KERNELS[2], NEW_KERNELS[-1]], ids=new_kernel_id)
+def test_new_kernels_quad_form_zero_a_blocks(spec):
+    # a = [w_x; 0] (only x needs a gradient): blocks of zero a skip their G side, for the dot kernel's
+    # -h (a.w) z terms as for the distance kernels'; 10 blocks of 64
+    nx, n = 333, 640
+    x, y = points(nx, 5, seed=74), points(n - nx, 5, shift=0.3, seed=75)
+    for dtype in (torch.float64, torch.float32):
+        xs, ys, params, name = prepared_new(x, y, spec[0], spec[1], dtype)
+        z = torch.cat([xs, ys])
+        w = torch.cat([torch.full((nx, 1), 1.0 / nx), torch.full((n - nx, 1), -1.0 / (n - nx))]).to(dtype)
+        ax = torch.cat([w[:nx], torch.zeros(n - nx, 1, dtype=dtype)])
+        q, s, g = ops.quad_form(z, w, ax, params, name, True, True)
+        qr, sr, gr = reference.quad_form(f64(z), f64(w), f64(ax), params, name, True, True)
+        assert rel_err(g, gr) < NEW_TOL[dtype] and rel_err(s, sr) < NEW_TOL[dtype]
+        assert g[nx:].abs().max().item() == 0.0
