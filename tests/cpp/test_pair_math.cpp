@@ -216,15 +216,26 @@ struct LaneExp {
   }
 };
 
+struct LaneSqrt {  // laplacian and energy read r = sqrt(r2)
+  vf4 operator()(vf4 x) const {
+    for (int i = 0; i < 4; ++i) x[i] = std::sqrt(x[i]);
+    return x;
+  }
+};
+
 // The SIMD instantiation (what the CPU engine runs) computes lane by lane what the scalar one does.
 static void test_vector_matches_scalar() {
-  for (KernelKind kind : {KernelKind::RBF, KernelKind::IMQ}) {
-    const auto p = params_of<float>(kind, kind == KernelKind::RBF ? rbf_params({0.7, 2.0}) : imq_params({0.7, 2.0}, 3));
+  for (KernelKind kind : {KernelKind::RBF, KernelKind::IMQ, KernelKind::LAPLACIAN, KernelKind::ENERGY}) {
+    const std::vector<double> raw = kind == KernelKind::RBF   ? rbf_params({0.7, 2.0})
+                                     : kind == KernelKind::IMQ ? imq_params({0.7, 2.0}, 3)
+                                     : kind == KernelKind::ENERGY ? std::vector<double>{1.5}
+                                                                  : std::vector<double>{1.0 / 0.7, 0.5};
+    const auto p = params_of<float>(kind, raw);
     const vf4 xn = {1.0f, 0.5f, 2.0f, 0.25f}, yn = {1.0f, 0.75f, 0.1f, 0.3f}, dot = {1.0f, 0.2f, -0.3f, 0.05f};
     const vf4 r2 = squared_distance(xn, yn, dot);
     vf4 k, g;
-    kernel_value_and_weight_dyn(p, r2, LaneExp{}, k, g);
-    const vf4 kv = kernel_value_dyn(p, r2, LaneExp{});
+    kernel_value_and_weight_dyn(p, r2, LaneExp{}, k, g, LaneSqrt{});
+    const vf4 kv = kernel_value_dyn(p, r2, LaneExp{}, LaneSqrt{});
     for (int i = 0; i < 4; ++i) {
       const float r2s = squared_distance(xn[i], yn[i], dot[i]);
       float ks, gs;
