@@ -1,5 +1,6 @@
 // Internal interface between the ATen-facing CPU ops (cpu_ops.cpp: checks, packing) and the tiled pair
-// engine (engine_impl.h, instantiated once per compute type in engine_f32.cpp / engine_f64.cpp).
+// engine (engine_impl.h, instantiated per compute type in engine_f32.cpp / engine_f64.cpp and, for the
+// kernels beyond rbf / imq, engine_ext_f32.cpp / engine_ext_f64.cpp).
 //
 // Data layout the engine reads (all in the compute type T, zero padded to a multiple of NR rows):
 //   row panels  [n_pad / MR][q][MR]   for the points broadcast in the micro-kernel (x, a, w)

@@ -17,7 +17,8 @@
 // part to the column accumulators of J without sharing. Per-tile q partials are stored and summed in
 // one canonical order: q is bitwise the same with and without S and G.
 //
-// Included only by engine_f32.cpp / engine_f64.cpp.
+// Included only by engine_f32.cpp / engine_f64.cpp (rbf, imq) and engine_ext_f32.cpp / engine_ext_f64.cpp
+// (laplacian, energy, polynomial).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -1023,20 +1024,39 @@ void gram_kernel(const GramProblem<T>& pb) {
   });
 }
 
-// Dispatch on the kernel kind and, for rbf / imq, on one scale (the common case: its scale loop compiles
-// away). laplacian reads its scale count at run time (one instantiation keeps the build short); energy
-// and polynomial have exactly one (NS = 1; polynomial ignores it).
+// Dispatch on the kernel kind. rbf and imq (engine_f32.cpp / engine_f64.cpp) with one scale as its own
+// instantiation (the common case: its scale loop compiles away); laplacian, energy and polynomial in
+// their own translation units (engine_ext_f32.cpp / engine_ext_f64.cpp), so that the two halves build
+// in parallel. laplacian reads its scale count at run time (one instantiation keeps the build short);
+// energy and polynomial have exactly one (NS = 1; polynomial ignores it).
+inline bool base_kind(KernelKind kind) { return kind == KernelKind::RBF || kind == KernelKind::IMQ; }
+
 template <template <typename, KernelKind, int> class F, typename T, class Pb>
-void dispatch_kernel(const KernelArg& ka, const Pb& pb) {
+void dispatch_base(const KernelArg& ka, const Pb& pb) {
   const bool ns1 = ka.n_scales == 1;
-  switch (ka.kind) {
-    case KernelKind::RBF: ns1 ? F<T, KernelKind::RBF, 1>::run(pb) : F<T, KernelKind::RBF, 0>::run(pb); break;
-    case KernelKind::IMQ: ns1 ? F<T, KernelKind::IMQ, 1>::run(pb) : F<T, KernelKind::IMQ, 0>::run(pb); break;
-    case KernelKind::LAPLACIAN: F<T, KernelKind::LAPLACIAN, 0>::run(pb); break;
-    case KernelKind::ENERGY: F<T, KernelKind::ENERGY, 1>::run(pb); break;
-    case KernelKind::POLYNOMIAL: F<T, KernelKind::POLYNOMIAL, 1>::run(pb); break;
-  }
+  if (ka.kind == KernelKind::RBF)
+    ns1 ? F<T, KernelKind::RBF, 1>::run(pb) : F<T, KernelKind::RBF, 0>::run(pb);
+  else
+    ns1 ? F<T, KernelKind::IMQ, 1>::run(pb) : F<T, KernelKind::IMQ, 0>::run(pb);
 }
+
+template <template <typename, KernelKind, int> class F, typename T, class Pb>
+void dispatch_ext(const KernelArg& ka, const Pb& pb) {
+  if (ka.kind == KernelKind::LAPLACIAN)
+    F<T, KernelKind::LAPLACIAN, 0>::run(pb);
+  else if (ka.kind == KernelKind::ENERGY)
+    F<T, KernelKind::ENERGY, 1>::run(pb);
+  else
+    F<T, KernelKind::POLYNOMIAL, 1>::run(pb);
+}
+
+// Defined by INFOVAE_INSTANTIATE_ENGINE_EXT (the ext translation units).
+void run_pair_reduce_ext(const PairProblem<float>& pb);
+void run_pair_reduce_ext(const PairProblem<double>& pb);
+void run_quad_form_ext(const QuadProblem<float>& pb);
+void run_quad_form_ext(const QuadProblem<double>& pb);
+void run_gram_ext(const GramProblem<float>& pb);
+void run_gram_ext(const GramProblem<double>& pb);
 
 template <typename T, KernelKind K, int NS>
 struct PairReduceF {
@@ -1060,11 +1080,37 @@ struct GramF {
   namespace cpu {                                                                                      \
   namespace engine {                                                                                   \
   template <>                                                                                          \
-  void run_pair_reduce<T>(const PairProblem<T>& pb) { dispatch_kernel<PairReduceF, T>(pb.kernel, pb); } \
+  void run_pair_reduce<T>(const PairProblem<T>& pb) {                                                  \
+    if (base_kind(pb.kernel.kind))                                                                     \
+      dispatch_base<PairReduceF, T>(pb.kernel, pb);                                                    \
+    else                                                                                               \
+      run_pair_reduce_ext(pb);                                                                         \
+  }                                                                                                    \
   template <>                                                                                          \
-  void run_quad_form<T>(const QuadProblem<T>& pb) { dispatch_kernel<QuadFormF, T>(pb.kernel, pb); }     \
+  void run_quad_form<T>(const QuadProblem<T>& pb) {                                                    \
+    if (base_kind(pb.kernel.kind))                                                                     \
+      dispatch_base<QuadFormF, T>(pb.kernel, pb);                                                      \
+    else                                                                                               \
+      run_quad_form_ext(pb);                                                                           \
+  }                                                                                                    \
   template <>                                                                                          \
-  void run_gram<T>(const GramProblem<T>& pb) { dispatch_kernel<GramF, T>(pb.kernel, pb); }              \
+  void run_gram<T>(const GramProblem<T>& pb) {                                                         \
+    if (base_kind(pb.kernel.kind))                                                                     \
+      dispatch_base<GramF, T>(pb.kernel, pb);                                                          \
+    else                                                                                               \
+      run_gram_ext(pb);                                                                                \
+  }                                                                                                    \
+  }                                                                                                    \
+  }                                                                                                    \
+  }
+
+#define INFOVAE_INSTANTIATE_ENGINE_EXT(T)                                                              \
+  namespace infovae {                                                                                  \
+  namespace cpu {                                                                                      \
+  namespace engine {                                                                                   \
+  void run_pair_reduce_ext(const PairProblem<T>& pb) { dispatch_ext<PairReduceF, T>(pb.kernel, pb); }  \
+  void run_quad_form_ext(const QuadProblem<T>& pb) { dispatch_ext<QuadFormF, T>(pb.kernel, pb); }      \
+  void run_gram_ext(const GramProblem<T>& pb) { dispatch_ext<GramF, T>(pb.kernel, pb); }               \
   }                                                                                                    \
   }                                                                                                    \
   }

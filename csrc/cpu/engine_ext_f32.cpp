@@ -1,0 +1,2 @@
+#include "engine_impl.h"
+INFOVAE_INSTANTIATE_ENGINE_EXT(float)
