@@ -512,15 +512,17 @@ void bgemm_sym(const T* __restrict H, int64_t lda, int64_t nout, int64_t ncols, 
 //   row_out[i][k] += sum_j Ar_ij (x_ik - y_jk),  Ar_ij = Ar[i * ld + j] * (vr ? vr[j] : 1)
 //   col_out[k][j] += sum_i Ac_ij (y_jk - x_ik),  Ac_ij = Ac[i * ld + j] * (wc ? wc[i] : 1)
 // (either side skipped when its tile is nullptr), accumulated in T in a fixed order.
-template <typename T>
-void diff_stage(int64_t nrow, int64_t ncp, int64_t d, const T* __restrict xrows, int64_t ldx,
-                const T* __restrict ycp, const T* Ar, const T* vr, const T* Ac, const T* wc, int64_t ld,
-                T* __restrict row_out, T* __restrict col_out) {
+// HasR / HasC: which sides; HasV / HasW: whether vr / wc scale them (compile-time, so that the loop
+// keeps its accumulator in a register).
+template <typename T, bool HasR, bool HasC, bool HasV, bool HasW>
+void diff_stage_t(int64_t nrow, int64_t ncp, int64_t d, const T* __restrict xrows, int64_t ldx,
+                  const T* __restrict ycp, const T* __restrict Ar, const T* __restrict vr, const T* __restrict Ac,
+                  const T* __restrict wc, int64_t ld, T* __restrict row_out, T* __restrict col_out) {
   using V = typename VecT<T>::V;
   constexpr int L = Dims<T>::L, NRV = Dims<T>::NRV, NR = Dims<T>::NR;
   const int64_t ldc = ncp * NR;
   for (int64_t i = 0; i < nrow; ++i) {
-    const V wi = vset<T>(wc ? wc[i] : T(1));
+    const V wi = vset<T>(HasW ? wc[i] : T(1));
     for (int64_t k = 0; k < d; ++k) {
       const V xb = vset<T>(xrows[i * ldx + k]);
       V racc = {};
@@ -529,16 +531,41 @@ void diff_stage(int64_t nrow, int64_t ncp, int64_t d, const T* __restrict xrows,
         for (int v = 0; v < NRV; ++v) {
           const int64_t j = jp * NR + v * L;
           const V t = xb - vload(ycp + (jp * d + k) * NR + v * L);
-          if (Ar) {
+          if constexpr (HasR) {
             V a = vload(Ar + i * ld + j);
-            if (vr) a *= vload(vr + j);
+            if constexpr (HasV) a *= vload(vr + j);
             racc += a * t;
           }
-          if (Ac) vstore(col_out + k * ldc + j, vload(col_out + k * ldc + j) - vload(Ac + i * ld + j) * wi * t);
+          if constexpr (HasC) {
+            if constexpr (HasW)
+              vstore(col_out + k * ldc + j, vload(col_out + k * ldc + j) - vload(Ac + i * ld + j) * wi * t);
+            else
+              vstore(col_out + k * ldc + j, vload(col_out + k * ldc + j) - vload(Ac + i * ld + j) * t);
+          }
         }
       }
-      if (Ar) row_out[i * d + k] += hsum<T>(racc);
+      if constexpr (HasR) row_out[i * d + k] += hsum<T>(racc);
     }
+  }
+}
+
+template <typename T>
+void diff_stage(int64_t nrow, int64_t ncp, int64_t d, const T* xrows, int64_t ldx, const T* ycp, const T* Ar,
+                const T* vr, const T* Ac, const T* wc, int64_t ld, T* row_out, T* col_out) {
+  auto go = [&](auto r, auto c, auto v, auto w) {
+    diff_stage_t<T, decltype(r)::value, decltype(c)::value, decltype(v)::value, decltype(w)::value>(
+        nrow, ncp, d, xrows, ldx, ycp, Ar, vr, Ac, wc, ld, row_out, col_out);
+  };
+  using t_ = std::true_type;
+  using f_ = std::false_type;
+  // the callers' combinations: quad_form P == 1 scales both sides (vr and wc), P > 1 neither
+  if (Ac) {
+    if (Ar)
+      vr ? go(t_{}, t_{}, t_{}, t_{}) : go(t_{}, t_{}, f_{}, f_{});
+    else
+      wc ? go(f_{}, t_{}, f_{}, t_{}) : go(f_{}, t_{}, f_{}, f_{});
+  } else if (Ar) {
+    vr ? go(t_{}, f_{}, t_{}, f_{}) : go(t_{}, f_{}, f_{}, f_{});
   }
 }
 
