@@ -11,11 +11,18 @@ model with stein_sigma=1.0, to separate the fused direction from the bandwidth h
 
     python benchmarks/bench_train.py [--threads 2] [--reps 15] [--out benchmarks/results/cpu/train.csv]
 
---decoders (issue 11, item 4): training steps/s of the MMD-VAE per decoder instead (conv encoder;
+--decoders: training steps/s of the MMD-VAE per decoder instead (conv encoder;
 mlp, conv, pixelcnn with 4 and 12 gated layers), batch 100, latent 10, on --device, with the load
 average before and after written beside each row (a loaded machine shows there):
 
     python benchmarks/bench_train.py --decoders [--device cpu|cuda] [--reps 5] [--out benchmarks/results/cpu/train_decoders.csv]
+
+--options: the same MMD-VAE step (mlp and conv decoders) in the variants a CPU user can choose: eager
+with 2 threads (the default) and 1 thread, channels_last memory format (model and batch), and
+torch.compile of the model (inductor; the first steps, which compile, are excluded and their time
+reported), repetitions interleaved across variants so machine load hits all alike:
+
+    python benchmarks/bench_train.py --options [--reps 7] -> benchmarks/results/cpu/train_options.csv
 """
 
 from __future__ import annotations
@@ -98,6 +105,52 @@ def decoders(a):
     return rows
 
 
+def options(a):
+    """Step time per (decoder, variant), interleaved (see the module docstring)."""
+    shape, bs = (1, 28, 28), 100
+    x0 = torch.bernoulli(torch.full((bs, *shape), 0.13), generator=torch.Generator().manual_seed(0))
+    variants = ("eager", "threads1", "channels_last", "compile")
+    rows = []
+    for dec in ("mlp", "conv"):
+        steps, warm = {}, {}
+        for v in variants:
+            torch.manual_seed(0)
+            model = InfoVAE.preset("mmd", shape, 10, encoder="conv", decoder=dec)
+            x = x0
+            if v == "channels_last":
+                model = model.to(memory_format=torch.channels_last)
+                x = x0.contiguous(memory_format=torch.channels_last)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+            run = torch.compile(model) if v == "compile" else model
+
+            def step(run=run, opt=opt, x=x):
+                out = run(x)
+                opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                opt.step()
+            t = time.perf_counter()
+            for _ in range(2):  # warm-up (compile: tracing and code generation)
+                step()
+            warm[v] = time.perf_counter() - t
+            steps[v] = step
+        times = {v: [] for v in variants}
+        for _ in range(a.reps):
+            for v in variants:
+                torch.set_num_threads(1 if v == "threads1" else a.threads)
+                t = time.perf_counter()
+                steps[v]()
+                times[v].append(time.perf_counter() - t)
+        torch.set_num_threads(a.threads)
+        base = statistics.median(times["eager"])
+        for v in variants:
+            med = statistics.median(times[v])
+            rows.append(dict(decoder=dec, variant=v, batch=bs, threads=1 if v == "threads1" else a.threads,
+                             reps=a.reps, step_ms_median=round(1e3 * med, 2), step_ms_min=round(1e3 * min(times[v]), 2),
+                             speed_vs_eager=round(base / med, 3), warmup_s=round(warm[v], 2), load=_load()))
+            print(rows[-1], flush=True)
+    return rows
+
+
 def _write(rows, out, head):
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
@@ -112,7 +165,8 @@ def _write(rows, out, head):
 
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--decoders", action="store_true", help="steps/s per decoder (issue 11, item 4)")
+    p.add_argument("--decoders", action="store_true", help="steps/s per decoder")
+    p.add_argument("--options", action="store_true", help="eager / 1 thread / channels_last / torch.compile")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=15)
@@ -121,6 +175,12 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cpu", "train.csv"))
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.options:
+        out = a.out if a.out != p.get_default("out") else os.path.join(ROOT, "benchmarks", "results", "cpu",
+                                                                         "train_options.csv")
+        _write(options(a), out, f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                                f"{os.cpu_count()} cpus, MMD-VAE, conv encoder, batch 100, latent 10\n")
+        return
     if a.decoders:
         out = a.out if a.out != p.get_default("out") else os.path.join(
             ROOT, "benchmarks", "results", "cuda" if a.device.startswith("cuda") else "cpu", "train_decoders.csv")

@@ -67,6 +67,26 @@ def test_compile_fullgraph_matches_eager(sigma):
 
 
 @pytest.mark.slow
+def test_compile_fullgraph_new_kernels_and_bandwidth_gradient():
+    """laplacian, energy, the dot kernels and a learnable bandwidth trace through too."""
+    torch._dynamo.reset()
+    x, y = _inputs("cpu", n=31, m=22, d=4, grad=True)
+    sigma = torch.tensor([0.6, 1.4], requires_grad=True)
+
+    def loss(a, b, s):
+        return (ik.mmd(a, b, kernel="laplacian", sigma=s) + ik.mmd(a, b, kernel="energy")
+                + ik.mmd(a, b, kernel="polynomial", estimator="unbiased") + ik.mmd(a, b, sigma=s))
+
+    value = torch.compile(loss, fullgraph=True)(x, y, sigma)
+    got = torch.autograd.grad(value, (x, y, sigma))
+    eager = loss(x, y, sigma)
+    want = torch.autograd.grad(eager, (x, y, sigma))
+    torch.testing.assert_close(value, eager)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sigma", [0.8, "median"])
 def test_compile_fullgraph_svgd(sigma):
     torch._dynamo.reset()
