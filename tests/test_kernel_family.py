@@ -210,9 +210,11 @@ def _features(n, m, d=16, seed=0):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kid_exact_equals_the_full_formula(backend):
     x, y = _features(150, 130)
-    r = ik.kid(x, y, backend=backend, block_size=40)
+    r = ik.kid(x, y, backend=backend, block_size=40)  # tiles, row sums from both sides of each pair
+    one = ik.kid(x, y, backend=backend)  # everything fits: one symmetric sweep
     assert r.method == "exact"
     assert r.value == pytest.approx(_poly_mmd(x, y).item(), rel=1e-10)
+    assert one.value == pytest.approx(r.value, rel=1e-12) and one.std == pytest.approx(r.std, rel=1e-10)
     r32 = ik.kid(x.float(), y.float(), backend=backend)
     assert r32.value == pytest.approx(_poly_mmd(x, y).item(), rel=1e-4)
 

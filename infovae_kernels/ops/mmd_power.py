@@ -91,7 +91,8 @@ def mmd_power(x: Tensor, y: Tensor, *, kernel: kernels.Kernel = "rbf", sigma: _c
     s = _RowSums.apply(z, w, sigmas, params, kernels.primitive_name(kernel), ops)
     sxx, sxy, syx, syy = s[:n, 0], s[:n, 1], s[n:, 0], s[n:, 1]
     trace = _trace(kernel, params, xs, ys)
-    mmd2 = (sxx.sum() + syy.sum() - trace) / (n * (n - 1)) - 2.0 * sxy.sum() / (n * n)
+    nf = float(n)  # n**4 overflows int64 past n = 55,108
+    mmd2 = (sxx.sum() + syy.sum() - trace) / (nf * (nf - 1.0)) - 2.0 * sxy.sum() / (nf * nf)
     h = sxx + syy - sxy - syx
-    variance = 4.0 * h.square().sum() / n**3 - 4.0 * h.sum().square() / n**4
+    variance = 4.0 * h.square().sum() / nf**3 - 4.0 * h.sum().square() / nf**4
     return MMDPower(mmd2, variance, mmd2 / torch.sqrt(variance.clamp_min(0.0) + eps))
