@@ -659,3 +659,98 @@ def test_new_kernels_quad_form_zero_a_blocks(spec):
         qr, sr, gr = reference.quad_form(f64(z), f64(w), f64(ax), params, name, True, True)
         assert rel_err(g, gr) < NEW_TOL[dtype] and rel_err(s, sr) < NEW_TOL[dtype]
         assert g[nx:].abs().max().item() == 0.0
+
+
+# ---- polynomial at large d: the BLAS-GEMM tile path (csrc/cpu/dot_gemm.cpp, d >= kMinD = 512) ---------
+GEMM_D = 512  # dot_gemm.h kMinD
+
+
+def _poly_points(n, d, seed):
+    return points(n, d, seed=seed) / math.sqrt(d)  # x.y of order 1: t = gamma x.y + coef well inside range
+
+
+@pytest.mark.parametrize("n,d", [(1, GEMM_D), (37, GEMM_D + 3), (300, GEMM_D + 1), (517, 600), (1100, GEMM_D + 5)])
+@pytest.mark.parametrize("P", [1, 3])
+@pytest.mark.parametrize("excl", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_polynomial_gemm_quad_form_matches_oracle(n, d, P, excl, dtype):
+    # 300, 517, 1100 rows: 3, 5 blocks of 128 (odd rounds), 5 blocks of 256; 1100 = 4 * 256 + 76 (a short block)
+    z, w, a = _poly_points(n, d, 71), points(n, P, seed=72), points(n, P, seed=73)
+    prm = torch.tensor([0.7, -0.4, 3.0], dtype=torch.float64)
+    q, s, g = ops.quad_form(z.to(dtype), w.to(dtype), a.to(dtype), prm, "polynomial", excl, True)
+    q0 = ops.quad_form(z.to(dtype), w.to(dtype), None, prm, "polynomial", excl, False)[0]
+    assert torch.equal(q, q0)  # q bitwise the same with and without S and G
+    want = reference.quad_form(z, w, a, prm, "polynomial", excl, True)
+    absq = abs_quad_scale(z, w, prm, "polynomial")
+    assert ((q - want[0]).abs() / absq).max().item() < TOL[dtype]
+    assert rel_err(s, want[1]) < TOL[dtype]
+    assert rel_err(g, want[2]) < TOL[dtype]
+
+
+@pytest.mark.parametrize("n,m,d", [(1, 1, GEMM_D), (300, 257, GEMM_D + 3), (130, 1030, 600), (1030, 7, GEMM_D)])
+@pytest.mark.parametrize("p", [1, 3])
+@pytest.mark.parametrize("excl", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_polynomial_gemm_pair_reduce_matches_oracle(n, m, d, p, excl, dtype):
+    x = _poly_points(n, d, 81)
+    y = x if excl else _poly_points(m, d, 82)  # exclude_diagonal: the same points (its use)
+    v, a = points(y.shape[0], p, seed=83), points(n, p, seed=84)
+    prm = torch.tensor([0.5, -0.3, 4.0], dtype=torch.float64)
+    s, g = ops.pair_reduce(x.to(dtype), y.to(dtype), v.to(dtype), a.to(dtype), prm, "polynomial", excl)
+    want = reference.pair_reduce(x, y, v, a, prm, "polynomial", excl)
+    assert rel_err(s, want[0]) < TOL[dtype]
+    assert rel_err(g, want[1]) < TOL[dtype]
+    s1, g1 = ops.pair_reduce(x.to(dtype), y.to(dtype), v.to(dtype), None, prm, "polynomial", excl)
+    assert torch.equal(s1, s) and g1.shape == (0, d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("derivative", [False, True])
+def test_polynomial_gemm_gram_matches_oracle(dtype, derivative):
+    x, y = _poly_points(300, GEMM_D + 7, 91).to(dtype), _poly_points(45, GEMM_D + 7, 92).to(dtype)
+    prm = torch.tensor([0.7, 1.0, 2.0], dtype=torch.float64)
+    got = ops.gram(x, y, prm, "polynomial", derivative)
+    assert got.dtype == dtype
+    want = reference.gram(f64(x), f64(y), prm, "polynomial", derivative)
+    tol = TOL[dtype] if dtype in (torch.float64, torch.float32) else 1e-2  # the output is rounded to dtype
+    assert rel_err(got, want) < tol
+
+
+def test_polynomial_gemm_half_inputs_compute_in_float32():
+    z, w, a = _poly_points(200, GEMM_D, 95), points(200, 2, seed=96), points(200, 2, seed=97)
+    prm = torch.tensor([0.7, 1.0, 3.0], dtype=torch.float64)
+    for dt in (torch.float16, torch.bfloat16):
+        got = ops.quad_form(z.to(dt), w.to(dt), a.to(dt), prm, "polynomial", True, True)
+        f32 = ops.quad_form(z.to(dt).float(), w.to(dt).float(), a.to(dt).float(), prm, "polynomial", True, True)
+        assert all(torch.equal(u, v) for u, v in zip(got, f32))
+
+
+def test_polynomial_gemm_deterministic_across_thread_counts():
+    # several tiles per thread, odd and even block counts, a short last block, P = 1 and 3, a zero on some
+    # blocks of a (skipped gradient blocks)
+    z = _poly_points(1100, GEMM_D + 5, 101).float()
+    w, aw = points(1100, 3, seed=102).float(), points(1100, 3, seed=103).float()
+    aw[:300] = 0.0
+    x, y = z[:700], z[700:]
+    v, a = points(400, 2, seed=104).float(), points(700, 2, seed=105).float()
+    prm = torch.tensor([0.7, 1.0, 3.0], dtype=torch.float64)
+
+    def run():
+        full = ops.quad_form(z, w, aw, prm, "polynomial", True, True)
+        assert torch.equal(ops.quad_form(z, w, None, prm, "polynomial", True, False)[0], full[0])
+        return [*full, *ops.quad_form(z[:1030], w[:1030, :1], aw[:1030, :1], prm, "polynomial", False, True),
+                *ops.pair_reduce(x, y, v, a, prm, "polynomial", False),
+                *ops.pair_reduce(x, x, a, a, prm, "polynomial", True),
+                ops.gram(x, y, prm, "polynomial", True), *ops.quad_form(z.double(), w.double(), aw.double(), prm,
+                                                                        "polynomial", False, True)]
+
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for nt in (1, 2, 3):
+            torch.set_num_threads(nt)
+            results.append(run())
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        assert all(torch.equal(p, q) for p, q in zip(results[0], other))

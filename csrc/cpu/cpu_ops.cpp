@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "dot_gemm.h"
 #include "engine_api.h"
 #include "checks.h"
 #include "ops.h"
@@ -219,8 +220,11 @@ at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& para
   const auto ka = kernel_arg(kind, prm);
   const int64_t N = x.size(0), M = y.size(0);
   if (N == 0 || M == 0) return at::zeros({N, M}, x.options());
-  if (x.scalar_type() == at::kDouble) return gram_typed<double>(x, y, ka, derivative);
-  at::Tensor K = gram_typed<float>(x, y, ka, derivative);
+  if (x.scalar_type() == at::kDouble)
+    return dotgemm::applies(kind, x.size(1)) ? dotgemm::gram(x, y, prm, derivative)
+                                             : gram_typed<double>(x, y, ka, derivative);
+  at::Tensor K = dotgemm::applies(kind, x.size(1)) ? dotgemm::gram(x, y, prm, derivative)
+                                                   : gram_typed<float>(x, y, ka, derivative);
   return x.scalar_type() == at::kFloat ? K : K.to(x.scalar_type());
 }
 
@@ -235,7 +239,9 @@ std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x, const at::Te
   at::Tensor S = at::zeros({N, p}, dopt);
   at::Tensor G = a.has_value() ? at::zeros({N, d}, dopt) : at::zeros({0, d}, dopt);
   if (N == 0 || M == 0 || p == 0) return {S, G};
-  if (x.scalar_type() == at::kDouble)
+  if (dotgemm::applies(kind, d))
+    dotgemm::pair_reduce(x, y, v, a, prm, exclude_diagonal, S, G);
+  else if (x.scalar_type() == at::kDouble)
     pair_reduce_typed<double>(x, y, v, a, ka, exclude_diagonal, S, G);
   else
     pair_reduce_typed<float>(x, y, v, a, ka, exclude_diagonal, S, G);
@@ -255,7 +261,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z, co
   at::Tensor S = at::zeros({row_sums ? N : 0, P}, dopt);
   at::Tensor G = at::zeros({a.has_value() ? N : 0, d}, dopt);
   if (N == 0 || P == 0) return {q, S, G};
-  if (z.scalar_type() == at::kDouble)
+  if (dotgemm::applies(kind, d))
+    dotgemm::quad_form(z, w, a, prm, exclude_diagonal, q, S, G);
+  else if (z.scalar_type() == at::kDouble)
     quad_form_typed<double>(z, w, a, ka, exclude_diagonal, q, S, G);
   else
     quad_form_typed<float>(z, w, a, ka, exclude_diagonal, q, S, G);
