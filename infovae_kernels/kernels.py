@@ -181,16 +181,35 @@ def prepare(x: Tensor, y: Tensor, kernel: Kernel = "rbf") -> tuple[Tensor, Tenso
     their pooled mean (the kernels are translation invariant; centring shrinks the norms, and so the
     cancellation in the expansion); dot kernels are not translation invariant and are not centred (their
     dot product has no cancellation to lose beyond the product's own rounding).
-    scale is a float64 0-dim tensor on the points' device. Traceable (no host sync)."""
+    scale is a float64 0-dim tensor on the points' device. Traceable (no host sync). x' and y' are the
+    two halves of prepare_pooled's z."""
+    z, scale = prepare_pooled(x, y, kernel)
+    return z[: x.shape[0]], z[x.shape[0]:], scale
+
+
+def prepare_pooled(x: Tensor, y: Tensor, kernel: Kernel = "rbf") -> tuple[Tensor, Tensor]:
+    """(z, scale): z = [x'; y'] of `prepare` in one buffer, written in one pass (and scaled in place) unless
+    autograd or torch.compile needs the differentiable, functional form (same values, bit for bit)."""
     ct = compute_dtype(x.dtype)
-    if is_dot(kernel):
-        xc, yc = x.to(ct), y.to(ct)
+    n = x.shape[0]
+    mean = None
+    if not is_dot(kernel):
+        mean = ((x.sum(0, dtype=torch.float64) + y.sum(0, dtype=torch.float64)) / (n + y.shape[0])).to(ct)
+    functional = torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))
+    if functional:
+        z = torch.cat([x.to(ct), y.to(ct)])
+        z = z if mean is None else z - mean
     else:
-        mean = (x.sum(0, dtype=torch.float64) + y.sum(0, dtype=torch.float64)) / (x.shape[0] + y.shape[0])
-        xc, yc = x.to(ct) - mean.to(ct), y.to(ct) - mean.to(ct)
-    scale = power_of_two_scale(torch.maximum(xc.abs().amax(), yc.abs().amax()))
+        z = torch.empty((n + y.shape[0], x.shape[1]), dtype=ct, device=x.device)
+        for part, src in ((z[:n], x), (z[n:], y)):
+            if mean is None:
+                part.copy_(src)
+            else:
+                torch.sub(src, mean, out=part)
+    lo, hi = torch.aminmax(z)
+    scale = power_of_two_scale(torch.maximum(hi, -lo))
     inv = (1.0 / scale).to(ct)  # a power of two: exact in ct too
-    return xc * inv, yc * inv, scale
+    return (z * inv if functional else z.mul_(inv)), scale
 
 
 def power_of_two_scale(peak: Tensor) -> Tensor:

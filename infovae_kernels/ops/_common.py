@@ -31,11 +31,18 @@ def prepared(x: Tensor, y: Tensor, sigmas: Optional[Tensor], kernel: kernels.Ker
              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(x', y', scale, params): the points prepared (kernels.prepare) and the kernel parameters for them
     (from the bandwidths' values: their gradient is the op's to compute, see bandwidth_grad)."""
-    xs, ys, scale = kernels.prepare(x, y, kernel)
+    z, scale, params = prepared_pooled(x, y, sigmas, kernel)
+    return z[: x.shape[0]], z[x.shape[0]:], scale, params
+
+
+def prepared_pooled(x: Tensor, y: Tensor, sigmas: Optional[Tensor], kernel: kernels.Kernel
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """(z, scale, params) with z = [x'; y'] in one buffer (kernels.prepare_pooled)."""
+    z, scale = kernels.prepare_pooled(x, y, kernel)
     params = kernels.kernel_params(kernel, None if sigmas is None else sigmas.detach(), x.shape[1], scale, x.dtype)
     if kernels.is_dot(kernel):
-        _dot_range(xs, ys, params, x.dtype)
-    return xs, ys, scale, params
+        _dot_range(z[: x.shape[0]], z[x.shape[0]:], params, x.dtype)
+    return z, scale, params
 
 
 def _dot_range(xs: Tensor, ys: Tensor, params: Tensor, dtype: torch.dtype) -> None:

@@ -29,18 +29,17 @@ import torch
 from torch import Tensor
 
 from infovae_kernels import _checks, kernels
-from infovae_kernels.ops._common import bandwidth_grad, bandwidths, needs_grad, no_double_backward, prepared, \
-    primitives
+from infovae_kernels.ops._common import bandwidth_grad, bandwidths, needs_grad, no_double_backward, \
+    prepared_pooled, primitives
 
 
 class _MMD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, wx, wy, sigmas, kernel, unbiased, backend, need):
         ops = primitives(backend, x.device)
-        xs, ys, scale, params = prepared(x, y, sigmas, kernel)
+        z, scale, params = prepared_pooled(x, y, sigmas, kernel)
         name = kernels.primitive_name(kernel)
         n = x.shape[0]
-        z = torch.cat([xs, ys])
         zeros_x, zeros_y = wx.new_zeros(wx.shape), wy.new_zeros(wy.shape)
         need_x, need_y, need_wx, need_wy, need_sigma = need
         # a's rows of a set that needs no gradient are 0: its G rows are then 0 and the engines skip them

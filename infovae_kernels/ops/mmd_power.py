@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from infovae_kernels import _checks, kernels
-from infovae_kernels.ops._common import bandwidth_grad, bandwidths, no_double_backward, prepared, primitives
+from infovae_kernels.ops._common import bandwidth_grad, bandwidths, no_double_backward, prepared_pooled, primitives
 
 
 class _RowSums(torch.autograd.Function):
@@ -84,8 +84,8 @@ def mmd_power(x: Tensor, y: Tensor, *, kernel: kernels.Kernel = "rbf", sigma: _c
         raise ValueError(f"mmd_power needs paired samples of equal size >= 2, got {n} and {y.shape[0]} points")
     ops = primitives(backend, x.device)
     sigmas = bandwidths(sigma, kernel, x, y)
-    xs, ys, scale, params = prepared(x, y, sigmas, kernel)
-    z = torch.cat([xs, ys])  # prepared points: the gradient flows back through centring and scaling
+    z, scale, params = prepared_pooled(x, y, sigmas, kernel)  # differentiable through centring and scaling
+    xs, ys = z[:n], z[n:]
     w = torch.zeros(2 * n, 2, dtype=z.dtype, device=z.device)
     w[:n, 0], w[n:, 1] = 1.0, 1.0
     s = _RowSums.apply(z, w, sigmas, params, kernels.primitive_name(kernel), ops)

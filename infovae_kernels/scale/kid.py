@@ -31,7 +31,8 @@ from torch import Tensor
 from infovae_kernels import _checks
 from infovae_kernels.kernels import Polynomial
 from infovae_kernels.scale.api import _info, _job, _setup, signed_value
-from infovae_kernels.scale.planning import DEFAULT_MAX_MEMORY, dist_info, plan_tiles, progress_bar, run_tiles
+from infovae_kernels.scale.planning import DEFAULT_MAX_MEMORY, block_rows, dist_info, parse_memory, plan_tiles, \
+    progress_bar, run_tiles
 from infovae_kernels.scale.sources import Data
 
 
@@ -74,7 +75,13 @@ def kid(x: Data, y: Data, *, degree: int = 3, gamma: Optional[float] = None, coe
 
     rank, world, group = dist_info(group)
     plan = plan_tiles(n, m, st.block, world)
-    if world == 1 and n + m <= st.block:  # everything fits at once: one symmetric sweep over the pooled set
+    if block_size is None:
+        itemsize = torch.empty((), dtype=st.sx.dtype).element_size()
+        fits = block_rows(parse_memory(max_memory), st.sx.d, itemsize, 2, st.backend, st.device, n + m,
+                          capped=False) >= n + m
+    else:
+        fits = n + m <= st.block
+    if world == 1 and fits:  # everything fits at once: one symmetric sweep over the pooled set
         value, sums = _one_sweep(st, plan, n, m)
     else:
         def columns(s: int, e: int) -> Tensor:  # [signed uniform weights, 1 on x rows, 1 on y rows]

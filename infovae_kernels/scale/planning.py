@@ -60,10 +60,11 @@ def compute_device(device, sx: Source, sy: Source) -> torch.device:
 
 
 def block_rows(max_memory: int, d: int, itemsize: int, cols: int, backend: str, device: torch.device,
-                n_total: int) -> int:
+                n_total: int, capped: bool = True) -> int:
     """Largest block (rows) whose working set fits in max_memory: per row, two data blocks on the host
     (staging) and on the device, their W slices (float64 host + device) and the float64 S output; for the
-    plain-torch backend also ~5 block x block matrices (distances, kernel, weights, products)."""
+    plain-torch backend also ~5 block x block matrices (distances, kernel, weights, products). capped:
+    at most _MAX_BLOCK rows (the tile loop's granularity), else only the memory bound."""
     ct_size = 8 if itemsize == 8 else 4
     lin = 4 * d * max(itemsize, ct_size) + 5 * cols * 8
     quad = 5 * ct_size if backend == "torch" else 0
@@ -71,7 +72,7 @@ def block_rows(max_memory: int, d: int, itemsize: int, cols: int, backend: str, 
         b = (-lin + math.sqrt(lin * lin + 4.0 * quad * max_memory)) / (2.0 * quad)
     else:
         b = max_memory / lin
-    cap = _MAX_BLOCK.get(device.type, _MAX_BLOCK["cuda"])
+    cap = _MAX_BLOCK.get(device.type, _MAX_BLOCK["cuda"]) if capped else n_total
     return int(max(1, min(b, cap, n_total)))
 
 
