@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "engine_api.h"
+#include "simd.h"
 
 // MKL's per-thread BLAS thread count, C interface (by value; the lowercase symbol is the Fortran one; exported by an MKL build of libtorch_cpu; absent otherwise).
 extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
@@ -38,42 +39,15 @@ namespace cpu {
 namespace dotgemm {
 namespace {
 
+using engine::Dims;
 using engine::divup;
+using engine::hsum;
+using engine::Iota;
 using engine::roundup;
-
-template <typename T>
-struct Vec {
-  typedef T V __attribute__((vector_size(INFOVAE_VBYTES)));
-  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  typedef I VI __attribute__((vector_size(INFOVAE_VBYTES)));
-  static constexpr int L = INFOVAE_VBYTES / static_cast<int>(sizeof(T));
-};
-
-template <typename T>
-inline typename Vec<T>::V vload(const T* p) {
-  typename Vec<T>::V v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T, typename V>
-inline void vstore(T* p, const V& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-template <typename T>
-inline typename Vec<T>::V vset(T x) {
-  const typename Vec<T>::V zero = {};
-  return x - zero;
-}
-// lanes summed in a fixed (pairwise) order
-template <typename T, typename V>
-inline T hsum(const V& v) {
-  constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
-  T a[L];
-  std::memcpy(a, &v, sizeof(v));
-  for (int s = L / 2; s > 0; s /= 2)
-    for (int l = 0; l < s; ++l) a[l] += a[l + s];
-  return a[0];
-}
+using engine::VecT;
+using engine::vload;
+using engine::vset;
+using engine::vstore;
 
 struct SerialBlas {
   int old = 0;
@@ -133,12 +107,11 @@ inline void tile_dots(at::Tensor& buf, const at::Tensor& A, int64_t a0, int64_t 
 template <typename T>
 __attribute__((noinline)) void row_pass(const KernelParams<T>& kp, T* D, T* H, int64_t ld, int64_t rows, int64_t cols,
                                         bool diag, const T* wT, int64_t ldw, int64_t P, T* c) {
-  using V = typename Vec<T>::V;
-  using VI = typename Vec<T>::VI;
-  using I = typename Vec<T>::I;
-  constexpr int L = Vec<T>::L;
-  VI iota;
-  for (int l = 0; l < L; ++l) iota[l] = static_cast<I>(l);
+  using V = typename VecT<T>::V;
+  using VI = typename VecT<T>::VI;
+  using I = typename VecT<T>::I;
+  constexpr int L = Dims<T>::L;
+  static const Iota<T> iota;
   const int64_t colsL = roundup(cols, L);
   const V zero = {};
   const VI ncols = VI{} + static_cast<I>(cols);
@@ -147,7 +120,7 @@ __attribute__((noinline)) void row_pass(const KernelParams<T>& kp, T* D, T* H, i
     const VI ii = VI{} + static_cast<I>(i);
     for (int64_t j = 0; j < colsL; j += L) {
       const V dot = vload(drow + j);
-      const VI idx = iota + static_cast<I>(j);
+      const VI idx = iota.v + static_cast<I>(j);
       VI keep = idx < ncols;
       if (diag) keep = keep & (idx != ii);
       V k, h;
@@ -171,8 +144,8 @@ __attribute__((noinline)) void row_pass(const KernelParams<T>& kp, T* D, T* H, i
 // cs[p * ld + j] = sum_i K_ij wr[i][p] (i ascending), for j < roundup(cols, L).
 template <typename T>
 void col_pass(const T* K, int64_t ld, int64_t rows, int64_t cols, const T* wr, int64_t P, T* cs) {
-  using V = typename Vec<T>::V;
-  constexpr int L = Vec<T>::L;
+  using V = typename VecT<T>::V;
+  constexpr int L = Dims<T>::L;
   const int64_t colsL = roundup(cols, L);
   for (int64_t p = 0; p < P; ++p) std::fill(cs + p * ld, cs + p * ld + colsL, T(0));
   for (int64_t i = 0; i < rows; ++i)
@@ -188,8 +161,8 @@ void col_pass(const T* K, int64_t ld, int64_t rows, int64_t cols, const T* wr, i
 template <typename T>
 void weight_pass(T* H, T* Wc, int64_t ld, int64_t rows, int64_t cols, bool row_side, const T* ar, const T* bT,
                  const T* cr, const T* cT, int64_t ldt, int64_t P) {
-  using V = typename Vec<T>::V;
-  constexpr int L = Vec<T>::L;
+  using V = typename VecT<T>::V;
+  constexpr int L = Dims<T>::L;
   const int64_t colsL = roundup(cols, L);
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < colsL; j += L) {
@@ -237,8 +210,8 @@ KernelParams<T> poly_params(const std::vector<double>& params) {
 // ---- gram --------------------------------------------------------------------------------------------
 template <typename T>
 at::Tensor gram_t(const at::Tensor& x, const at::Tensor& y, const std::vector<double>& params, bool derivative) {
-  using V = typename Vec<T>::V;
-  constexpr int L = Vec<T>::L;
+  using V = typename VecT<T>::V;
+  constexpr int L = Dims<T>::L;
   const at::Tensor xc = rows_of<T>(x), yc = rows_of<T>(y);
   const int64_t N = xc.size(0), M = yc.size(0), B = block_size(N);
   const int64_t nbr = divup(N, B), nbc = divup(M, B);

@@ -34,75 +34,11 @@
 #endif
 
 #include "engine_api.h"
-
-#define INFOVAE_AI inline __attribute__((always_inline))
+#include "simd.h"
 
 namespace infovae {
 namespace cpu {
 namespace engine {
-
-typedef float vf32 __attribute__((vector_size(INFOVAE_VBYTES)));
-typedef double vf64 __attribute__((vector_size(INFOVAE_VBYTES)));
-typedef int32_t vi32 __attribute__((vector_size(INFOVAE_VBYTES)));
-typedef int64_t vi64 __attribute__((vector_size(INFOVAE_VBYTES)));
-
-template <typename T>
-struct VecT;
-typedef float vf32h __attribute__((vector_size(INFOVAE_VBYTES / 2)));
-typedef double vf64h __attribute__((vector_size(INFOVAE_VBYTES / 2)));
-
-template <>
-struct VecT<float> {
-  using V = vf32;
-  using VI = vi32;
-  using VH = vf32h;  // half width
-};
-template <>
-struct VecT<double> {
-  using V = vf64;
-  using VI = vi64;
-  using VH = vf64h;
-};
-
-template <typename T>
-INFOVAE_AI typename VecT<T>::V vload(const T* p) {
-  typename VecT<T>::V v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T, typename V>
-INFOVAE_AI void vstore(T* p, V v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-template <typename T>
-INFOVAE_AI typename VecT<T>::V vset(T x) {
-  // x - 0 is x exactly (also for -0), so this folds to a plain broadcast; 0 + x would not fold.
-  const typename VecT<T>::V zero = {};
-  return x - zero;
-}
-// Horizontal sum in a fixed (pairwise) order: lanes i and i + N/2 added, halving down to one lane. Kept
-// in registers (halves of the vector, not a stack array: a vector stored and read back lane by lane
-// stalls on store forwarding, which dominated the difference-form gradient stage's per-(i, k) sums).
-template <typename T, int N>
-struct VecN {
-  typedef T type __attribute__((vector_size(N * sizeof(T))));
-};
-template <typename T, int N>
-INFOVAE_AI T hsum_tree(typename VecN<T, N>::type v) {
-  if constexpr (N == 2) {
-    return v[0] + v[1];
-  } else {
-    using H = typename VecN<T, N / 2>::type;
-    H lo, hi;
-    std::memcpy(&lo, &v, sizeof(lo));
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
-    return hsum_tree<T, N / 2>(lo + hi);
-  }
-}
-template <typename T>
-INFOVAE_AI T hsum(typename VecT<T>::V v) {
-  return hsum_tree<T, Dims<T>::L>(v);
-}
 
 // ---------------------------------------------------------------------------------------------------
 // exp for arguments x <= 0 (larger x would overflow the exponent field). float: Cephes expf (range reduction by ln 2 in two parts, degree-6 polynomial), max error about
@@ -259,17 +195,6 @@ INFOVAE_AI void pair_micro(const T* __restrict xp, const T* __restrict yp, int64
     }
   }
 }
-
-template <typename T>
-struct Iota {
-  typename VecT<T>::VI v;
-  Iota() {
-    using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-    I a[Dims<T>::L];
-    for (int i = 0; i < Dims<T>::L; ++i) a[i] = i;
-    std::memcpy(&v, a, sizeof(v));
-  }
-};
 
 // One row panel (MR rows from gi0) against ncp column panels (from gj0).
 template <typename T>
