@@ -229,6 +229,21 @@ def test_extreme_params_finite(dtype, kernel):
 
 
 # ---- determinism and layouts ------------------------------------------------------------------------
+def assert_same_bits_across_threads(run):
+    """run() with 1, 2 and 3 torch threads: every output bitwise equal; returns the 1-thread outputs."""
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for nt in (1, 2, 3):
+            torch.set_num_threads(nt)
+            results.append(run())
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        assert all(torch.equal(p, q) for p, q in zip(results[0], other))
+    return results[0]
+
+
 def test_deterministic_across_calls_and_thread_counts():
     x, y = points(1000, 7, seed=19).float(), points(1777, 7, seed=20).float()
     v, a = points(1777, 5, seed=21).float(), points(1000, 5, seed=22).float()
@@ -245,21 +260,10 @@ def test_deterministic_across_calls_and_thread_counts():
                 *ops.quad_form(z, w[:, :1], None, p1, "imq", False, False),
                 ops.gram(x[:100], y, p2, "rbf", True)]
 
-    old = torch.get_num_threads()
-    try:
-        first = run()
-        assert all(torch.equal(p, q) for p, q in zip(first, run()))
-        torch.set_num_threads(1)
-        single = run()
-        torch.set_num_threads(2)
-        multi = run()
-        torch.set_num_threads(3)
-        three = run()
-    finally:
-        torch.set_num_threads(old)
+    first = run()
+    assert all(torch.equal(p, q) for p, q in zip(first, run()))
+    single = assert_same_bits_across_threads(run)
     assert all(torch.equal(p, q) for p, q in zip(first, single))
-    assert all(torch.equal(p, q) for p, q in zip(single, multi))
-    assert all(torch.equal(p, q) for p, q in zip(single, three))
 
 
 def test_half_inputs_upcast():
@@ -569,16 +573,7 @@ def test_new_kernels_deterministic_across_thread_counts():
                     *ops.pair_reduce(x, y, v, a, prm, name, False), ops.gram(x[:50], y, prm, name, True)]
         return out
 
-    old = torch.get_num_threads()
-    try:
-        results = []
-        for nt in (1, 2, 3):
-            torch.set_num_threads(nt)
-            results.append(run())
-    finally:
-        torch.set_num_threads(old)
-    for other in results[1:]:
-        assert all(torch.equal(p, q) for p, q in zip(results[0], other))
+    assert_same_bits_across_threads(run)
 
 
 _P3 = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
@@ -744,13 +739,4 @@ def test_polynomial_gemm_deterministic_across_thread_counts():
                 ops.gram(x, y, prm, "polynomial", True), *ops.quad_form(z.double(), w.double(), aw.double(), prm,
                                                                         "polynomial", False, True)]
 
-    old = torch.get_num_threads()
-    try:
-        results = []
-        for nt in (1, 2, 3):
-            torch.set_num_threads(nt)
-            results.append(run())
-    finally:
-        torch.set_num_threads(old)
-    for other in results[1:]:
-        assert all(torch.equal(p, q) for p, q in zip(results[0], other))
+    assert_same_bits_across_threads(run)
