@@ -139,7 +139,7 @@ class MMD(_FeatureMetric):
                  estimator: str = "unbiased", backend: str = "auto", device=None, max_memory="1GiB",
                  spill_bytes="1GiB", spill_dir: Optional[str] = None, group=None):
         kernel = _checks.kernel(kernel)
-        if sigma == "median" and not kernels.has_bandwidth(kernel):
+        if isinstance(sigma, str) and sigma == "median" and not kernels.has_bandwidth(kernel):
             sigma = None
         _checks.estimator(estimator)
         self.kwargs = dict(kernel=kernel, sigma=sigma, estimator=estimator, backend=backend, device=device,

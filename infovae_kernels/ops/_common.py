@@ -60,15 +60,16 @@ def _dot_range(xs: Tensor, ys: Tensor, params: Tensor, dtype: torch.dtype) -> No
                          f"{ct} (|gamma x.y + coef| up to {t:.3g}, degree {degree:g}); pass float64 points or a smaller gamma")
 
 
-def bandwidth_grad(sigmas: Tensor, params: Tensor, point_moment: Callable[[Tensor], Tensor]) -> Tensor:
+def bandwidth_grad(sigmas: Tensor, params: Tensor, computed, gradient_terms: Callable, moment: Callable) -> Tensor:
     """dL/dsigma (S,) by homogeneity. Restricted to scale s the kernel depends on the points only through
     p / sigma_s (rbf, imq, laplacian), so  sigma_s dL/dsigma_s = -sum_i p_i . dL^(s)/dp_i  over every point,
     where L^(s) is L with the kernel's scale-s part only (its coefficients dL/dK held at their full-kernel
-    values). point_moment(params_s) returns that sum for the kernel with params_s = params[s:s+1] (the
-    points in the prepared units: the moment does not depend on them). One extra pass per scale when S > 1;
-    with one scale the op passes the moment of the gradient it computed anyway."""
-    moments = [point_moment(params[s:s + 1]) for s in range(params.shape[0])]
-    return -torch.stack(moments).to(torch.float64) / sigmas.detach()
+    values). gradient_terms(params_s) gives the op's point-gradient terms for params_s = params[s:s+1], and
+    moment(terms) the sum above from them (the points in the prepared units: the moment does not depend on
+    them). With one scale the terms the op computed anyway (`computed`) serve; S > 1 costs one extra pass
+    per scale."""
+    terms = [computed] if params.shape[0] == 1 else [gradient_terms(params[s:s + 1]) for s in range(params.shape[0])]
+    return -torch.stack([moment(t) for t in terms]).to(torch.float64) / sigmas.detach()
 
 
 def needs_grad(*tensors: Optional[Tensor]) -> list[bool]:

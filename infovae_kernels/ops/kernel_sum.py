@@ -46,11 +46,9 @@ class _KernelSum(torch.autograd.Function):
         gx, s, gy = gradient_terms(params, need_x or need_sigma, need_y or need_sigma)
         dsigma = None
         if need_sigma:
-            def moment(p):  # sum_i x_i . dL/dx_i + sum_j y_j . dL/dy_j
-                px, _, py = (gx, s, gy) if p.shape[0] == params.shape[0] else gradient_terms(p, True, True)
-                return -(xs.double() * px).sum() - (ys.double() * py).sum()
-
-            dsigma = bandwidth_grad(sigmas, params, moment)
+            dsigma = bandwidth_grad(  # moment: sum_i x_i . dL/dx_i + sum_j y_j . dL/dy_j
+                sigmas, params, (gx, s, gy), lambda p: gradient_terms(p, True, True),
+                lambda t: -(xs.double() * t[0]).sum() - (ys.double() * t[2]).sum())
         dx = (gx / -scale).to(grad.dtype) if need_x else None
         dy = (gy / -scale).to(grad.dtype) if need_y else None
         dv = s.to(v.dtype) if need_v else None

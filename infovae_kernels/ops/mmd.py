@@ -61,11 +61,8 @@ class _MMD(torch.autograd.Function):
             value = q[0]
         grads = [None] * 5
         if need_sigma:  # sum_i z_i . dvalue/dz_i = -2 sum_i z_i . G_i
-            def moment(p):
-                gp = g if p.shape[0] == params.shape[0] else ops.quad_form(z, w, a, p, name, unbiased, False)[2]
-                return -2.0 * (z.double() * gp).sum()
-
-            grads[4] = bandwidth_grad(sigmas, params, moment)
+            grads[4] = bandwidth_grad(sigmas, params, g, lambda p: ops.quad_form(z, w, a, p, name, unbiased, False)[2],
+                                      lambda gp: -2.0 * (z.double() * gp).sum())
         if need_x or need_y:
             dz = g * (-2.0 / scale)
             grads[0] = dz[:n].to(x.dtype) if need_x else None

@@ -45,11 +45,8 @@ class _RowSums(torch.autograd.Function):
         g = ops.quad_form(z, cols, a, params, name, False, False)[2]
         dsigma = None
         if ctx.needs_input_grad[2]:
-            def moment(p):  # sum_i z_i . dL/dz_i, dL/dz = -G
-                gp = g if p.shape[0] == params.shape[0] else ops.quad_form(z, cols, a, p, name, False, False)[2]
-                return -(z.double() * gp).sum()
-
-            dsigma = bandwidth_grad(sigmas, params, moment)
+            dsigma = bandwidth_grad(sigmas, params, g, lambda p: ops.quad_form(z, cols, a, p, name, False, False)[2],
+                                    lambda gp: -(z.double() * gp).sum())  # sum_i z_i . dL/dz_i, dL/dz = -G
         return -g.to(z.dtype), None, dsigma, None, None, None
 
 

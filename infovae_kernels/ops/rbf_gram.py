@@ -39,11 +39,8 @@ class _RBFGram(torch.autograd.Function):
         gx, gy = point_grads(params)
         dsigma = None
         if need_sigma:
-            def moment(p):
-                px, py = (gx, gy) if p.shape[0] == params.shape[0] else point_grads(p)
-                return (xs * px).sum(dtype=torch.float64) + (ys * py).sum(dtype=torch.float64)
-
-            dsigma = bandwidth_grad(sigmas, params, moment)
+            dsigma = bandwidth_grad(sigmas, params, (gx, gy), point_grads,
+                                    lambda t: (xs * t[0]).sum(dtype=torch.float64) + (ys * t[1]).sum(dtype=torch.float64))
         dx = (gx / scale).to(grad.dtype) if need_x else None
         dy = (gy / scale).to(grad.dtype) if need_y else None
         return dx, dy, dsigma, None

@@ -85,8 +85,8 @@ def kid(x: Data, y: Data, *, degree: int = 3, gamma: Optional[float] = None, coe
         value, sums = _one_sweep(st, plan, n, m)
     else:
         def columns(s: int, e: int) -> Tensor:  # [signed uniform weights, 1 on x rows, 1 on y rows]
-            on_x = (torch.arange(s, e) < n).double()
-            return torch.stack([on_x / n - (1.0 - on_x) / m, on_x, 1.0 - on_x], 1)
+            ind = _indicators(s, e, n)
+            return torch.cat([ind[:, :1] / n - ind[:, 1:] / m, ind], 1)
 
         partials, sums = run_tiles(_job(st, columns, 3, True), plan, rank, world, group, progress, row_sums=True)
         value = signed_value(partials[:, 0], plan, 1.0 / n, 1.0 / m, True)
@@ -99,14 +99,16 @@ def kid(x: Data, y: Data, *, degree: int = 3, gamma: Optional[float] = None, coe
     return KIDResult(value, std, "exact")
 
 
+def _indicators(s: int, e: int, n: int) -> Tensor:
+    """Columns [1 on x rows, 1 on y rows] (float64) for pooled rows [s, e), x being the first n."""
+    on_x = (torch.arange(s, e) < n).double()
+    return torch.stack([on_x, 1.0 - on_x], 1)
+
+
 def _one_sweep(st, plan, n: int, m: int) -> tuple[float, np.ndarray]:
     """(KID, row sums [K 1_x, K 1_y] without the diagonal) from one quad_form over the pooled points: each
     pair evaluated once, against twice for the tiled path's off-diagonal tiles with row sums."""
-    def columns(s: int, e: int) -> Tensor:
-        on_x = (torch.arange(s, e) < n).double()
-        return torch.stack([on_x, 1.0 - on_x], 1)
-
-    job = _job(st, columns, 2, True)
+    job = _job(st, lambda s, e: _indicators(s, e, n), 2, True)
     parts = list(job.load(plan.blocks, list(range(len(plan.blocks)))))
     z, w = torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
     q, s, _ = job.ops.quad_form(z, w, None, job.params, job.kernel, True, True)
