@@ -131,18 +131,16 @@ def _down(v: Tensor) -> Tensor:
 
 class GatedLayer(nn.Module):
     """One two-stack gated layer (van den Oord et al. 2016, "Conditional image generation with PixelCNN
-    decoders"), conditioned on z, without the blind spot of a masked 3x3 stack.
-
-    vertical stack: a (k//2 + 1) x k convolution over rows r - k//2 .. r (every column within k//2):
-        v_out(r) depends on input rows <= r only.
-    horizontal stack: a 1 x (k//2 + 1) convolution over columns c - k//2 .. c of the same row (the
-        first layer shifts it right by one: columns < c, the "A" mask), plus the vertical stack shifted
-        down one row (rows < r): h_out(r, c) depends on pixels strictly before (r, c) in raster order.
+    decoders"), conditioned on z, without the blind spot of a masked 3x3 stack: forward = vertical() then
+    horizontal(), the horizontal half fed the vertical half's pre-gate activation shifted down one row, so
+    h_out(r, c) sees only pixels before (r, c) in raster order and v_out(r) only rows <= r.
     Both gates are tanh(f) * sigmoid(g) with V z added; the horizontal stack is residual after layer 0."""
 
     def __init__(self, cin: int, ch: int, latent: int, k: int, first: bool):
         super().__init__()
         self.k, self.first = k, first
+        self.v_reach = k // 2  # rows above r that va(r) sees
+        self.h_reach = k // 2 + first  # columns left of c that h_out(r, c) sees in its input h
         self.vconv = nn.Conv2d(cin, 2 * ch, (k // 2 + 1, k))
         self.hconv = nn.Conv2d(cin, 2 * ch, (1, k // 2 + 1))
         self.v2h = nn.Conv2d(2 * ch, 2 * ch, 1)
@@ -155,14 +153,27 @@ class GatedLayer(nn.Module):
         f, g = a.chunk(2, dim=1)
         return torch.tanh(f) * torch.sigmoid(g)
 
-    def forward(self, v: Tensor, h: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    def vertical(self, v: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(v_out, va): va(r) is a (k//2 + 1) x k convolution over input rows r - k//2 .. r (zeros above the
+        top), every column within k//2; v_out = gate(va + V_v z). Both at row r see input rows <= r only,
+        so a block of rows gives exact outputs at the rows whose k//2 rows above are in it (or are the top)."""
         k = self.k
-        va = self.vconv(F.pad(v, (k // 2, k // 2, k // 2, 0)))  # rows r - k//2 .. r
+        va = self.vconv(F.pad(v, (k // 2, k // 2, k // 2, 0)))
+        return self._gate(va + self.cond_v(z)[:, :, None, None]), va
+
+    def horizontal(self, h: Tensor, above: Tensor, z: Tensor) -> Tensor:
+        """h_out(r, c): a 1 x (k//2 + 1) convolution over h(r, c - k//2 .. c) (the first layer shifted right
+        by one: columns < c, the "A" mask), plus `above` = v2h(va of row r - 1), which sees input rows < r
+        only, plus V_h z. Nothing from another row of h, so it runs on one row; a block of columns gives
+        exact outputs at the columns whose h_reach columns to the left are in it (or are the left edge)."""
+        k = self.k
         hin = F.pad(h, (k // 2 + 1, 0, 0, 0))[:, :, :, :-1] if self.first else F.pad(h, (k // 2, 0, 0, 0))
-        ha = self.hconv(hin) + self.v2h(_down(va)) + self.cond_h(z)[:, :, None, None]
-        v_out = self._gate(va + self.cond_v(z)[:, :, None, None])
-        h_new = self.hout(self._gate(ha))
-        return v_out, (h_new if self.first else h + h_new)
+        h_new = self.hout(self._gate(self.hconv(hin) + above + self.cond_h(z)[:, :, None, None]))
+        return h_new if self.first else h + h_new
+
+    def forward(self, v: Tensor, h: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        v_out, va = self.vertical(v, z)
+        return v_out, self.horizontal(h, self.v2h(_down(va)), z)
 
 
 class PixelCNNDecoder(nn.Module):
@@ -170,7 +181,8 @@ class PixelCNNDecoder(nn.Module):
 
     `layers` gated layers (the first a 7 x 7 "A" layer, the rest 3 x 3), `channels` channels, every
     layer conditioned on z, then 1x1 convs -> logits. The receptive field has no blind spot. Training is
-    one parallel pass (teacher forcing); sampling is one pass per pixel. The authors used 12 layers."""
+    one parallel pass (teacher forcing); sampling caches the vertical stacks row by row (see sample()).
+    The authors used 12 layers."""
 
     autoregressive = True
 
@@ -191,17 +203,41 @@ class PixelCNNDecoder(nn.Module):
             v, h = layer(v, h, z)
         return self.head(h)
 
-    @torch.no_grad()
     def sample(self, z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """Autoregressive draws; the uniforms come from `generator` on the CPU (same draws on any device)."""
-        x = z.new_zeros(z.shape[0], *self.shape)
-        _, h, w = self.shape
-        u = torch.rand(z.shape[0], h, w, generator=generator, dtype=z.dtype).to(z.device)
-        for i in range(h):
-            for j in range(w):
-                p = torch.sigmoid(self.forward(z, x)[:, 0, i, j])
-                x[:, 0, i, j] = (u[:, i, j] < p).to(x.dtype)
-        return x
+        return self._sample(z, generator)[0]
+
+    @torch.no_grad()
+    def _sample(self, z: Tensor, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+        """(x, logits): the draws and the logit each pixel was drawn from, the same as forward(z, x) gives.
+
+        The logit of (i, j) is the head of the last horizontal stack at (i, j), which sees row i at columns
+        < j and each layer's va at row i - 1 (which sees rows < i): once row i - 1 is drawn, each layer's
+        v2h(va(i - 1)) is computed once from a window of the rows above (tapered: each layer keeps only the
+        rows the later layers still read), then each pixel of row i runs only the horizontal stacks on a
+        window of columns of row i. Pixel (i, j) is 1 when u[i, j] < sigmoid(logit), u as a per-pixel
+        full pass would draw it."""
+        n, (_, rows, cols) = z.shape[0], self.shape
+        x = z.new_zeros(n, *self.shape)
+        logits = z.new_zeros(n, rows, cols)
+        u = torch.rand(n, rows, cols, generator=generator, dtype=z.dtype).to(z.device)
+        # span_v[l] / span_h[l]: the rows / columns of layer l's input that the stack's last row / column sees
+        span_v = [1 + sum(m.v_reach for m in self.layers[l:]) for l in range(len(self.layers) + 1)]
+        span_h = [1 + sum(m.h_reach for m in self.layers[l:]) for l in range(len(self.layers) + 1)]
+        va_above = [z.new_zeros(n, layer.vconv.out_channels, 1, cols) for layer in self.layers]  # _down: row -1 = 0
+        for i in range(rows):
+            above = [layer.v2h(a) for layer, a in zip(self.layers, va_above)]
+            for j in range(cols):
+                h = 2 * x[:, :, i:i + 1, max(0, j + 1 - span_h[0]):j + 1] - 1
+                for layer, a, keep in zip(self.layers, above, span_h[1:]):
+                    h = layer.horizontal(h, a[..., j + 1 - h.shape[-1]:j + 1], z)[..., -keep:]
+                logits[:, i, j] = self.head(h)[:, 0, 0, -1]
+                x[:, 0, i, j] = (u[:, i, j] < torch.sigmoid(logits[:, i, j])).to(x.dtype)
+            v = 2 * x[:, :, max(0, i + 1 - span_v[0]):i + 1] - 1
+            for l, (layer, keep) in enumerate(zip(self.layers, span_v[1:])):
+                v, va = layer.vertical(v, z)
+                va_above[l], v = va[:, :, -1:], v[:, :, -keep:]
+        return x, logits
 
 
 def make_encoder(name: str, shape, latent: int, hidden: Optional[int] = None, layers: Optional[int] = None) -> nn.Module:
