@@ -56,6 +56,12 @@ def test_reproduce_quick(tmp_path):
             assert isinstance(m[k], float) and math.isfinite(m[k]), (name, k)
         assert m["mmd_curve"] and m["probe_draws"] >= 10, name
     assert res["P3"]["elbo_beta"]["latent"] == 10
+    from infovae import InfoVAE
+
+    for n in R.P3_MODELS:  # each P3 run keeps its weights, which fit its own config (metrics can be recomputed)
+        w = torch.load(os.path.join(out, "P3", n, "model.pt"), map_location="cpu")
+        assert w["model_config"] == json.load(open(os.path.join(out, "P3", n, "config.json")))["model"]
+        InfoVAE.from_config(w["model_config"]).load_state_dict(w["model"])
 
 
 def _p3(mmd_mi, mmd_acc, floor=0.1):

@@ -32,7 +32,7 @@ from infovae.data import load_data
 from infovae.metrics import (_binarised, encode_all, evaluate, full_mmd, iwae_log_likelihood, logdet_cov,
                              sample_codes)
 from infovae.model import PIXELS, InfoVAE
-from infovae.train import atomic_json, resolve_device, train
+from infovae.train import atomic_json, atomic_save, resolve_device, train
 
 PARTS = ("P1", "P2", "P3")
 BUDGETS = ("cpu", "gpu")
@@ -216,12 +216,15 @@ def part3(out, s, progress, device):
         hist = train(model, data, epochs=_epochs(s["steps"], n, s["batch"]), batch_size=s["batch"], seed=0,
                      progress=progress, callback=track, desc=f"P3 {name}", device=device)
         train_s = time.time() - t
+        run_dir = os.path.join(out, "P3", name)
+        os.makedirs(run_dir, exist_ok=True)  # the weights before the metrics: they can be recomputed from model.pt
+        atomic_save(dict(model_config=model.config, model=model.state_dict()), os.path.join(run_dir, "model.pt"))
         m = evaluate(model, data, iwae_k=s["iwae_k"], n_iwae=s["n_iwae"], n_samples_autoregressive=s["n_samples_ar"],
                      seed=0, draws=s["draws"])
         m.update(train_seconds=train_s, steps=len(hist["steps"]), mmd_curve=curve, converged_step=_converged_step(curve))
         res[name] = m
         curves[name] = curve
-        _save_run(os.path.join(out, "P3", name), model, hist, m, dict(settings=s))
+        _save_run(run_dir, model, hist, m, dict(settings=s))
     plots.curves({k: ([c[0] for c in v], [max(c[1], 1e-6) for c in v]) for k, v in curves.items()},
                  os.path.join(out, "pixel_mmd_curve.png"), "full-batch MMD(q(z), p(z)) (held-out images)",
                  title=f"PixelCNN decoder, latent {d}", logy=True)
