@@ -3,7 +3,8 @@
 // expansion |x|^2 + |y|^2 - 2 x.y would lose the distance (the lossy rule of infovae/pair_math.h),
 // coordinate differences; then the per-pair math of infovae/pair_math.h on SIMD vectors (exp: vexp
 // below) and the reductions. Products of a tile of weights with a block of rows (K W, the gradient's
-// sum_j W_ij z_j) run as a matmul-shaped second stage on a tile buffer.
+// sum_j W_ij z_j) run as a matmul-shaped second stage on a tile buffer: q vectorised (broadcast form),
+// or for quad_form with d <= L pairs vectorised (lane forms), where a vector of q would be mostly padding.
 //
 // Partials over one tile are accumulated in T (float32 for float32/half inputs) and added to float64
 // accumulators in a fixed order; no accumulator is written by two threads, so there are no atomics
@@ -92,13 +93,6 @@ INFOVAE_AI vf64 vexp(vf64 x) {
   y = y * (vf64)e;
   const vf64 zero = {};
   return x < lo ? zero : y;
-}
-
-template <typename VV, typename T>
-INFOVAE_AI VV vload_as(const T* p) {
-  VV v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
 }
 
 // The exp policy of infovae/pair_math.h on SIMD vectors.
@@ -349,10 +343,11 @@ void sweep_row_panel(const KernelParams<T>& kp, const PanelArgs<T>& pa, T* s_out
 // output rows and nqv vectors of q, A(o, j) = A[o * lda + j], or with Tr A[j * lda + o] (the transposed
 // tile: column sums of a tile against the rows of the row block). Broadcast form (q vectorised),
 // accumulated in T in j order.
-template <typename T, int RI, int QV, bool Tr, bool Acc, typename V>
+template <typename T, int RI, int QV, bool Tr, bool Acc>
 INFOVAE_AI void bgemm_block(const T* __restrict A, int64_t lda, int64_t ninner, const T* __restrict B, int64_t ldb,
                             T* __restrict C, int64_t ldc) {
-  constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
+  using V = typename VecT<T>::V;
+  constexpr int L = Dims<T>::L;
   const V zero = {};
   V acc[RI][QV];
 #pragma GCC unroll 16
@@ -362,7 +357,7 @@ INFOVAE_AI void bgemm_block(const T* __restrict A, int64_t lda, int64_t ninner, 
   for (int64_t j = 0; j < ninner; ++j) {
     V b[QV];
 #pragma GCC unroll 4
-    for (int v = 0; v < QV; ++v) b[v] = vload_as<V>(B + j * ldb + v * L);
+    for (int v = 0; v < QV; ++v) b[v] = vload(B + j * ldb + v * L);
 #pragma GCC unroll 16
     for (int r = 0; r < RI; ++r) {
       const V a = (Tr ? A[j * lda + r] : A[r * lda + j]) - zero;
@@ -375,47 +370,46 @@ INFOVAE_AI void bgemm_block(const T* __restrict A, int64_t lda, int64_t ninner, 
 #pragma GCC unroll 4
     for (int v = 0; v < QV; ++v) {
       if constexpr (Acc)
-        vstore(C + r * ldc + v * L, vload_as<V>(C + r * ldc + v * L) + acc[r][v]);
+        vstore(C + r * ldc + v * L, vload(C + r * ldc + v * L) + acc[r][v]);
       else
         vstore(C + r * ldc + v * L, acc[r][v]);
     }
 }
 
-template <typename T, bool Tr = false, bool Acc = false, typename V = typename VecT<T>::V>
+template <typename T, bool Tr = false, bool Acc = false>
 void bgemm(const T* A, int64_t lda, int64_t nout, int64_t ninner, const T* B, int64_t ldb, int64_t nqv, T* C,
            int64_t ldc) {
-  constexpr int L = static_cast<int>(sizeof(V) / sizeof(T)), RI = Dims<T>::RI;
+  constexpr int L = Dims<T>::L, RI = Dims<T>::RI;
   for (int64_t i = 0; i < nout; i += RI) {
     const T* Ai = Tr ? A + i : A + i * lda;
     int64_t qv = 0;
     for (; qv + 3 <= nqv; qv += 3)
-      bgemm_block<T, RI, 3, Tr, Acc, V>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 3, Tr, Acc>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
     if (nqv - qv == 2)
-      bgemm_block<T, RI, 2, Tr, Acc, V>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 2, Tr, Acc>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
     else if (nqv - qv == 1)
-      bgemm_block<T, RI, 1, Tr, Acc, V>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
+      bgemm_block<T, RI, 1, Tr, Acc>(Ai, lda, ninner, B + qv * L, ldb, C + i * ldc + qv * L, ldc);
   }
 }
 
 // Both sides of a symmetric tile in one pass over H (small d: each broadcast H_ij feeds two FMAs):
 //   Cr[i][q] += sum_j H[i][j] BJ[j][q]  (i < nout, multiple of RI),  Cc[j][q] += sum_i H[i][j] BI[i][q]
 // (j < ncols; summed over j, and over i in blocks of RI, in order). One vector of q per pass.
-// VV: the vector type (the full width, or half of it when d fits: AMD Zen 4 runs a 512-bit FMA as two
-// 256-bit halves, so half-empty zmm vectors would cost twice what they compute).
-template <typename T, typename VV>
+template <typename T>
 void bgemm_sym(const T* __restrict H, int64_t lda, int64_t nout, int64_t ncols, const T* __restrict BJ,
                const T* __restrict BI, int64_t ldb, int64_t nqv, T* __restrict Cr, T* __restrict Cc, int64_t ldc) {
-  constexpr int L = static_cast<int>(sizeof(VV) / sizeof(T)), RI = Dims<T>::RI;
+  using VV = typename VecT<T>::V;
+  constexpr int L = Dims<T>::L, RI = Dims<T>::RI;
   const VV zero = {};
   for (int64_t qv = 0; qv < nqv; ++qv) {
     const int64_t qo = qv * L;
     for (int64_t i = 0; i < nout; i += RI) {
       VV acc[RI], bi[RI];
 #pragma GCC unroll 16
-      for (int r = 0; r < RI; ++r) acc[r] = zero, bi[r] = vload_as<VV>(BI + (i + r) * ldb + qo);
+      for (int r = 0; r < RI; ++r) acc[r] = zero, bi[r] = vload(BI + (i + r) * ldb + qo);
       const T* Hi = H + i * lda;
       for (int64_t j = 0; j < ncols; ++j) {
-        const VV b = vload_as<VV>(BJ + j * ldb + qo);
+        const VV b = vload(BJ + j * ldb + qo);
         VV cc = zero;
 #pragma GCC unroll 16
         for (int r = 0; r < RI; ++r) {
@@ -423,11 +417,93 @@ void bgemm_sym(const T* __restrict H, int64_t lda, int64_t nout, int64_t ncols, 
           acc[r] += a * b;
           cc += a * bi[r];
         }
-        vstore(Cc + j * ldc + qo, vload_as<VV>(Cc + j * ldc + qo) + cc);
+        vstore(Cc + j * ldc + qo, vload(Cc + j * ldc + qo) + cc);
       }
 #pragma GCC unroll 16
-      for (int r = 0; r < RI; ++r) vstore(Cr + (i + r) * ldc + qo, vload_as<VV>(Cr + (i + r) * ldc + qo) + acc[r]);
+      for (int r = 0; r < RI; ++r) vstore(Cr + (i + r) * ldc + qo, vload(Cr + (i + r) * ldc + qo) + acc[r]);
     }
+  }
+}
+
+// The column side of a symmetric tile in lane form, for d <= L (D = d at compile time):
+//   CT[q][j] += sum_i H[i][j] BI[i][q]   (j < njv * L, lanes over j; i < nrows, in order)
+// with CT transposed ([q][ldt]). The broadcast form above spends one FMA per pair on a vector of q that is
+// mostly padding when d < L; here a vector is L pairs and a pair costs D / L FMAs (each broadcast BI[i][q]
+// feeds JV vectors of columns).
+template <typename T, int D>
+void lane_col_stage(const T* __restrict H, int64_t ldh, int64_t nrows, int64_t njv, const T* __restrict BI,
+                    int64_t ldb, T* __restrict CT, int64_t ldt) {
+  using V = typename VecT<T>::V;
+  constexpr int L = Dims<T>::L, JV = D <= 8 ? 2 : 1;  // JV * D accumulators stay in registers
+  for (int64_t jv = 0; jv < njv; jv += JV) {
+    V c[JV][D];
+#pragma GCC unroll 16
+    for (int q = 0; q < D; ++q)
+#pragma GCC unroll 2
+      for (int u = 0; u < JV; ++u) c[u][q] = vload(CT + q * ldt + (jv + u) * L);
+    for (int64_t i = 0; i < nrows; ++i) {
+      V h[JV];
+#pragma GCC unroll 2
+      for (int u = 0; u < JV; ++u) h[u] = vload(H + i * ldh + (jv + u) * L);
+#pragma GCC unroll 16
+      for (int q = 0; q < D; ++q) {
+        const V b = vset<T>(BI[i * ldb + q]);
+#pragma GCC unroll 2
+        for (int u = 0; u < JV; ++u) c[u][q] += h[u] * b;
+      }
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < D; ++q)
+#pragma GCC unroll 2
+      for (int u = 0; u < JV; ++u) vstore(CT + q * ldt + (jv + u) * L, c[u][q]);
+  }
+}
+
+// The row side in lane form, for d <= L:
+//   C[i][q] += sum_j H[i][j] w_j y_j[q]   (i < nrows; j < njv * L in order, y in col panels [jp][q][NR])
+// summed per lane, then across lanes (hsums); RI rows share each load of y.
+template <typename T, int D>
+void lane_row_stage(const T* __restrict H, int64_t ldh, int64_t nrows, int64_t njv, const T* __restrict ycp,
+                    const T* __restrict w, T* __restrict C, int64_t ldc) {
+  using V = typename VecT<T>::V;
+  constexpr int L = Dims<T>::L, NRV = Dims<T>::NRV, NR = Dims<T>::NR, RI = D <= 8 ? 2 : 1;
+  for (int64_t i = 0; i < nrows; i += RI) {
+    V acc[RI][D];
+#pragma GCC unroll 2
+    for (int r = 0; r < RI; ++r)
+#pragma GCC unroll 16
+      for (int q = 0; q < D; ++q) acc[r][q] = V{};
+    for (int64_t jv = 0; jv < njv; ++jv) {
+      const V wv = vload(w + jv * L);
+      V h[RI];
+#pragma GCC unroll 2
+      for (int r = 0; r < RI; ++r) h[r] = vload(H + (i + r) * ldh + jv * L) * wv;
+      const T* yv = ycp + (jv / NRV) * D * NR + (jv % NRV) * L;
+#pragma GCC unroll 16
+      for (int q = 0; q < D; ++q) {
+        const V y = vload(yv + q * NR);
+#pragma GCC unroll 2
+        for (int r = 0; r < RI; ++r) acc[r][q] += h[r] * y;
+      }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < RI; ++r) {
+      T s[D];
+      hsums<T, D>(acc[r], s);
+#pragma GCC unroll 16
+      for (int q = 0; q < D; ++q) C[(i + r) * ldc + q] += s[q];
+    }
+  }
+}
+
+// f(std::integral_constant<int, D>) for the run-time d, 1 <= d <= Max.
+template <int Max, int D = 1, class F>
+INFOVAE_AI void with_dim(int64_t d, F&& f) {
+  if constexpr (D <= Max) {
+    if (d == D)
+      f(std::integral_constant<int, D>{});
+    else
+      with_dim<Max, D + 1>(d, f);
   }
 }
 
@@ -661,8 +737,10 @@ struct QuadAcc {
 constexpr int64_t kFlushRounds = 8;
 template <typename T>
 struct QuadAccT {
-  T* Yrow = nullptr;  // [N_pad][d_pad]
-  T* Ycol = nullptr;
+  T* Yrow = nullptr;   // [N_pad][d_pad]
+  T* Ycol = nullptr;   // [N_pad][d_pad], or with d <= L:
+  T* YcolT = nullptr;  // [d][N_pad] (lane_col_stage)
+  int64_t ldt = 0;     // N_pad
 };
 
 struct TileJob {
@@ -694,7 +772,7 @@ void diff_tile_out(const PointSet<T>& z, const TileJob& tj, int64_t rows, int64_
 template <typename T, KernelKind K, int NS, bool Diff, bool RowS, bool Grad>
 void quad_tile_p1(const QuadProblem<T>& pb, const KernelParams<T>& kp, const TileJob& tj, const QuadAcc& acc,
                   const QuadAccT<T>& acct, QuadScratch<T>& ws, double* qt) {
-  constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
+  constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR, NRV = Dims<T>::NRV;
   const int64_t N = pb.z.n, d = pb.z.d, dp = pb.z.d_pad, B = tj.B;
   const int64_t i0 = tj.I * B, rows = std::min(B, N - i0), npan = divup(rows, MR);
   const int64_t j0 = tj.J * B, cols = std::min(B, N - j0), ncp = divup(cols, NR);
@@ -730,15 +808,21 @@ void quad_tile_p1(const QuadProblem<T>& pb, const KernelParams<T>& kp, const Til
   } else if constexpr (Grad) {
     T* yr = acct.Yrow + i0 * dp;
     T* yc = acct.Ycol + j0 * dp;
-    if (tj.rowG && cu_on && L >= 8 && d <= L / 2) {
-      bgemm_sym<T, typename VecT<T>::VH>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, pb.wz + i0 * dp, dp, 1, yr, yc, dp);
-    } else if (tj.rowG && cu_on && dp / L <= 2) {
-      bgemm_sym<T, typename VecT<T>::V>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, pb.wz + i0 * dp, dp,
-                                        dp / L, yr, yc, dp);
-    } else if (L >= 8 && d <= L / 2) {
-      using VH = typename VecT<T>::VH;
-      if (tj.rowG) bgemm<T, false, true, VH>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, dp, 1, yr, dp);
-      if (cu_on) bgemm<T, true, true, VH>(ws.hb.data(), B, ncp * NR, npan * MR, pb.wz + i0 * dp, dp, 1, yc, dp);
+    if (acct.YcolT) {  // d <= L: lane forms (the row side's only up to d = 8, beyond which it loses)
+      if (tj.rowG && d <= 8)
+        with_dim<std::min(L, 8)>(d, [&](auto dim) {
+          lane_row_stage<T, decltype(dim)::value>(ws.hb.data(), B, npan * MR, ncp * NRV, pb.z.cp + j0 * d, pb.wcol + j0,
+                                                  yr, dp);
+        });
+      else if (tj.rowG)
+        bgemm<T, false, true>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, dp, 1, yr, dp);
+      if (cu_on)
+        with_dim<L>(d, [&](auto dim) {
+          lane_col_stage<T, decltype(dim)::value>(ws.hb.data(), B, npan * MR, ncp * NRV, pb.wz + i0 * dp, dp,
+                                                  acct.YcolT + j0, acct.ldt);
+        });
+    } else if (tj.rowG && cu_on && dp == 2 * L) {
+      bgemm_sym(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, pb.wz + i0 * dp, dp, dp / L, yr, yc, dp);
     } else {
       if (tj.rowG) bgemm<T, false, true>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, dp, dp / L, yr, dp);
       if (cu_on) bgemm<T, true, true>(ws.hb.data(), B, ncp * NR, npan * MR, pb.wz + i0 * dp, dp, dp / L, yc, dp);
@@ -849,6 +933,8 @@ void quad_form_kernel(const QuadProblem<T>& pb) {
   std::vector<T> Yf(grad ? 2 * N_pad * dp : 0, T(0));
   QuadAccT<T> acct;
   acct.Yrow = Yf.data(), acct.Ycol = Yf.data() + (grad ? N_pad * dp : 0);
+  std::vector<T> YfT(grad && p1 && dp == Dims<T>::L ? d * N_pad : 0, T(0));
+  if (!YfT.empty()) acct.YcolT = YfT.data(), acct.ldt = N_pad;
   QuadAcc acc;
   acc.Srow = pb.S, acc.Scol = Scol.data(), acc.Urow = Urow.data(), acc.Ucol = Ucol.data(), acc.Yrow = pb.G,
   acc.Ycol = Ycol.data();
@@ -907,6 +993,10 @@ void quad_form_kernel(const QuadProblem<T>& pb) {
               pb.G[i * d + k] += static_cast<double>(acct.Yrow[i * dp + k]);
               Ycol[i * d + k] += static_cast<double>(acct.Ycol[i * dp + k]);
               acct.Yrow[i * dp + k] = acct.Ycol[i * dp + k] = T(0);
+              if (acct.YcolT) {
+                Ycol[i * d + k] += static_cast<double>(acct.YcolT[k * N_pad + i]);
+                acct.YcolT[k * N_pad + i] = T(0);
+              }
             }
         });
     }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "engine_api.h"
 
@@ -20,22 +21,18 @@ typedef int64_t vi64 __attribute__((vector_size(INFOVAE_VBYTES)));
 
 template <typename T>
 struct VecT;
-typedef float vf32h __attribute__((vector_size(INFOVAE_VBYTES / 2)));
-typedef double vf64h __attribute__((vector_size(INFOVAE_VBYTES / 2)));
 
 template <>
 struct VecT<float> {
   using V = vf32;
   using VI = vi32;
   using I = int32_t;
-  using VH = vf32h;  // half width
 };
 template <>
 struct VecT<double> {
   using V = vf64;
   using VI = vi64;
   using I = int64_t;
-  using VH = vf64h;
 };
 
 template <typename T>
@@ -76,6 +73,40 @@ INFOVAE_AI T hsum_tree(typename VecN<T, N>::type v) {
 template <typename T>
 INFOVAE_AI T hsum(typename VecT<T>::V v) {
   return hsum_tree<T, Dims<T>::L>(v);
+}
+
+// D horizontal sums at once (a transposing tree: about 3 operations per vector where hsum needs
+// 2 log2 L): out[q] = sum of the lanes of v[q], q < D <= L, each in a fixed pairwise order. A step takes
+// two vectors whose lanes form groups of width G (one group per sum) and returns one whose groups have
+// width G / 2, each the sum of a group's two halves: the first vector's groups, then the second's.
+constexpr int halving_index(int N, int G, int o) {
+  return ((o / (G / 2)) / (N / G)) * N + ((o / (G / 2)) % (N / G)) * G + o % (G / 2);
+}
+template <int N, int G, typename V, size_t... Is>
+INFOVAE_AI V halve_groups(V x, V y, std::index_sequence<Is...>) {
+  return __builtin_shufflevector(x, y, halving_index(N, G, Is)...) +
+         __builtin_shufflevector(x, y, (halving_index(N, G, Is) + G / 2)...);
+}
+template <typename T, int G, int C>
+INFOVAE_AI void reduce_groups(typename VecT<T>::V* v) {
+  constexpr int L = Dims<T>::L;
+  if constexpr (G > 1) {
+    const typename VecT<T>::V zero = {};
+#pragma GCC unroll 16
+    for (int k = 0; k < (C + 1) / 2; ++k)
+      v[k] = halve_groups<L, G>(v[2 * k], 2 * k + 1 < C ? v[2 * k + 1] : zero, std::make_index_sequence<L>{});
+    reduce_groups<T, G / 2, (C + 1) / 2>(v);
+  }
+}
+template <typename T, int D>
+INFOVAE_AI void hsums(const typename VecT<T>::V (&v)[D], T (&out)[D]) {
+  static_assert(D <= Dims<T>::L, "one vector holds the D sums");
+  typename VecT<T>::V w[D];
+#pragma GCC unroll 16
+  for (int q = 0; q < D; ++q) w[q] = v[q];
+  reduce_groups<T, Dims<T>::L, D>(w);
+#pragma GCC unroll 16
+  for (int q = 0; q < D; ++q) out[q] = w[0][q];
 }
 
 // The lane indices 0, 1, ..., L - 1 (masks of a tile's diagonal and padding lanes).
