@@ -10,8 +10,9 @@ that scale. The authors' code averages the NLL over the 784 pixels instead: a we
 weight 784 w here (docs/MODELS.md lists the paper's and the authors' effective values side by side).
 
 - "mmd": squared MMD between the batch of z ~ q(z|x) and as many fresh draws of p(z), computed by
-  infovae_kernels.mmd (kernel "rbf" with sigma = sqrt(latent) by default: the authors'
-  exp(-|z - z'|^2 / (2 d)); kernel "imq" is the WAE alternative; estimator "biased" by default).
+  infovae_kernels.mmd (kernel "rbf" with sigma = sqrt(latent) by default: exp(-|z - z'|^2 / (2 d)); the
+  authors' research code has exp(-|z - z'|^2 / d^2), sigma = latent / sqrt(2); kernel "imq" is the WAE
+  alternative; estimator "biased" by default).
 - "stein": KL(q(z) || p(z)) minimised by its Stein variational gradient phi = ik.svgd_direction(z,
   score=-z) applied through the surrogate -sum_i stop_grad(phi(z_i)) . z_i (stein_reduction "sum",
   as the authors ran it) or its batch mean ("mean"). stein_sigma: a fixed bandwidth (default
