@@ -4,7 +4,7 @@
 // coordinate differences; then the per-pair math of infovae/pair_math.h on SIMD vectors (exp: vexp
 // below) and the reductions. Products of a tile of weights with a block of rows (K W, the gradient's
 // sum_j W_ij z_j) run as a matmul-shaped second stage on a tile buffer: q vectorised (broadcast form),
-// or for quad_form with d <= L pairs vectorised (lane forms), where a vector of q would be mostly padding.
+// or for quad_form with small d pairs vectorised (lane forms), where a vector of q would be mostly padding.
 //
 // Partials over one tile are accumulated in T (float32 for float32/half inputs) and added to float64
 // accumulators in a fixed order; no accumulator is written by two threads, so there are no atomics
@@ -735,10 +735,14 @@ struct QuadAcc {
 // The matmul-stage results of consecutive rounds are summed in T per block (as a pair_reduce column
 // tile sums up to 1024 columns in T) and flushed into Yrow / Ycol every kFlushRounds rounds.
 constexpr int64_t kFlushRounds = 8;
+// quad_form's gradient stage in lane form up to this d (1 thread, N = M = 8192, float32, AVX-512, against
+// the broadcast form: d = 2 -25%, d = 8 -6%, d = 10 about even, d = 16 +8%).
+constexpr int kLaneMaxD = 8;
+
 template <typename T>
 struct QuadAccT {
   T* Yrow = nullptr;   // [N_pad][d_pad]
-  T* Ycol = nullptr;   // [N_pad][d_pad], or with d <= L:
+  T* Ycol = nullptr;   // [N_pad][d_pad], or with d <= kLaneMaxD (and d_pad = L):
   T* YcolT = nullptr;  // [d][N_pad] (lane_col_stage)
   int64_t ldt = 0;     // N_pad
 };
@@ -808,20 +812,18 @@ void quad_tile_p1(const QuadProblem<T>& pb, const KernelParams<T>& kp, const Til
   } else if constexpr (Grad) {
     T* yr = acct.Yrow + i0 * dp;
     T* yc = acct.Ycol + j0 * dp;
-    if (acct.YcolT) {  // d <= L: lane forms (the row side's only up to d = 8, beyond which it loses)
-      if (tj.rowG && d <= 8)
-        with_dim<std::min(L, 8)>(d, [&](auto dim) {
+    if (acct.YcolT) {  // lane forms (d <= kLaneMaxD)
+      if (tj.rowG)
+        with_dim<std::min(kLaneMaxD, L)>(d, [&](auto dim) {
           lane_row_stage<T, decltype(dim)::value>(ws.hb.data(), B, npan * MR, ncp * NRV, pb.z.cp + j0 * d, pb.wcol + j0,
                                                   yr, dp);
         });
-      else if (tj.rowG)
-        bgemm<T, false, true>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, dp, 1, yr, dp);
       if (cu_on)
-        with_dim<L>(d, [&](auto dim) {
+        with_dim<std::min(kLaneMaxD, L)>(d, [&](auto dim) {
           lane_col_stage<T, decltype(dim)::value>(ws.hb.data(), B, npan * MR, ncp * NRV, pb.wz + i0 * dp, dp,
                                                   acct.YcolT + j0, acct.ldt);
         });
-    } else if (tj.rowG && cu_on && dp == 2 * L) {
+    } else if (tj.rowG && cu_on && dp / L <= 2) {
       bgemm_sym(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, pb.wz + i0 * dp, dp, dp / L, yr, yc, dp);
     } else {
       if (tj.rowG) bgemm<T, false, true>(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, dp, dp / L, yr, dp);
@@ -933,7 +935,7 @@ void quad_form_kernel(const QuadProblem<T>& pb) {
   std::vector<T> Yf(grad ? 2 * N_pad * dp : 0, T(0));
   QuadAccT<T> acct;
   acct.Yrow = Yf.data(), acct.Ycol = Yf.data() + (grad ? N_pad * dp : 0);
-  std::vector<T> YfT(grad && p1 && dp == Dims<T>::L ? d * N_pad : 0, T(0));
+  std::vector<T> YfT(grad && p1 && dp == Dims<T>::L && d <= kLaneMaxD ? d * N_pad : 0, T(0));
   if (!YfT.empty()) acct.YcolT = YfT.data(), acct.ldt = N_pad;
   QuadAcc acc;
   acc.Srow = pb.S, acc.Scol = Scol.data(), acc.Urow = Urow.data(), acc.Ucol = Ucol.data(), acc.Yrow = pb.G,
