@@ -68,7 +68,7 @@ SETTINGS = {
         P3=dict(data="digits", n_train=256, latent=10, layers=2, steps=20, batch=64, curve_every=10, iwae_k=5,
                 n_iwae=50, n_samples_ar=50, draws=10),
     ),
-    "cpu": dict(  # about 100-120 minutes on 2 cores; each part run separately (P3: 51 min idle), see docs/REPRODUCTION.md
+    "cpu": dict(  # about 100-120 minutes on 2 cores; each part run separately (P3: 30 min idle), see docs/REPRODUCTION.md
         P1=dict(seeds=[0, 1, 2], n=512, steps=3000, batch=64, sample_k=100000),
         P2=dict(data="mnist5k", n_trains=[500, 1000, 4000], latent=5, steps=3000, batch=100, iwae_k=50, n_iwae=500),
         # P3 sized from measured CPU time (1 thread, docs/REPRODUCTION.md): a 4-layer two-stack PixelCNN training
