@@ -425,16 +425,17 @@ void bgemm_sym(const T* __restrict H, int64_t lda, int64_t nout, int64_t ncols, 
   }
 }
 
-// The column side of a symmetric tile in lane form, for d <= L (D = d at compile time):
+// The column side of a symmetric tile in lane form, for d <= min(8, L) (D = d at compile time):
 //   CT[q][j] += sum_i H[i][j] BI[i][q]   (j < njv * L, lanes over j; i < nrows, in order)
 // with CT transposed ([q][ldt]). The broadcast form above spends one FMA per pair on a vector of q that is
 // mostly padding when d < L; here a vector is L pairs and a pair costs D / L FMAs (each broadcast BI[i][q]
-// feeds JV vectors of columns).
+// feeds JV vectors of columns; JV * D <= 16 accumulators stay in registers).
 template <typename T, int D>
 void lane_col_stage(const T* __restrict H, int64_t ldh, int64_t nrows, int64_t njv, const T* __restrict BI,
                     int64_t ldb, T* __restrict CT, int64_t ldt) {
   using V = typename VecT<T>::V;
-  constexpr int L = Dims<T>::L, JV = D <= 8 ? 2 : 1;  // JV * D accumulators stay in registers
+  constexpr int L = Dims<T>::L, JV = 2;
+  static_assert(D <= 8, "JV * D accumulators in registers");
   for (int64_t jv = 0; jv < njv; jv += JV) {
     V c[JV][D];
 #pragma GCC unroll 16
@@ -459,14 +460,15 @@ void lane_col_stage(const T* __restrict H, int64_t ldh, int64_t nrows, int64_t n
   }
 }
 
-// The row side in lane form, for d <= L:
+// The row side in lane form, for d <= min(8, L):
 //   C[i][q] += sum_j H[i][j] w_j y_j[q]   (i < nrows; j < njv * L in order, y in col panels [jp][q][NR])
 // summed per lane, then across lanes (hsums); RI rows share each load of y.
 template <typename T, int D>
 void lane_row_stage(const T* __restrict H, int64_t ldh, int64_t nrows, int64_t njv, const T* __restrict ycp,
                     const T* __restrict w, T* __restrict C, int64_t ldc) {
   using V = typename VecT<T>::V;
-  constexpr int L = Dims<T>::L, NRV = Dims<T>::NRV, NR = Dims<T>::NR, RI = D <= 8 ? 2 : 1;
+  constexpr int L = Dims<T>::L, NRV = Dims<T>::NRV, NR = Dims<T>::NR, RI = 2;
+  static_assert(D <= 8, "RI * D accumulators in registers");
   for (int64_t i = 0; i < nrows; i += RI) {
     V acc[RI][D];
 #pragma GCC unroll 2
@@ -813,16 +815,13 @@ void quad_tile_p1(const QuadProblem<T>& pb, const KernelParams<T>& kp, const Til
     T* yr = acct.Yrow + i0 * dp;
     T* yc = acct.Ycol + j0 * dp;
     if (acct.YcolT) {  // lane forms (d <= kLaneMaxD)
-      if (tj.rowG)
-        with_dim<std::min(kLaneMaxD, L)>(d, [&](auto dim) {
-          lane_row_stage<T, decltype(dim)::value>(ws.hb.data(), B, npan * MR, ncp * NRV, pb.z.cp + j0 * d, pb.wcol + j0,
-                                                  yr, dp);
-        });
-      if (cu_on)
-        with_dim<std::min(kLaneMaxD, L)>(d, [&](auto dim) {
-          lane_col_stage<T, decltype(dim)::value>(ws.hb.data(), B, npan * MR, ncp * NRV, pb.wz + i0 * dp, dp,
-                                                  acct.YcolT + j0, acct.ldt);
-        });
+      with_dim<std::min(kLaneMaxD, L)>(d, [&](auto dim) {
+        constexpr int D = decltype(dim)::value;
+        if (tj.rowG)
+          lane_row_stage<T, D>(ws.hb.data(), B, npan * MR, ncp * NRV, pb.z.cp + j0 * d, pb.wcol + j0, yr, dp);
+        if (cu_on)
+          lane_col_stage<T, D>(ws.hb.data(), B, npan * MR, ncp * NRV, pb.wz + i0 * dp, dp, acct.YcolT + j0, acct.ldt);
+      });
     } else if (tj.rowG && cu_on && dp / L <= 2) {
       bgemm_sym(ws.hb.data(), B, npan * MR, ncp * NR, pb.wz + j0 * dp, pb.wz + i0 * dp, dp, dp / L, yr, yc, dp);
     } else {
