@@ -228,6 +228,35 @@ def test_extreme_params_finite(dtype, kernel):
             assert bool(torch.isfinite(t).all()), (value, t)
 
 
+def subnormals_survive():
+    """float32 arithmetic on this thread and on torch's intra-op threads still gives subnormals."""
+    tiny = torch.full((1 << 17,), 1e-38, dtype=torch.float32)
+    return bool(((tiny / 16) > 0).all())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_narrow_bandwidth_flushes_subnormals_and_restores_the_callers_mode(threads):
+    # sigma 0.2 against unit-variance data: most k_ij w_j and g_ij products are subnormal, which the
+    # engine's workers flush (an x86 microcode assist each otherwise); the result stays the oracle's, and
+    # the threads that ran the workers get their floating-point mode back
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        assert subnormals_survive()
+        x, y = points(300, 6, seed=40), points(260, 6, shift=0.3, seed=41)
+        xs, ys, params = prepared(x, y, [0.2], "rbf", torch.float32)
+        z = torch.cat([xs, ys])
+        w = torch.cat([torch.full((300, 1), 1 / 300), torch.full((260, 1), -1 / 260)]).float()
+        q, s, g = ops.quad_form(z, w, w, params, "rbf", False, True)
+        assert subnormals_survive()
+        qr, sr, gr = reference.quad_form(f64(z), f64(w), f64(w), params, "rbf", False, True)
+        scale = reference.quad_form(f64(z), f64(w).abs(), None, params, "rbf", False, False)[0]
+        assert ((q - qr).abs().max() / scale.max()).item() < TOL[torch.float32]
+        assert rel_err(s, sr) < TOL[torch.float32] and rel_err(g, gr) < TOL[torch.float32]
+    finally:
+        torch.set_num_threads(old)
+
+
 # ---- determinism and layouts ------------------------------------------------------------------------
 def assert_same_bits_across_threads(run):
     """run() with 1, 2 and 3 torch threads: every output bitwise equal; returns the 1-thread outputs."""
