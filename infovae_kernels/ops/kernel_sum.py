@@ -38,12 +38,14 @@ class _KernelSum(torch.autograd.Function):
         need_x, need_y, need_v, need_sigma = ctx.needs_input_grad[:4]
         vc, gc = v.to(xs.dtype), grad.to(xs.dtype)
 
-        def gradient_terms(p, rows, cols):  # (Gx, S^T grad and Gy): dL/dx' = -Gx, dL/dy' = -Gy
+        def gradient_terms(p, rows, cols, values=False):  # (Gx, S^T grad, Gy): dL/dx' = -Gx, dL/dy' = -Gy
             gx = ops.pair_reduce(xs, ys, vc, gc, p, name, False)[1] if rows else None
-            s, gy = ops.pair_reduce(ys, xs, gc, vc if cols else None, p, name, False)
+            s = gy = None
+            if cols or values:  # the y-side pass, only when y or v needs it
+                s, gy = ops.pair_reduce(ys, xs, gc, vc if cols else None, p, name, False)
             return gx, s, gy
 
-        gx, s, gy = gradient_terms(params, need_x or need_sigma, need_y or need_sigma)
+        gx, s, gy = gradient_terms(params, need_x or need_sigma, need_y or need_sigma, need_v)
         dsigma = None
         if need_sigma:
             dsigma = bandwidth_grad(  # moment: sum_i x_i . dL/dx_i + sum_j y_j . dL/dy_j
