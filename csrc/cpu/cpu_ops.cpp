@@ -157,6 +157,8 @@ void pair_reduce_typed(const at::Tensor& x, const at::Tensor& y, const at::Tenso
   } else {
     vr = to_rows<T>(v, M_pad, pb.p_pad);
     pb.vr = vr.data_ptr<T>();
+    vp = to_panels<T>(vr, p, NR);
+    pb.vp = vp.data_ptr<T>();
   }
   if (grad) {
     if (p == 1) {
@@ -166,8 +168,7 @@ void pair_reduce_typed(const at::Tensor& x, const at::Tensor& y, const at::Tenso
       pb.vy = vy.data_ptr<T>();
     } else {
       ap = to_panels<T>(to_rows<T>(*a, N_pad, p), p, MR);
-      vp = to_panels<T>(vr, p, NR);
-      pb.ap = ap.data_ptr<T>(), pb.vp = vp.data_ptr<T>();
+      pb.ap = ap.data_ptr<T>();
     }
     pb.G = G.data_ptr<double>();
   }

@@ -64,7 +64,7 @@ struct PairProblem {
   int64_t p = 0, p_pad = 0;
   const T* vcol = nullptr;   // p == 1: v as [M_pad]
   const T* vr = nullptr;     // p > 1: v rows [M_pad][p_pad]
-  const T* vp = nullptr;     // grad and p > 1: v col panels (NR), q = p
+  const T* vp = nullptr;     // p > 1: v col panels (NR), q = p
   const T* acol = nullptr;   // grad and p == 1: a as [N_pad]
   const T* ap = nullptr;     // grad and p > 1: a row panels (MR), q = p
   const T* vy = nullptr;     // grad and p == 1: v_j y_j rows [M_pad][d_pad]

@@ -461,9 +461,10 @@ void lane_col_stage(const T* __restrict H, int64_t ldh, int64_t nrows, int64_t n
 }
 
 // The row side in lane form, for d <= min(8, L):
-//   C[i][q] += sum_j H[i][j] w_j y_j[q]   (i < nrows; j < njv * L in order, y in col panels [jp][q][NR])
+//   C[i][q] += sum_j H[i][j] w_j y_j[q]   (i < nrows; j < njv * L in order, y in col panels [jp][q][NR];
+//                                          w_j = 1 without HasW)
 // summed per lane, then across lanes (hsums); RI rows share each load of y.
-template <typename T, int D>
+template <typename T, int D, bool HasW = true>
 void lane_row_stage(const T* __restrict H, int64_t ldh, int64_t nrows, int64_t njv, const T* __restrict ycp,
                     const T* __restrict w, T* __restrict C, int64_t ldc) {
   using V = typename VecT<T>::V;
@@ -476,10 +477,14 @@ void lane_row_stage(const T* __restrict H, int64_t ldh, int64_t nrows, int64_t n
 #pragma GCC unroll 16
       for (int q = 0; q < D; ++q) acc[r][q] = V{};
     for (int64_t jv = 0; jv < njv; ++jv) {
-      const V wv = vload(w + jv * L);
       V h[RI];
 #pragma GCC unroll 2
-      for (int r = 0; r < RI; ++r) h[r] = vload(H + (i + r) * ldh + jv * L) * wv;
+      for (int r = 0; r < RI; ++r) h[r] = vload(H + (i + r) * ldh + jv * L);
+      if constexpr (HasW) {
+        const V wv = vload(w + jv * L);
+#pragma GCC unroll 2
+        for (int r = 0; r < RI; ++r) h[r] *= wv;
+      }
       const T* yv = ycp + (jv / NRV) * D * NR + (jv % NRV) * L;
 #pragma GCC unroll 16
       for (int q = 0; q < D; ++q) {
@@ -642,11 +647,17 @@ bool lossy_call(const KernelArg& ka, const PointSet<T>& x, const PointSet<T>& y)
                                lossy_kappa(ka.kind, ka.params, ka.n_scales));
 }
 
+// The second stages (sum_j W_ij y_j) in lane form up to this d or p (1 thread, N = M = 8192, float32,
+// AVX-512, against the broadcast form: quad_form's full path d = 2 -25%, d = 8 -6%, d = 10 about even,
+// d = 16 +8%; pair_reduce with gradient over its value, p = 1: d = 2 2.05x -> 1.50x, d = 8 1.83x -> 1.58x;
+// p = d + 1 (svgd): d = 2 3.2x -> 1.9x, d = 5 2.85x -> 2.05x).
+constexpr int kLaneMaxD = 8;
+
 // ---------------------------------------------------------------------------------------------------
 // pair_reduce: row blocks of x own their accumulators; y streams through in column tiles.
 template <typename T, KernelKind K, int NS, bool Diff, bool P1, bool Grad>
 void pair_reduce_mode(const PairProblem<T>& pb) {
-  constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
+  constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR, NRV = Dims<T>::NRV;
   const int64_t N = pb.x.n, M = pb.y.n, d = pb.x.d, p = pb.p, dp = pb.y.d_pad, pp = pb.p_pad;
   const int64_t RB = row_block<T>(N);
   const int64_t CB = column_tile<T>(d, !P1 || Grad);
@@ -682,7 +693,15 @@ void pair_reduce_mode(const PairProblem<T>& pb) {
         }
         if constexpr (!P1) {
           T* c = ct.data();
-          bgemm<T>(kb.data(), CB, npan * MR, ncp * NR, pb.vr + j0 * pp, pp, pp / L, c, pp);
+          if (p <= std::min(kLaneMaxD, L)) {
+            std::fill(c, c + npan * MR * pp, T(0));
+            with_dim<std::min(kLaneMaxD, L)>(p, [&](auto dim) {
+              lane_row_stage<T, decltype(dim)::value, false>(kb.data(), CB, npan * MR, ncp * NRV, pb.vp + j0 * p,
+                                                             nullptr, c, pp);
+            });
+          } else {
+            bgemm<T>(kb.data(), CB, npan * MR, ncp * NR, pb.vr + j0 * pp, pp, pp / L, c, pp);
+          }
           for (int64_t i = 0; i < rows; ++i)
             for (int64_t q = 0; q < p; ++q) pb.S[(i0 + i) * p + q] += static_cast<double>(c[i * pp + q]);
         }
@@ -695,7 +714,15 @@ void pair_reduce_mode(const PairProblem<T>& pb) {
             for (int64_t k = 0; k < d; ++k) wy[i * d + k] -= static_cast<double>(c[i * d + k]);
         } else if constexpr (Grad) {
           T* c = cy.data();
-          bgemm<T>(hb.data(), CB, npan * MR, ncp * NR, (P1 ? pb.vy : pb.y.rows) + j0 * dp, dp, dp / L, c, dp);
+          if (d <= std::min(kLaneMaxD, L)) {
+            std::fill(c, c + npan * MR * dp, T(0));
+            with_dim<std::min(kLaneMaxD, L)>(d, [&](auto dim) {
+              lane_row_stage<T, decltype(dim)::value, P1>(hb.data(), CB, npan * MR, ncp * NRV, pb.y.cp + j0 * d,
+                                                          P1 ? pb.vcol + j0 : nullptr, c, dp);
+            });
+          } else {
+            bgemm<T>(hb.data(), CB, npan * MR, ncp * NR, (P1 ? pb.vy : pb.y.rows) + j0 * dp, dp, dp / L, c, dp);
+          }
           for (int64_t i = 0; i < rows; ++i)
             for (int64_t k = 0; k < d; ++k) wy[i * d + k] += static_cast<double>(c[i * dp + k]);
         }
@@ -753,9 +780,6 @@ struct QuadAcc {
 // The matmul-stage results of consecutive rounds are summed in T per block (as a pair_reduce column
 // tile sums up to 1024 columns in T) and flushed into Yrow / Ycol every kFlushRounds rounds.
 constexpr int64_t kFlushRounds = 8;
-// quad_form's gradient stage in lane form up to this d (1 thread, N = M = 8192, float32, AVX-512, against
-// the broadcast form: d = 2 -25%, d = 8 -6%, d = 10 about even, d = 16 +8%).
-constexpr int kLaneMaxD = 8;
 
 template <typename T>
 struct QuadAccT {
