@@ -32,11 +32,12 @@ class _RBFGram(torch.autograd.Function):
         xs, ys, scale, params, sigmas = ctx.saved_tensors
         need_x, need_y, need_sigma = ctx.needs_input_grad[:3]
 
-        def point_grads(p):  # dL/dx', dL/dy' (prepared units) for params p
+        def point_grads(p, rows=True, cols=True):  # dL/dx', dL/dy' (prepared units) for params p
             w = grad.to(xs.dtype) * ctx.ops.gram(xs, ys, p, "rbf", True).to(xs.dtype)
-            return w @ ys - xs * w.sum(1, keepdim=True), w.T @ xs - ys * w.sum(0)[:, None]
+            return (w @ ys - xs * w.sum(1, keepdim=True) if rows else None,
+                    w.T @ xs - ys * w.sum(0)[:, None] if cols else None)
 
-        gx, gy = point_grads(params)
+        gx, gy = point_grads(params, need_x or need_sigma, need_y or need_sigma)
         dsigma = None
         if need_sigma:
             dsigma = bandwidth_grad(sigmas, params, (gx, gy), point_grads,
