@@ -157,8 +157,10 @@ void pair_reduce_typed(const at::Tensor& x, const at::Tensor& y, const at::Tenso
   } else {
     vr = to_rows<T>(v, M_pad, pb.p_pad);
     pb.vr = vr.data_ptr<T>();
-    vp = to_panels<T>(vr, p, NR);
-    pb.vp = vp.data_ptr<T>();
+    if (grad || p <= Dims<T>::LaneD) {  // GradPG; the lane-form S stage (not p = thousands of permutations)
+      vp = to_panels<T>(vr, p, NR);
+      pb.vp = vp.data_ptr<T>();
+    }
   }
   if (grad) {
     if (p == 1) {

@@ -35,6 +35,11 @@ struct Dims {
   static constexpr int NRV = 2;
   static constexpr int NR = L * NRV;
   static constexpr int RI = INFOVAE_VBYTES == 64 ? 8 : 4;
+  // The second stages (sum_j W_ij y_j) run in lane form up to this d or p (1 thread, N = M = 8192,
+  // float32, AVX-512, against the broadcast form: quad_form's full path d = 2 -25%, d = 8 -6%, d = 10 about
+  // even, d = 16 +8%; pair_reduce with gradient over its value, p = 1: d = 2 2.05x -> 1.50x, d = 8
+  // 1.83x -> 1.58x; p = d + 1 (svgd): d = 2 3.2x -> 1.9x, d = 5 2.85x -> 2.05x).
+  static constexpr int LaneD = L < 8 ? L : 8;
 };
 
 inline int64_t divup(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -64,7 +69,7 @@ struct PairProblem {
   int64_t p = 0, p_pad = 0;
   const T* vcol = nullptr;   // p == 1: v as [M_pad]
   const T* vr = nullptr;     // p > 1: v rows [M_pad][p_pad]
-  const T* vp = nullptr;     // p > 1: v col panels (NR), q = p
+  const T* vp = nullptr;     // p > 1 with grad or p <= LaneD: v col panels (NR), q = p
   const T* acol = nullptr;   // grad and p == 1: a as [N_pad]
   const T* ap = nullptr;     // grad and p > 1: a row panels (MR), q = p
   const T* vy = nullptr;     // grad and p == 1: v_j y_j rows [M_pad][d_pad]

@@ -647,12 +647,6 @@ bool lossy_call(const KernelArg& ka, const PointSet<T>& x, const PointSet<T>& y)
                                lossy_kappa(ka.kind, ka.params, ka.n_scales));
 }
 
-// The second stages (sum_j W_ij y_j) in lane form up to this d or p (1 thread, N = M = 8192, float32,
-// AVX-512, against the broadcast form: quad_form's full path d = 2 -25%, d = 8 -6%, d = 10 about even,
-// d = 16 +8%; pair_reduce with gradient over its value, p = 1: d = 2 2.05x -> 1.50x, d = 8 1.83x -> 1.58x;
-// p = d + 1 (svgd): d = 2 3.2x -> 1.9x, d = 5 2.85x -> 2.05x).
-constexpr int kLaneMaxD = 8;
-
 // ---------------------------------------------------------------------------------------------------
 // pair_reduce: row blocks of x own their accumulators; y streams through in column tiles.
 template <typename T, KernelKind K, int NS, bool Diff, bool P1, bool Grad>
@@ -693,9 +687,9 @@ void pair_reduce_mode(const PairProblem<T>& pb) {
         }
         if constexpr (!P1) {
           T* c = ct.data();
-          if (p <= std::min(kLaneMaxD, L)) {
+          if (p <= Dims<T>::LaneD) {
             std::fill(c, c + npan * MR * pp, T(0));
-            with_dim<std::min(kLaneMaxD, L)>(p, [&](auto dim) {
+            with_dim<Dims<T>::LaneD>(p, [&](auto dim) {
               lane_row_stage<T, decltype(dim)::value, false>(kb.data(), CB, npan * MR, ncp * NRV, pb.vp + j0 * p,
                                                              nullptr, c, pp);
             });
@@ -714,9 +708,9 @@ void pair_reduce_mode(const PairProblem<T>& pb) {
             for (int64_t k = 0; k < d; ++k) wy[i * d + k] -= static_cast<double>(c[i * d + k]);
         } else if constexpr (Grad) {
           T* c = cy.data();
-          if (d <= std::min(kLaneMaxD, L)) {
+          if (d <= Dims<T>::LaneD) {
             std::fill(c, c + npan * MR * dp, T(0));
-            with_dim<std::min(kLaneMaxD, L)>(d, [&](auto dim) {
+            with_dim<Dims<T>::LaneD>(d, [&](auto dim) {
               lane_row_stage<T, decltype(dim)::value, P1>(hb.data(), CB, npan * MR, ncp * NRV, pb.y.cp + j0 * d,
                                                           P1 ? pb.vcol + j0 : nullptr, c, dp);
             });
@@ -784,7 +778,7 @@ constexpr int64_t kFlushRounds = 8;
 template <typename T>
 struct QuadAccT {
   T* Yrow = nullptr;   // [N_pad][d_pad]
-  T* Ycol = nullptr;   // [N_pad][d_pad], or with d <= kLaneMaxD (and d_pad = L):
+  T* Ycol = nullptr;   // [N_pad][d_pad], or with d <= LaneD:
   T* YcolT = nullptr;  // [d][N_pad] (lane_col_stage)
   int64_t ldt = 0;     // N_pad
 };
@@ -854,8 +848,8 @@ void quad_tile_p1(const QuadProblem<T>& pb, const KernelParams<T>& kp, const Til
   } else if constexpr (Grad) {
     T* yr = acct.Yrow + i0 * dp;
     T* yc = acct.Ycol + j0 * dp;
-    if (acct.YcolT) {  // lane forms (d <= kLaneMaxD)
-      with_dim<std::min(kLaneMaxD, L)>(d, [&](auto dim) {
+    if (acct.YcolT) {  // lane forms (d <= LaneD)
+      with_dim<Dims<T>::LaneD>(d, [&](auto dim) {
         constexpr int D = decltype(dim)::value;
         if (tj.rowG)
           lane_row_stage<T, D>(ws.hb.data(), B, npan * MR, ncp * NRV, pb.z.cp + j0 * d, pb.wcol + j0, yr, dp);
@@ -974,7 +968,7 @@ void quad_form_kernel(const QuadProblem<T>& pb) {
   std::vector<T> Yf(grad ? 2 * N_pad * dp : 0, T(0));
   QuadAccT<T> acct;
   acct.Yrow = Yf.data(), acct.Ycol = Yf.data() + (grad ? N_pad * dp : 0);
-  std::vector<T> YfT(grad && p1 && dp == Dims<T>::L && d <= kLaneMaxD ? d * N_pad : 0, T(0));
+  std::vector<T> YfT(grad && p1 && d <= Dims<T>::LaneD ? d * N_pad : 0, T(0));
   if (!YfT.empty()) acct.YcolT = YfT.data(), acct.ldt = N_pad;
   QuadAcc acc;
   acc.Srow = pb.S, acc.Scol = Scol.data(), acc.Urow = Urow.data(), acc.Ucol = Ucol.data(), acc.Yrow = pb.G,
