@@ -166,8 +166,10 @@ void pair_reduce_typed(const at::Tensor& x, const at::Tensor& y, const at::Tenso
     if (p == 1) {
       acol = to_rows<T>(*a, N_pad, 1);
       pb.acol = acol.data_ptr<T>();
-      vy = to_rows<T>(y, M_pad, pb.y.d_pad, pb.vcol);
-      pb.vy = vy.data_ptr<T>();
+      if (y.size(1) > Dims<T>::LaneD) {  // the broadcast-form stage's rows (the lane form reads y's panels)
+        vy = to_rows<T>(y, M_pad, pb.y.d_pad, pb.vcol);
+        pb.vy = vy.data_ptr<T>();
+      }
     } else {
       ap = to_panels<T>(to_rows<T>(*a, N_pad, p), p, MR);
       pb.ap = ap.data_ptr<T>();

@@ -72,7 +72,7 @@ struct PairProblem {
   const T* vp = nullptr;     // p > 1 with grad or p <= LaneD: v col panels (NR), q = p
   const T* acol = nullptr;   // grad and p == 1: a as [N_pad]
   const T* ap = nullptr;     // grad and p > 1: a row panels (MR), q = p
-  const T* vy = nullptr;     // grad and p == 1: v_j y_j rows [M_pad][d_pad]
+  const T* vy = nullptr;     // grad, p == 1 and d > LaneD: v_j y_j rows [M_pad][d_pad]
   KernelArg kernel;
   bool exclude_diagonal = false;
   double* S = nullptr;       // (N, p)

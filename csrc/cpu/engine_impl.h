@@ -514,6 +514,24 @@ INFOVAE_AI void with_dim(int64_t d, F&& f) {
   }
 }
 
+// pair_reduce's second stages: C[i][q] = sum_j H[i][j] w_j y_j[q] for i < nrows, q < nq and the columns
+// j0 + j, j < ncp * NR (w_j = 1 without HasW). Lane form from y's col panels ycp [jp][q][NR] when
+// nq <= LaneD, else broadcast form from its rows yr [j][ldc] (w already applied there).
+template <typename T, bool HasW>
+void row_stage(const T* H, int64_t ldh, int64_t nrows, int64_t ncp, int64_t nq, int64_t j0, const T* ycp,
+               const T* w, const T* yr, T* C, int64_t ldc) {
+  constexpr int L = Dims<T>::L, NR = Dims<T>::NR, NRV = Dims<T>::NRV;
+  if (nq <= Dims<T>::LaneD) {
+    std::fill(C, C + nrows * ldc, T(0));
+    with_dim<Dims<T>::LaneD>(nq, [&](auto dim) {
+      lane_row_stage<T, decltype(dim)::value, HasW>(H, ldh, nrows, ncp * NRV, ycp + j0 * nq,
+                                                    HasW ? w + j0 : nullptr, C, ldc);
+    });
+  } else {
+    bgemm<T>(H, ldh, nrows, ncp * NR, yr + j0 * ldc, ldc, ldc / L, C, ldc);
+  }
+}
+
 // The gradient's second stage in difference form, for tiles whose distances use coordinate differences
 // (there, z_i sum_j W_ij - sum_j W_ij z_j would cancel the same way the expansion does). For rows
 // i < nrow and columns j < ncp * NR (y in col panels [jp][k][NR]):
@@ -651,7 +669,7 @@ bool lossy_call(const KernelArg& ka, const PointSet<T>& x, const PointSet<T>& y)
 // pair_reduce: row blocks of x own their accumulators; y streams through in column tiles.
 template <typename T, KernelKind K, int NS, bool Diff, bool P1, bool Grad>
 void pair_reduce_mode(const PairProblem<T>& pb) {
-  constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR, NRV = Dims<T>::NRV;
+  constexpr int MR = Dims<T>::MR, NR = Dims<T>::NR;
   const int64_t N = pb.x.n, M = pb.y.n, d = pb.x.d, p = pb.p, dp = pb.y.d_pad, pp = pb.p_pad;
   const int64_t RB = row_block<T>(N);
   const int64_t CB = column_tile<T>(d, !P1 || Grad);
@@ -687,15 +705,7 @@ void pair_reduce_mode(const PairProblem<T>& pb) {
         }
         if constexpr (!P1) {
           T* c = ct.data();
-          if (p <= Dims<T>::LaneD) {
-            std::fill(c, c + npan * MR * pp, T(0));
-            with_dim<Dims<T>::LaneD>(p, [&](auto dim) {
-              lane_row_stage<T, decltype(dim)::value, false>(kb.data(), CB, npan * MR, ncp * NRV, pb.vp + j0 * p,
-                                                             nullptr, c, pp);
-            });
-          } else {
-            bgemm<T>(kb.data(), CB, npan * MR, ncp * NR, pb.vr + j0 * pp, pp, pp / L, c, pp);
-          }
+          row_stage<T, false>(kb.data(), CB, npan * MR, ncp, p, j0, pb.vp, nullptr, pb.vr, c, pp);
           for (int64_t i = 0; i < rows; ++i)
             for (int64_t q = 0; q < p; ++q) pb.S[(i0 + i) * p + q] += static_cast<double>(c[i * pp + q]);
         }
@@ -708,15 +718,7 @@ void pair_reduce_mode(const PairProblem<T>& pb) {
             for (int64_t k = 0; k < d; ++k) wy[i * d + k] -= static_cast<double>(c[i * d + k]);
         } else if constexpr (Grad) {
           T* c = cy.data();
-          if (d <= Dims<T>::LaneD) {
-            std::fill(c, c + npan * MR * dp, T(0));
-            with_dim<Dims<T>::LaneD>(d, [&](auto dim) {
-              lane_row_stage<T, decltype(dim)::value, P1>(hb.data(), CB, npan * MR, ncp * NRV, pb.y.cp + j0 * d,
-                                                          P1 ? pb.vcol + j0 : nullptr, c, dp);
-            });
-          } else {
-            bgemm<T>(hb.data(), CB, npan * MR, ncp * NR, (P1 ? pb.vy : pb.y.rows) + j0 * dp, dp, dp / L, c, dp);
-          }
+          row_stage<T, P1>(hb.data(), CB, npan * MR, ncp, d, j0, pb.y.cp, pb.vcol, P1 ? pb.vy : pb.y.rows, c, dp);
           for (int64_t i = 0; i < rows; ++i)
             for (int64_t k = 0; k < d; ++k) wy[i * d + k] += static_cast<double>(c[i * dp + k]);
         }
