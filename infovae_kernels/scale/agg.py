@@ -18,7 +18,7 @@ of the pooled sample as mmd_full computes it), B1 = B2 = 500, 50 bisection steps
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -37,16 +37,16 @@ class MMDAggResult(NamedTuple):
     thresholds per bandwidth (reject iff some statistic exceeds its threshold); u: the level correction u*."""
 
     reject: bool
-    bandwidths: list
-    statistics: list
-    thresholds: list
+    bandwidths: list[float]
+    statistics: list[float]
+    thresholds: list[float]
     u: float
     level: float
 
 
-def mmd_agg(x: Data, y: Data, *, kernel: kernels.Kernel = "rbf", bandwidths: Optional[Sequence[float]] = None,
+def mmd_agg(x: Data, y: Data, *, kernel: kernels.Kernel = "rbf", bandwidths: Sequence[float] | None = None,
             level: float = 0.05, permutations: tuple[int, int] = (500, 500), bisection_steps: int = 50,
-            seed: int = 0, **kwargs) -> MMDAggResult:
+            seed: int = 0, **kwargs: Any) -> MMDAggResult:
     """Aggregated two-sample test (module docstring). bandwidths: the collection (default median x 2^k,
     k = -4..4); other keyword arguments (backend, device, max_memory, median_points, dtype, ...) as
     mmd_test."""

@@ -43,19 +43,23 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.distributed import ProcessGroup
+from torch.types import Device
 
 from infovae_kernels import _checks, backends, kernels
 from infovae_kernels.bandwidth import MEDIAN_SUBSAMPLE, median_distance, subsample_rows
 from infovae_kernels.scale.planning import DEFAULT_MAX_MEMORY, Job, block_rows, compute_device, dist_info, \
     parse_memory, plan_tiles, run_tiles
-from infovae_kernels.scale.sources import Data, Source, UniformWeights, WeightSource, pooled_rows, source
+from infovae_kernels.scale.sources import Data, Source, UniformWeights, Weights, WeightSource, pooled_rows, source
 
 MEDIAN_EXACT_LIMIT = 20_000  # pooled points above which median_points=None (exact median) is refused
+#: A memory size: bytes, or a string such as "2GB" or "512MiB" (planning.parse_memory).
+Memory = Union[int, str]
 
 
 class MMDTestResult(NamedTuple):
@@ -144,11 +148,11 @@ def _info(st: _Setup, plan, world: int, t0: float) -> dict:
 # --------------------------------------------------------------------------------------- public API
 
 def mmd_full(x: Data, y: Data, *, kernel: kernels.Kernel = "rbf", sigma: _checks.Sigma = None, estimator: str = "biased",
-             weights_x=None, weights_y=None, backend: str = "auto", device=None,
-             max_memory: Union[int, str] = DEFAULT_MAX_MEMORY, block_size: Optional[int] = None,
-             progress: Optional[bool] = None, median_points: Optional[int] = MEDIAN_SUBSAMPLE,
-             median_seed: int = 0, dtype: Optional[torch.dtype] = None, group=None,
-             names: Optional[tuple[str, str]] = None, report: Optional[dict] = None) -> float:
+             weights_x: Weights | None = None, weights_y: Weights | None = None, backend: str = "auto",
+             device: Device = None, max_memory: Memory = DEFAULT_MAX_MEMORY, block_size: int | None = None,
+             progress: bool | None = None, median_points: int | None = MEDIAN_SUBSAMPLE,
+             median_seed: int = 0, dtype: torch.dtype | None = None, group: ProcessGroup | None = None,
+             names: tuple[str, str] | None = None, report: dict[str, Any] | None = None) -> float:
     """Exact squared MMD between two whole data sets, streamed in tiles; a Python float (float64).
 
     Same estimators, kernels, bandwidths and weights as ik.mmd (see its docstring), and the same value up
@@ -211,11 +215,11 @@ def signed_value(partials: np.ndarray, plan, sum_sq_x: float, sum_sq_y: float, u
 
 
 def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel: kernels.Kernel = "rbf",
-             sigma: _checks.Sigma = None, estimator: str = "biased", backend: str = "auto", device=None,
-             max_memory: Union[int, str] = DEFAULT_MAX_MEMORY, block_size: Optional[int] = None,
-             progress: Optional[bool] = None, median_points: Optional[int] = MEDIAN_SUBSAMPLE,
-             median_seed: int = 0, dtype: Optional[torch.dtype] = None, group=None,
-             names: Optional[tuple[str, str]] = None, report: Optional[dict] = None) -> MMDTestResult:
+             sigma: _checks.Sigma = None, estimator: str = "biased", backend: str = "auto", device: Device = None,
+             max_memory: Memory = DEFAULT_MAX_MEMORY, block_size: int | None = None,
+             progress: bool | None = None, median_points: int | None = MEDIAN_SUBSAMPLE,
+             median_seed: int = 0, dtype: torch.dtype | None = None, group: ProcessGroup | None = None,
+             names: tuple[str, str] | None = None, report: dict[str, Any] | None = None) -> MMDTestResult:
     """Two-sample permutation test with the MMD^2 statistic; every permutation in one pass.
 
     The pooled Z = [X; Y] (N + M rows) and W (N + M, 1 + P): column 0 labels the observed split, column p

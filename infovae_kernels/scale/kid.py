@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import math
 import time
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.distributed import ProcessGroup
+from torch.types import Device
 
 from infovae_kernels import _checks
 from infovae_kernels.kernels import Polynomial
-from infovae_kernels.scale.api import _info, _job, _setup, signed_value
+from infovae_kernels.scale.api import Memory, _info, _job, _setup, signed_value
 from infovae_kernels.scale.planning import DEFAULT_MAX_MEMORY, block_rows, dist_info, parse_memory, plan_tiles, \
     progress_bar, run_tiles
 from infovae_kernels.scale.sources import Data
@@ -46,11 +48,11 @@ class KIDResult(NamedTuple):
     method: str
 
 
-def kid(x: Data, y: Data, *, degree: int = 3, gamma: Optional[float] = None, coef: float = 1.0,
-        subsets: Optional[int] = None, subset_size: int = 1000, seed: int = 0, backend: str = "auto",
-        device=None, max_memory: Union[int, str] = DEFAULT_MAX_MEMORY, block_size: Optional[int] = None,
-        progress: Optional[bool] = None, dtype: Optional[torch.dtype] = None, group=None,
-        names: Optional[tuple[str, str]] = None, report: Optional[dict] = None) -> KIDResult:
+def kid(x: Data, y: Data, *, degree: int = 3, gamma: float | None = None, coef: float = 1.0,
+        subsets: int | None = None, subset_size: int = 1000, seed: int = 0, backend: str = "auto",
+        device: Device = None, max_memory: Memory = DEFAULT_MAX_MEMORY, block_size: int | None = None,
+        progress: bool | None = None, dtype: torch.dtype | None = None, group: ProcessGroup | None = None,
+        names: tuple[str, str] | None = None, report: dict[str, Any] | None = None) -> KIDResult:
     """Kernel Inception Distance between the feature sets x (n, d) and y (m, d).
 
     Exact by default: the unbiased MMD^2 over all n + m features with k = (gamma x.y + coef)^degree

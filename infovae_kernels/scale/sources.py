@@ -9,7 +9,7 @@ block), so a one-shot iterator is refused with a TypeError.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,14 @@ from infovae_kernels import _checks
 
 _SCAN_ROWS = 65536  # rows per block in the first (scan) pass over array sources
 
-Data = Union[Tensor, np.ndarray, Callable[[], Iterable[Any]], Iterable[Any]]
+#: One chunk of chunked data: a (rows, d) tensor or numpy array.
+Chunk = Union[Tensor, np.ndarray]
+#: What the full-dataset functions read as one data set: a tensor (any device), a numpy array (an
+#: np.memmap, e.g. np.load(path, mmap_mode="r"), is one), a callable returning a fresh iterator of
+#: chunks, or a re-iterable of chunks.
+Data = Union[Tensor, np.ndarray, Callable[[], Iterable[Chunk]], Iterable[Chunk]]
+#: Per-point weights of one data set: a 1-D tensor or numpy array (memory-mapped included).
+Weights = Union[Tensor, np.ndarray]
 
 
 _NP_TO_TORCH = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
