@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Optional
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.distributed import ProcessGroup
+from torch.types import Device
 
 from infovae_kernels import _checks, kernels
 from infovae_kernels.scale import kid, mmd_full
+from infovae_kernels.scale.api import Memory
 from infovae_kernels.scale.planning import parse_memory
 
 _NP = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
@@ -26,12 +29,12 @@ class FeatureStore:
     """Rows of features appended in chunks: host tensors until `spill_bytes`, then a temporary file
     read back as a memory map. `array()` is an (n, d) tensor or np.memmap; `close()` frees the file."""
 
-    def __init__(self, name: str, spill_bytes: int, spill_dir: Optional[str] = None):
+    def __init__(self, name: str, spill_bytes: int, spill_dir: str | None = None) -> None:
         self.name, self.spill_bytes, self.spill_dir = name, spill_bytes, spill_dir
         self.chunks: list[Tensor] = []
         self.n, self.d, self.dtype = 0, None, None
         self.file = None
-        self.path: Optional[str] = None
+        self.path: str | None = None
 
     def append(self, t: Tensor) -> None:
         _checks.floating(t, self.name)
@@ -55,7 +58,7 @@ class FeatureStore:
         else:
             self.chunks.append(t)
 
-    def array(self):
+    def array(self) -> Tensor | np.memmap:
         if self.n == 0:
             raise ValueError(f"no {self.name} features: call update({self.name}=...) before compute()")
         if self.file is None:
@@ -93,13 +96,13 @@ def _gather(local, group) -> object:
 class _FeatureMetric:
     """update / reset and the feature stores every metric here shares; compute() is the metric's own."""
 
-    def __init__(self, spill_bytes, spill_dir: Optional[str], group):
+    def __init__(self, spill_bytes: Memory, spill_dir: str | None, group: ProcessGroup | None) -> None:
         self.group = group
         spill = parse_memory(spill_bytes)
         self.real = FeatureStore("real", spill, spill_dir)
         self.fake = FeatureStore("fake", spill, spill_dir)
 
-    def update(self, real: Optional[Tensor] = None, fake: Optional[Tensor] = None) -> None:
+    def update(self, real: Tensor | None = None, fake: Tensor | None = None) -> None:
         if real is None and fake is None:
             raise ValueError("update() needs real=..., fake=... or both")
         if real is not None:
@@ -136,14 +139,15 @@ class MMD(_FeatureMetric):
     """
 
     def __init__(self, *, kernel: kernels.Kernel = "rbf", sigma: _checks.Sigma = "median",
-                 estimator: str = "unbiased", backend: str = "auto", device=None, max_memory="1GiB",
-                 spill_bytes="1GiB", spill_dir: Optional[str] = None, group=None):
+                 estimator: str = "unbiased", backend: str = "auto", device: Device = None,
+                 max_memory: Memory = "1GiB", spill_bytes: Memory = "1GiB", spill_dir: str | None = None,
+                 group: ProcessGroup | None = None) -> None:
         kernel = _checks.kernel(kernel)
         if isinstance(sigma, str) and sigma == "median" and not kernels.has_bandwidth(kernel):
             sigma = None
         _checks.estimator(estimator)
-        self.kwargs = dict(kernel=kernel, sigma=sigma, estimator=estimator, backend=backend, device=device,
-                           max_memory=max_memory)
+        self.kwargs: dict[str, Any] = dict(kernel=kernel, sigma=sigma, estimator=estimator, backend=backend,
+                                           device=device, max_memory=max_memory)
         super().__init__(spill_bytes, spill_dir, group)
 
     def compute(self) -> Tensor:
@@ -165,12 +169,14 @@ class KID(_FeatureMetric):
     max_memory); spilling and torch.distributed as ik.metrics.MMD.
     """
 
-    def __init__(self, *, degree: int = 3, gamma: Optional[float] = None, coef: float = 1.0,
-                 subsets: Optional[int] = None, subset_size: int = 1000, seed: int = 0, backend: str = "auto",
-                 device=None, max_memory="1GiB", spill_bytes="1GiB", spill_dir: Optional[str] = None, group=None):
+    def __init__(self, *, degree: int = 3, gamma: float | None = None, coef: float = 1.0,
+                 subsets: int | None = None, subset_size: int = 1000, seed: int = 0, backend: str = "auto",
+                 device: Device = None, max_memory: Memory = "1GiB", spill_bytes: Memory = "1GiB",
+                 spill_dir: str | None = None, group: ProcessGroup | None = None) -> None:
         _checks.kernel(kernels.Polynomial(degree, gamma, coef))
-        self.kwargs = dict(degree=degree, gamma=gamma, coef=coef, subsets=subsets, subset_size=subset_size,
-                           seed=seed, backend=backend, device=device, max_memory=max_memory)
+        self.kwargs: dict[str, Any] = dict(degree=degree, gamma=gamma, coef=coef, subsets=subsets,
+                                           subset_size=subset_size, seed=seed, backend=backend, device=device,
+                                           max_memory=max_memory)
         super().__init__(spill_bytes, spill_dir, group)
 
     def compute(self) -> tuple[Tensor, Tensor]:

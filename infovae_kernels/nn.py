@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import Tensor, nn
 
 from infovae_kernels import ops as F
 from infovae_kernels._checks import Sigma
+from infovae_kernels.kernels import Kernel
 
 
 class MMDLoss(nn.Module):
     """Squared MMD between two samples as a loss: MMDLoss(...)(x, y, weights_x=None, weights_y=None).
     A learnable bandwidth: MMDLoss(sigma=nn.Parameter(torch.tensor(1.0))) (a module parameter then)."""
 
-    def __init__(self, kernel: str = "rbf", sigma: Sigma = None, estimator: str = "biased", backend: str = "auto"):
+    def __init__(self, kernel: Kernel = "rbf", sigma: Sigma = None, estimator: str = "biased",
+                 backend: str = "auto") -> None:
         super().__init__()
         self.kernel, self.sigma, self.estimator, self.backend = kernel, sigma, estimator, backend
 
-    def forward(self, x: Tensor, y: Tensor, weights_x: Optional[Tensor] = None,
-                weights_y: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, weights_x: Tensor | None = None,
+                weights_y: Tensor | None = None) -> Tensor:
         return F.mmd(x, y, kernel=self.kernel, sigma=self.sigma, estimator=self.estimator,
                      weights_x=weights_x, weights_y=weights_y, backend=self.backend)
 
@@ -30,11 +30,11 @@ class MMDLoss(nn.Module):
 class RBFKernel(nn.Module):
     """RBF Gram matrix K(x, y) (y defaults to x)."""
 
-    def __init__(self, sigma: Sigma = None, backend: str = "auto"):
+    def __init__(self, sigma: Sigma = None, backend: str = "auto") -> None:
         super().__init__()
         self.sigma, self.backend = sigma, backend
 
-    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return F.rbf_gram(x, y, sigma=self.sigma, backend=self.backend)
 
     def extra_repr(self) -> str:
