@@ -5,7 +5,14 @@
     model = InfoVAE.preset("mmd", data.shape, latent=10, encoder="conv", decoder="conv")
     train(model, data, epochs=5, out="runs/mmd", device="auto")   # cuda when a GPU is visible
     print(evaluate(model, data))                                   # on the model's device
+
+It needs the packages of the [model] extra (matplotlib, tqdm, mlxtend, scikit-learn, scipy); importing it
+without them raises ImportError naming the missing ones: pip install 'infovae-kernels[model]'.
 """
+
+from infovae import _extras
+
+_extras.check_at_import()
 
 from infovae.data import Dataset, load_data
 from infovae.model import PRESETS, InfoVAE

