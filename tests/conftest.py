@@ -15,7 +15,12 @@ import pytest  # noqa: E402
 
 import infovae_kernels as ik  # noqa: E402
 
+from infovae_kernels.backends import native  # noqa: E402
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The CPU kernel variants this build has and this CPU runs (csrc/cpu compiled per capability).
+CPU_CAPABILITIES = [c for c in native.CAPABILITIES + ("native",) if c in native.CPU_VARIANTS and
+                    (c == "native" or c in native.CPU_SUPPORTED)]
 _STATUS = ik.backends.available()
 
 
@@ -26,6 +31,15 @@ def backends_for(device: str) -> list[str]:
 
 
 DEVICE_BACKENDS = [(d, b) for d in DEVICES for b in backends_for(d)]
+
+
+@pytest.fixture(params=CPU_CAPABILITIES)
+def cpu_capability(request):
+    """Runs the test once per CPU kernel variant, installed for its duration."""
+    previous = native.set_cpu_capability(request.param)
+    yield request.param
+    if previous:
+        native.set_cpu_capability(previous)
 
 
 def pytest_configure(config):

@@ -1,5 +1,6 @@
 """The C++ CPU backend (csrc/cpu) against the float64 oracle (backends/reference.py run in float64 on
-float64 copies of the same prepared inputs).
+float64 copies of the same prepared inputs), every test under every CPU capability this machine runs
+(the cpu_capability fixture installs each compiled variant in turn).
 
 Inputs are prepared as the op layer prepares them (kernels.prepare: centred, scaled by a power of two;
 kernels.kernel_params: clamped params). Tolerances are relative to the largest magnitude of the
@@ -15,7 +16,8 @@ import torch
 from infovae_kernels import kernels
 from infovae_kernels.backends import native, reference
 
-pytestmark = pytest.mark.skipif(native.IMPORT_ERROR is not None, reason=str(native.IMPORT_ERROR))
+pytestmark = [pytest.mark.skipif(native.IMPORT_ERROR is not None, reason=str(native.IMPORT_ERROR)),
+              pytest.mark.usefixtures("cpu_capability")]
 
 ops = torch.ops.infovae if native.IMPORT_ERROR is None else None
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-5, torch.bfloat16: 2e-5}

@@ -13,10 +13,11 @@
 #include "dot_gemm.h"
 #include "engine_api.h"
 #include "checks.h"
-#include "ops.h"
+#include "variant.h"
 
 namespace infovae {
 namespace cpu {
+inline namespace INFOVAE_CPU_CAPABILITY {
 namespace {
 
 using engine::Dims;
@@ -86,9 +87,21 @@ at::Tensor to_panels(const at::Tensor& rows, int64_t q, int64_t P) {
   return out;
 }
 
+// s + a * b as one lane of the engine's vector code computes it: -ffp-contract=fast fuses it where the
+// capability has FMA (avx2, avx512, aarch64), and it is two roundings where it has none (the x86-64
+// baseline), where std::fma would be exact in software and differ.
+template <typename T>
+inline T lane_madd(T a, T b, T s) {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+  return std::fma(a, b, s);
+#else
+  return a * b + s;
+#endif
+}
+
 // |row|^2 of rows [n_pad][ld] (first q columns), accumulated exactly like one lane of the engine's dot
-// micro-kernel (T, fused multiply-add, k ascending), so that r2 = |x|^2 + |x|^2 - 2 x.x is exactly 0
-// for a point paired with itself.
+// micro-kernel (T, lane_madd, k ascending), so that r2 = |x|^2 + |x|^2 - 2 x.x is exactly 0 for a point
+// paired with itself.
 template <typename T>
 at::Tensor norms(const at::Tensor& rows, int64_t q) {
   const int64_t n_pad = rows.size(0), ld = rows.size(1);
@@ -98,7 +111,7 @@ at::Tensor norms(const at::Tensor& rows, int64_t q) {
   at::parallel_for(0, n_pad, 256, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       T s = T(0);
-      for (int64_t k = 0; k < q; ++k) s = std::fma(r[i * ld + k], r[i * ld + k], s);
+      for (int64_t k = 0; k < q; ++k) s = lane_madd(r[i * ld + k], r[i * ld + k], s);
       o[i] = s;
     }
   });
@@ -275,5 +288,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z, co
   return {q, S, G};
 }
 
+}  // namespace INFOVAE_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace infovae

@@ -36,6 +36,7 @@ extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 
 namespace infovae {
 namespace cpu {
+inline namespace INFOVAE_CPU_CAPABILITY {
 namespace dotgemm {
 namespace {
 
@@ -424,5 +425,6 @@ void quad_form(const at::Tensor& z, const at::Tensor& w, const std::optional<at:
 }
 
 }  // namespace dotgemm
+}  // namespace INFOVAE_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace infovae

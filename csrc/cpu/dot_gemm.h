@@ -18,6 +18,7 @@
 
 namespace infovae {
 namespace cpu {
+inline namespace INFOVAE_CPU_CAPABILITY {
 namespace dotgemm {
 
 // Measured (2 threads and 1, N = 4096 + 4096 pooled, float32, quad_form): value only the two tie from
@@ -39,5 +40,6 @@ void quad_form(const at::Tensor& z, const at::Tensor& w, const std::optional<at:
                const std::vector<double>& params, bool exclude_diagonal, at::Tensor& q, at::Tensor& S, at::Tensor& G);
 
 }  // namespace dotgemm
+}  // namespace INFOVAE_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace infovae

@@ -10,6 +10,13 @@
 // Per-pair math: infovae/pair_math.h. Everything is torch-free except at::parallel_for.
 #pragma once
 
+// csrc/cpu is compiled once per CPU capability (setup.py: baseline, avx2, avx512, or one native build), each
+// build its own module _cpu_<capability> with its own -march. Everything in it lives in the inline
+// namespace infovae::cpu::<capability>, as ATen's CPU_CAPABILITY, so no two variants share a symbol.
+#ifndef INFOVAE_CPU_CAPABILITY
+#error "csrc/cpu is compiled once per CPU capability: define INFOVAE_CPU_CAPABILITY (setup.py does)"
+#endif
+
 #include <cstdint>
 
 #include "infovae/pair_math.h"
@@ -24,6 +31,7 @@
 
 namespace infovae {
 namespace cpu {
+inline namespace INFOVAE_CPU_CAPABILITY {
 namespace engine {
 
 // Register blocking. L: lanes per vector; MR x NR: the pair micro-tile (MR broadcast rows, NRV vectors of
@@ -116,5 +124,6 @@ template <typename T>
 void run_gram(const GramProblem<T>& pb);
 
 }  // namespace engine
+}  // namespace INFOVAE_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace infovae

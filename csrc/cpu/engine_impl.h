@@ -39,6 +39,7 @@
 
 namespace infovae {
 namespace cpu {
+inline namespace INFOVAE_CPU_CAPABILITY {
 namespace engine {
 
 // ---------------------------------------------------------------------------------------------------
@@ -1151,12 +1152,14 @@ struct GramF {
 };
 
 }  // namespace engine
+}  // namespace INFOVAE_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace infovae
 
 #define INFOVAE_INSTANTIATE_ENGINE(T)                                                                  \
   namespace infovae {                                                                                  \
   namespace cpu {                                                                                      \
+  inline namespace INFOVAE_CPU_CAPABILITY {                                                            \
   namespace engine {                                                                                   \
   template <>                                                                                          \
   void run_pair_reduce<T>(const PairProblem<T>& pb) {                                                  \
@@ -1181,15 +1184,18 @@ struct GramF {
   }                                                                                                    \
   }                                                                                                    \
   }                                                                                                    \
+  }                                                                                                    \
   }
 
 #define INFOVAE_INSTANTIATE_ENGINE_EXT(T)                                                              \
   namespace infovae {                                                                                  \
   namespace cpu {                                                                                      \
+  inline namespace INFOVAE_CPU_CAPABILITY {                                                            \
   namespace engine {                                                                                   \
   void run_pair_reduce_ext(const PairProblem<T>& pb) { dispatch_ext<PairReduceF, T>(pb.kernel, pb); }  \
   void run_quad_form_ext(const QuadProblem<T>& pb) { dispatch_ext<QuadFormF, T>(pb.kernel, pb); }      \
   void run_gram_ext(const GramProblem<T>& pb) { dispatch_ext<GramF, T>(pb.kernel, pb); }               \
+  }                                                                                                    \
   }                                                                                                    \
   }                                                                                                    \
   }

@@ -12,6 +12,7 @@
 
 namespace infovae {
 namespace cpu {
+inline namespace INFOVAE_CPU_CAPABILITY {
 namespace engine {
 
 typedef float vf32 __attribute__((vector_size(INFOVAE_VBYTES)));
@@ -122,5 +123,6 @@ struct Iota {
 };
 
 }  // namespace engine
+}  // namespace INFOVAE_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace infovae

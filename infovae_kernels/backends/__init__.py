@@ -8,7 +8,11 @@
 | torch  | anything                                                 | backends/reference.py      |
 
 "auto" picks triton, cuda, torch on CUDA tensors and cpu, torch on CPU tensors. A backend asked for by
-name runs or raises a ValueError that says why; it never falls back silently.
+name runs or raises a ValueError that says why; it never falls back silently. "auto" does not fall back
+either when the cpu backend is missing only because INFOVAE_CPU_CAPABILITY asks for what this build or
+CPU cannot run; it warns once when the extension was compiled against another torch.
+
+The cpu backend's kernels are compiled once per CPU capability; `cpu_capability()` names the one in use.
 
 Every backend module offers the three primitives `gram`, `pair_reduce`, `quad_form` with the contract
 of backends/reference.py. `resolve` runs once per (backend, device) and is a constant under
@@ -70,6 +74,16 @@ def available() -> dict[str, Status]:
     return {name: _load(name)[0] for name in NAMES}
 
 
+def cpu_capability() -> str | None:
+    """The CPU kernels the cpu backend runs: "avx512", "avx2", "baseline" (chosen at import: the best this
+    CPU supports, or INFOVAE_CPU_CAPABILITY), "native" for a build with INFOVAE_CPU_ARCH; None without them."""
+    if not _load("cpu")[0].available:
+        return None
+    from infovae_kernels.backends import native
+
+    return native.CPU_CAPABILITY
+
+
 def device_reason(name: str, device: torch.device | str) -> str | None:
     """Why backend `name` cannot run on tensors of `device` (None when it can, if installed)."""
     device = torch.device(device)
@@ -97,6 +111,8 @@ def resolve(backend: str, device: torch.device) -> str:
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     if backend == "auto":
         names = runnable(device)
+        if device.type == "cpu" and "cpu" not in names:
+            _raise_if_misconfigured()
         return names[0] if names else "torch"
     if backend not in NAMES:
         raise ValueError(f"backend must be 'auto' or one of {NAMES}, got {backend!r}")
@@ -107,6 +123,16 @@ def resolve(backend: str, device: torch.device) -> str:
     if reason:
         raise ValueError(reason)
     return backend
+
+
+def _raise_if_misconfigured() -> None:
+    """An INFOVAE_CPU_CAPABILITY the cpu backend cannot honour is an error, not a fallback."""
+    try:
+        from infovae_kernels.backends import native
+    except ImportError:
+        return
+    if native.CONFIG_ERROR:
+        raise ValueError(native.CONFIG_ERROR)
 
 
 def primitives(name: str) -> ModuleType:
