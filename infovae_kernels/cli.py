@@ -4,6 +4,7 @@
                             [--permutations P] [--seed S] [--backend auto] [--device cpu] [--max-memory 2GB]
                             [--block-size ROWS] [--dtype auto|float32|float64] [--json OUT.json] [--quiet]
     infovae-kernels info
+    infovae-kernels selftest [--backend cpu] [--device cpu] [--json OUT.json]
     infovae-kernels bench [--quick] [--backend NAME] [--out DIR]
 
 X and Y are .npy (memory-mapped, streamed), .pt (a saved tensor) or .csv (numbers, comma separated, an
@@ -283,6 +284,14 @@ def _cmd_info(args) -> int:
                 status[name] = (False, f"status check failed: {type(exc).__name__}: {exc}")
     for name, (ok, reason) in status.items():
         print(f"  {name:<7} {'yes' if ok else 'no ':<4} {reason}")
+    try:
+        from infovae_kernels import _build_info as b
+
+        print(f"build: compiled against torch {b.TORCH_VERSION}; CPU variants {', '.join(b.CPU_VARIANTS)}"
+              f"{f' (-march={b.CPU_ARCH})' if b.CPU_ARCH else ''}; CUDA kernels {'yes' if b.CUDA_KERNELS else 'no'}; "
+              f"CPU kernels in use: {backends.cpu_capability() or 'none'}")
+    except ImportError:
+        print("build: no compiled extension")
     print("devices:")
     print(f"  cpu     {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads")
     if torch.cuda.is_available():
@@ -292,6 +301,25 @@ def _cmd_info(args) -> int:
     else:
         print("  cuda    none visible")
     return 0
+
+
+def _cmd_selftest(args) -> int:
+    from infovae_kernels import backends, selftest
+
+    try:
+        backends.resolve(args.backend, torch.device(args.device))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    checks = selftest.run(args.backend, args.device)
+    capability = backends.cpu_capability() if args.backend == "cpu" else None
+    print(f"selftest of backend {args.backend}{f' ({capability} CPU kernels)' if capability else ''} against the "
+          f"float64 torch backend")
+    print(selftest.report(checks))
+    if args.json:
+        write_json_atomic(args.json, dict(backend=args.backend, device=args.device, cpu_capability=capability,
+                                          checks=[dict(name=c.name, error=c.error, allowed=c.allowed, ok=c.ok)
+                                                  for c in checks]))
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def _bench_script() -> Optional[Path]:
@@ -366,7 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--gamma", type=float, default=None, help="default 1/d")
     k.add_argument("--coef", type=float, default=1.0)
     _compute_options(k)
-    sub.add_parser("info", help="list backends and devices")
+    sub.add_parser("info", help="list backends, the build and devices")
+    t = sub.add_parser("selftest", help="check a compiled backend against the float64 reference (every kernel, "
+                                        "estimator, float32/float64, values and gradients)")
+    t.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "triton"])
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--json", default=None, metavar="OUT.json", help="also write every check as JSON (atomically)")
     b = sub.add_parser("bench", help="run the scale benchmark ladder (benchmarks/bench_scale.py)")
     b.add_argument("--quick", action="store_true", help="small sizes only")
     b.add_argument("--backend", default="auto")
@@ -390,6 +423,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_kid(args)
         if args.command == "info":
             return _cmd_info(args)
+        if args.command == "selftest":
+            return _cmd_selftest(args)
         return _cmd_bench(args, rest)
     except InputError as exc:
         print(f"infovae-kernels: error: {exc}", file=sys.stderr)
