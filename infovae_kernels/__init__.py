@@ -10,4 +10,4 @@ from infovae_kernels.scale import KIDResult, MMDAggResult, MMDTestResult, kid, m
 __all__ = ["backends", "rbf_gram", "kernel_sum", "mmd", "svgd_direction", "MMDLoss", "RBFKernel",
            "mmd_full", "mmd_test", "MMDTestResult", "mmd_agg", "MMDAggResult", "mmd_power", "MMDPower", "metrics", "kid", "KIDResult",
            "Polynomial"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
