@@ -5,7 +5,7 @@ sums) and GeomLoss (SamplesLoss("gaussian", backend="online"), times 2), all in 
 
     python benchmarks/bench_mmd.py [--out benchmarks/results/cpu] [--sizes 1024,...,65536]
                                    [--dims 64,8,2,784] [--modes value,full] [--budget-s 1500] [--per-size-s 8]
-                                   [--threads T] [--clock wall|cpu]
+                                   [--threads T] [--clock wall|cpu] [--capabilities baseline,avx2,avx512]
 
 Ladder: N = M doubling from 1024 to 65536 for each d (d = 64 and 8 first: they carry the targets). A
 provider leaves a ladder after a size slower than --per-size-s, or before a size whose Gram matrices
@@ -21,7 +21,9 @@ of the same run; "mm_fraction" = pairs/s x 2d / that rate. "best_seconds" is the
 the same provider's value-only seconds at the same size. Writes OUT/mmd.csv and OUT/mmd.png and prints a
 markdown table for the README. --clock cpu times with the process's CPU time instead of the wall clock:
 with --threads 1 that is the figure that survives a machine shared with other work (the CSV says which
-clock, in the "clock" column).
+clock, in the "clock" column). --capabilities measures the cpu backend once per CPU kernel variant, as
+providers "cpu[baseline]", "cpu[avx2]", "cpu[avx512]" in the same run (what an older CPU gets); without
+it "cpu" is the variant chosen at import.
 """
 
 from __future__ import annotations
@@ -72,10 +74,20 @@ def _geomloss_mmd():
     return f
 
 
-def providers(with_peers: bool) -> dict:
-    out = {"cpu": lambda x, y, sigma: ik.mmd(x, y, sigma=sigma, backend="cpu"),
-           "naive": formula("mmd", sqdist_cdist),
-           "matmul": formula("mmd", sqdist_matmul)}
+def _cpu_mmd(capability):
+    """ik.mmd on the cpu backend with the CPU kernel variant `capability` installed (None: the one in use)."""
+    from infovae_kernels.backends import native
+
+    def f(x, y, sigma):
+        if capability:
+            native.set_cpu_capability(capability)
+        return ik.mmd(x, y, sigma=sigma, backend="cpu")
+    return f
+
+
+def providers(with_peers: bool, capabilities=None) -> dict:
+    out = {f"cpu[{c}]": _cpu_mmd(c) for c in capabilities} if capabilities else {"cpu": _cpu_mmd(None)}
+    out.update(naive=formula("mmd", sqdist_cdist), matmul=formula("mmd", sqdist_matmul))
     if with_peers:
         for name, make in (("keops", _keops_mmd), ("geomloss", _geomloss_mmd)):
             try:
@@ -223,9 +235,10 @@ def run(args, provs):
                     if row["status"] != "ok" or row["seconds"] > args.per_size_s:
                         alive[(name, mode)] = False
             ok = {(r["provider"], r["mode"]): r for r in size_rows if r["status"] == "ok"}
+            first_cpu = next(iter(provs))
             for (name, mode), r in ok.items():
-                if ("cpu", "value") in ok:
-                    ref = ok[("cpu", "value")]["value"]
+                if (first_cpu, "value") in ok:
+                    ref = ok[(first_cpu, "value")]["value"]
                     r["rel_diff_vs_cpu"] = abs(r["value"] - ref) / max(abs(ref), 1e-30)
                 if ("naive", mode) in ok:
                     r["speedup_vs_naive"] = ok[("naive", mode)]["seconds"] / r["seconds"]
@@ -279,6 +292,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall clock, or the process's CPU time (robust on a shared machine with --threads 1)")
+    ap.add_argument("--capabilities", default="", help="comma-separated CPU kernel variants to measure side by "
+                                                       "side (baseline, avx2, avx512); default: the one in use")
     args = ap.parse_args(argv)
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -287,7 +302,7 @@ def main(argv=None) -> int:
     if not ik.backends.available()["cpu"].available:
         print("the cpu backend is not built:", ik.backends.available()["cpu"].reason)
         return 2
-    provs = providers(not args.no_peers)
+    provs = providers(not args.no_peers, [c for c in args.capabilities.split(",") if c])
     mm_start = mm_flops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; torch.mm float32 4096^2: "
           f"{mm_start / 1e9:.1f} GFLOP/s; providers: {', '.join(provs)}", flush=True)
