@@ -93,3 +93,17 @@ def test_compile_fullgraph_svgd(sigma):
     x, _ = _inputs("cpu", n=25, d=3)
     compiled = torch.compile(lambda a: ik.svgd_direction(a, -a, sigma=sigma), fullgraph=True)
     torch.testing.assert_close(compiled(x), ik.svgd_direction(x, -x, sigma=sigma))
+
+
+def test_resolve_is_a_constant_under_compile_without_importing_dynamo():
+    # backends marks resolve the way torch.compiler.assume_constant_result does, without importing
+    # torch._dynamo at `import infovae_kernels`; if torch changes what the decorator sets, this fails
+    marked = torch.compiler.assume_constant_result(lambda: 0)
+    assert [a for a in vars(marked) if "dynamo" in a] == ["_dynamo_marked_constant"]
+    assert ik.backends.resolve._dynamo_marked_constant is True
+    import subprocess
+    import sys
+
+    code = "import sys, infovae_kernels; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

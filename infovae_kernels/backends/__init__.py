@@ -104,7 +104,15 @@ def runnable(device: torch.device | str) -> list[str]:
     return [n for n in order if _load(n)[0].available and device_reason(n, device) is None]
 
 
-@torch.compiler.assume_constant_result
+def _constant_under_compile(fn):
+    """torch.compiler.assume_constant_result(fn) without importing torch._dynamo, which took about 1 s of
+    `import infovae_kernels`: that decorator only sets this attribute (tests/test_registration.py checks
+    that it still does), and torch.compile reads it when it traces a call."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_under_compile
 def resolve(backend: str, device: torch.device) -> str:
     """The name of the backend that computes on `device`: `backend` itself, or the first of AUTO_ORDER."""
     if not isinstance(backend, str):
