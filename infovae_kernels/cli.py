@@ -5,6 +5,8 @@
                             [--block-size ROWS] [--dtype auto|float32|float64] [--json OUT.json] [--quiet]
     infovae-kernels info
     infovae-kernels selftest [--backend cpu] [--device cpu] [--json OUT.json]
+    infovae-kernels drift REF X [--kernel rbf] [--sigma median] [--p-val 0.05] [--permutations 100]
+                              [--online --ert 500 --window 20 [--bootstraps B]] [--json OUT.json] [--plot P.png]
     infovae-kernels bench [--quick] [--backend NAME] [--out DIR]
 
 X and Y are .npy (memory-mapped, streamed), .pt (a saved tensor) or .csv (numbers, comma separated, an
@@ -322,6 +324,94 @@ def _cmd_selftest(args) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def _cmd_drift(args) -> int:
+    from infovae_kernels import drift
+
+    ref, x = load_points(args.ref), load_points(args.x)
+    if ref.shape[1] != x.shape[1]:
+        raise InputError(f"{args.x} has {x.shape[1]} features but {args.ref} has {ref.shape[1]}")
+    ref, x = (torch.from_numpy(np.array(a, dtype=np.float32)) for a in (ref, x))  # one dtype for both, writable
+    if args.json:
+        json_target(args.json)
+    if args.plot and not args.online:
+        raise InputError("--plot draws the online statistic against its thresholds: give --online")
+    sigma = None if args.sigma is None else _parse_sigma(args.sigma)
+    try:
+        if args.online:
+            det = drift.MMDDriftOnline(ref, ert=args.ert, window_size=args.window, kernel=args.kernel, sigma=sigma,
+                                       n_bootstraps=args.bootstraps, seed=args.seed, device=args.device,
+                                       progress=False if args.quiet else None)
+            out = _online_stream(det, x, quiet=args.quiet)
+            first = out["first_detection"]
+            print(f"online MMD drift, ert {args.ert:g}, window {args.window}: "
+                  f"{'drift first detected at t = ' + str(first) if first else 'no drift detected'} "
+                  f"({out['n_detections']} detections in {x.shape[0]} instances)")
+            if args.plot:
+                _plot_online(args.plot, out, det)
+        else:
+            det = drift.MMDDrift(ref, p_val=args.p_val, kernel=args.kernel, sigma=sigma,
+                                 n_permutations=args.permutations, seed=args.seed, device=args.device)
+            out = det.predict(x, progress=False if args.quiet else None).to_dict()
+            print(f"MMD drift: {'DRIFT' if out['is_drift'] else 'no drift'} at level {args.p_val:g}: unbiased MMD^2 "
+                  f"{out['distance']:.6g} (drift above {out['distance_threshold']:.6g}), p-value {out['p_val']:.4g} "
+                  f"({args.permutations} permutations)")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if args.json:
+        from infovae_kernels import __version__
+
+        write_json_atomic(args.json, dict(out, ref=args.ref, x=args.x, online=args.online, kernel=args.kernel,
+                                          sigma=det.sigma, version=__version__))
+    return 0
+
+
+def _online_stream(det, x: torch.Tensor, quiet: bool) -> dict:
+    from infovae_kernels.scale.planning import progress_bar
+
+    stats, detections = [], []
+    bar = progress_bar(False if quiet else None, x.shape[0])
+    for t, row in enumerate(x, start=1):
+        r = det.predict(row)
+        stats.append(r.test_stat)
+        if r.is_drift:
+            detections.append(t)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    thresholds = [float(v) for v in det.thresholds]
+    return dict(ert=det.ert, window=det.window_size, test_stats=stats, thresholds=thresholds,
+                detections=detections, n_detections=len(detections),
+                first_detection=detections[0] if detections else None)
+
+
+def _plot_online(path: str, out: dict, det) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("--plot needs matplotlib: pip install matplotlib (it comes with the [model] extra)") from None
+    stats, thr = out["test_stats"], out["thresholds"]
+    t = np.arange(1, len(stats) + 1)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(t, stats, lw=0.8, label="test statistic (unbiased MMD$^2$ of the window)")
+    ax.plot(t, [thr[min(i, len(thr) - 1)] for i in t], color="C3", lw=1.0, label="threshold")
+    if out["first_detection"]:
+        ax.axvline(out["first_detection"], color="k", ls="--", lw=0.8,
+                   label=f"first detection, t = {out['first_detection']}")
+    ax.set_xlabel("t (instances)")
+    ax.set_title(f"online MMD drift: ert {out['ert']:g}, window {out['window']}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, target)
+
+
 def _bench_script() -> Optional[Path]:
     p = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scale.py"
     return p if p.is_file() else None
@@ -400,6 +490,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "triton"])
     t.add_argument("--device", default="cpu")
     t.add_argument("--json", default=None, metavar="OUT.json", help="also write every check as JSON (atomically)")
+    dr = sub.add_parser("drift", help="has X drifted from the reference REF? the offline permutation test, or "
+                                      "--online: X as a stream against ERT-calibrated thresholds")
+    dr.add_argument("ref", help="reference data: .npy, .pt or .csv, shape (n, d)")
+    dr.add_argument("x", help="data to test (offline) or the stream, one row per instance (--online)")
+    dr.add_argument("--kernel", choices=list(KERNELS), default="rbf")
+    dr.add_argument("--sigma", default=None, help="bandwidth: a float, a comma-separated list or 'median' "
+                                                   "(default: the median distance of REF)")
+    dr.add_argument("--p-val", type=float, default=0.05, help="level of the offline test")
+    dr.add_argument("--permutations", type=int, default=100)
+    dr.add_argument("--seed", type=int, default=0)
+    dr.add_argument("--online", action="store_true", help="sequential detector (Cobb et al. 2022)")
+    dr.add_argument("--ert", type=float, default=500.0, help="--online: expected run time without drift")
+    dr.add_argument("--window", type=int, default=20, help="--online: window size")
+    dr.add_argument("--bootstraps", type=int, default=None, help="--online: calibration streams (default: enough "
+                                                                  "for about 10 ert survivors)")
+    dr.add_argument("--device", default=None)
+    dr.add_argument("--json", default=None, metavar="OUT.json", help="write the result as JSON (atomically)")
+    dr.add_argument("--plot", default=None, metavar="P.png", help="--online: the statistic against its thresholds")
+    dr.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b = sub.add_parser("bench", help="run the scale benchmark ladder (benchmarks/bench_scale.py)")
     b.add_argument("--quick", action="store_true", help="small sizes only")
     b.add_argument("--backend", default="auto")
@@ -425,6 +534,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_info(args)
         if args.command == "selftest":
             return _cmd_selftest(args)
+        if args.command == "drift":
+            return _cmd_drift(args)
         return _cmd_bench(args, rest)
     except InputError as exc:
         print(f"infovae-kernels: error: {exc}", file=sys.stderr)
