@@ -12,6 +12,11 @@ k_ij over both orders of each pair, so dL/dz_i = -sum_j g_ij (U_i . w_j + w_i . 
 quad_form with columns [w, U] and a = [U, w]. Forward and backward are one symmetric pass each; a
 bandwidth that requires grad gets dL/dsigma_s = -(1/sigma_s) sum_i z_i . dL^(s)/dz_i (_common.bandwidth_grad;
 one more pass per scale when there are several).
+
+mmd2 and h are linear in the kernel and sigma_H1^2 is a function of h alone, so the op is two pieces:
+mmd_terms (one kernel's (mmd2, h), the fused pass) and power_from_terms ((mmd2, h) -> MMDPower). A sum of
+kernels k = sum_c a_c k_c, each on its own feature map, is sum_c a_c mmd_terms_c fed to power_from_terms
+(drift.DeepKernel); mmd_power is the one-kernel case.
 """
 
 from __future__ import annotations
@@ -67,13 +72,20 @@ class MMDPower(NamedTuple):
     criterion: Tensor
 
 
-def mmd_power(x: Tensor, y: Tensor, *, kernel: kernels.Kernel = "rbf", sigma: _checks.Sigma = None, eps: float = 1e-8,
-              backend: str = "auto") -> MMDPower:
-    """Unbiased MMD^2 of paired samples x, y (n, d) each, its variance under H1 and the test-power
-    criterion mmd2 / sqrt(variance + eps) (Sutherland et al. 2017; Liu et al. 2020), all float64 0-dim
-    tensors differentiable in x, y and a tensor sigma (train features phi(x), or the bandwidth, through
-    them; kernel and sigma as in ik.mmd). O(n d) memory: the row sums of the n x n blocks come from one
-    fused pass; the matrices are never built."""
+class MMDTerms(NamedTuple):
+    """What mmd_power's statistics are made of, for one kernel: mmd2, the unbiased MMD^2 (0-dim), and h, the
+    row sums h_i = sum_j H_ij (n,), both float64. Both are linear in the kernel: for k = sum_c a_c k_c,
+    mmd2 = sum_c a_c mmd2_c and h = sum_c a_c h_c, so a sum of kernels (on different feature maps, even) is
+    one mmd_terms call per term, combined, then power_from_terms."""
+
+    mmd2: Tensor
+    h: Tensor
+
+
+def mmd_terms(x: Tensor, y: Tensor, *, kernel: kernels.Kernel = "rbf", sigma: _checks.Sigma = None,
+              backend: str = "auto") -> MMDTerms:
+    """MMDTerms (mmd2, h) of paired samples x, y (n, d) each, from one fused pass (O(n d) memory),
+    differentiable in x, y and a tensor sigma; arguments as in mmd_power."""
     _checks.points(x, y)
     kernel = _checks.kernel(kernel)
     n = x.shape[0]
@@ -88,8 +100,25 @@ def mmd_power(x: Tensor, y: Tensor, *, kernel: kernels.Kernel = "rbf", sigma: _c
     s = _RowSums.apply(z, w, sigmas, params, kernels.primitive_name(kernel), ops)
     sxx, sxy, syx, syy = s[:n, 0], s[:n, 1], s[n:, 0], s[n:, 1]
     trace = _trace(kernel, params, xs, ys)
-    nf = float(n)  # n**4 overflows int64 past n = 55,108
+    nf = float(n)
     mmd2 = (sxx.sum() + syy.sum() - trace) / (nf * (nf - 1.0)) - 2.0 * sxy.sum() / (nf * nf)
-    h = sxx + syy - sxy - syx
+    return MMDTerms(mmd2, sxx + syy - sxy - syx)
+
+
+def power_from_terms(mmd2: Tensor, h: Tensor, eps: float = 1e-8) -> MMDPower:
+    """MMDPower from MMDTerms (of one kernel, or combined over a sum of kernels): sigma_H1^2 =
+    4/n^3 sum h_i^2 - 4/n^4 (sum h_i)^2 and the criterion mmd2 / sqrt(sigma_H1^2 + eps); differentiable."""
+    nf = float(h.shape[0])  # n**4 overflows int64 past n = 55,108
     variance = 4.0 * h.square().sum() / nf**3 - 4.0 * h.sum().square() / nf**4
     return MMDPower(mmd2, variance, mmd2 / torch.sqrt(variance.clamp_min(0.0) + eps))
+
+
+def mmd_power(x: Tensor, y: Tensor, *, kernel: kernels.Kernel = "rbf", sigma: _checks.Sigma = None, eps: float = 1e-8,
+              backend: str = "auto") -> MMDPower:
+    """Unbiased MMD^2 of paired samples x, y (n, d) each, its variance under H1 and the test-power
+    criterion mmd2 / sqrt(variance + eps) (Sutherland et al. 2017; Liu et al. 2020), all float64 0-dim
+    tensors differentiable in x, y and a tensor sigma (train features phi(x), or the bandwidth, through
+    them; kernel and sigma as in ik.mmd). O(n d) memory: the row sums of the n x n blocks come from one
+    fused pass; the matrices are never built. (mmd_terms + power_from_terms.)"""
+    terms = mmd_terms(x, y, kernel=kernel, sigma=sigma, backend=backend)
+    return power_from_terms(terms.mmd2, terms.h, eps)
