@@ -12,6 +12,7 @@ the scale layer; nothing below it imports it.
 """
 
 from infovae_kernels.drift._base import DriftResult, OnlineDriftResult, load
+from infovae_kernels.drift.learned import DeepKernel, LearnedKernelDrift
 from infovae_kernels.drift.offline import MMDDrift
 
-__all__ = ["MMDDrift", "DriftResult", "OnlineDriftResult", "load"]
+__all__ = ["MMDDrift", "LearnedKernelDrift", "DeepKernel", "DriftResult", "OnlineDriftResult", "load"]
