@@ -148,7 +148,18 @@ class DeepKernel(nn.Module):
         if torch.isnan(self.log_sigma_b):
             self.log_sigma_b.copy_(median_distance(x.detach()).log())
         if self.log_sigma_a is not None and torch.isnan(self.log_sigma_a):
-            self.log_sigma_a.copy_(median_distance(self.proj(x).detach()).log())
+            self.log_sigma_a.copy_(median_distance(self._project(x).detach()).log())
+
+    def _project(self, x: Tensor) -> Tensor:
+        want = f"({x.shape[0]}, d') {x.dtype} features for ({x.shape[0]}, {x.shape[1]}) {x.dtype} inputs"
+        try:
+            fa = self.proj(x)
+        except Exception as exc:
+            raise ValueError(f"proj failed: it must give {want} ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(fa, Tensor) or fa.ndim != 2 or fa.shape[0] != x.shape[0] or fa.dtype != x.dtype:
+            raise ValueError(f"proj must give {want}, got {getattr(fa, 'shape', type(fa).__name__)} "
+                             f"{getattr(fa, 'dtype', '')}")
+        return fa
 
     # ---- the kernel as weighted unit-bandwidth RBF kernels on feature maps
     def feature_maps(self, x: Tensor) -> list[tuple[Union[Tensor, float], Tensor]]:
@@ -160,12 +171,7 @@ class DeepKernel(nn.Module):
         xb = x * torch.exp(-self.log_sigma_b).to(x.dtype)
         if self.proj is None:
             return [(1.0, xb)]
-        fa = self.proj(x)
-        if not isinstance(fa, Tensor) or fa.ndim != 2 or fa.shape[0] != x.shape[0] or fa.dtype != x.dtype:
-            raise ValueError(f"proj must map ({x.shape[0]}, d) {x.dtype} inputs to ({x.shape[0]}, d') features of "
-                             f"the same dtype, got {getattr(fa, 'shape', type(fa).__name__)} "
-                             f"{getattr(fa, 'dtype', '')}")
-        fa = fa * torch.exp(-self.log_sigma_a).to(x.dtype)
+        fa = self._project(x) * torch.exp(-self.log_sigma_a).to(x.dtype)
         eps = self.eps
         maps = [(1.0 - eps, torch.cat([fa, xb], 1)), (eps, xb)]
         return [(w, f) for w, f in maps if not (isinstance(w, float) and w == 0.0)]
