@@ -217,6 +217,7 @@ def test_predict_distance_is_the_held_out_mmd2_with_the_trained_kernel():
     assert r.p_val == (1 + int((perm >= r.distance - 1e-12).sum())) / 51
     assert r.distance_threshold == drift.offline.distance_threshold(perm, 0.05) or \
         r.distance_threshold == pytest.approx(drift.offline.distance_threshold(perm, 0.05), rel=1e-9)
+    assert r.is_drift == (r.distance > r.distance_threshold)
     assert det.last_fit["steps"] == 3 and det.last_fit["pairs"] == 24
     # the constructor's kernel is untouched; each predict trains a fresh copy: the same x, the same answer
     assert k.sigma_a == pytest.approx(0.7) and float(k.raw_eps) == -0.4
@@ -231,6 +232,15 @@ def test_pairs_when_sizes_differ_and_batches():
     det = LearnedKernelDrift(x_ref, epochs=2, batch_size=None)
     det.predict(x)
     assert det.last_fit["pairs"] == 45 and det.last_fit["steps"] == 2
+
+
+def test_progress_bar_counts_training_steps(capfd):
+    pytest.importorskip("tqdm")
+    LearnedKernelDrift(gauss(40), epochs=7, progress=True).predict(gauss(40, seed=1))
+    err = capfd.readouterr().err
+    assert "training the kernel" in err and "/7 " in err and "step" in err
+    LearnedKernelDrift(gauss(40), epochs=7, progress=False).predict(gauss(40, seed=1))
+    assert "training" not in capfd.readouterr().err
 
 
 def test_default_kernel_out_of_the_box():
@@ -305,10 +315,12 @@ def test_save_load_default_kernel_and_preprocess(tmp_path):
 
 # ------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("kwargs,error,match", [
-    (dict(p_val=0.0), ValueError, "p_val"), (dict(p_val=1.0), ValueError, "p_val"),
-    (dict(p_val=1.5), ValueError, "p_val"), (dict(p_val=True), ValueError, "p_val"),
-    (dict(train_size=0.0), ValueError, "train_size"), (dict(train_size=1.0), ValueError, "train_size"),
-    (dict(train_size=-0.5), ValueError, "train_size"), (dict(train_size=0.999), ValueError, "at least 2"),
+    (dict(p_val=0.0), ValueError, "p_val must be"), (dict(p_val=1.0), ValueError, "p_val must be"),
+    (dict(p_val=1.5), ValueError, "p_val must be"), (dict(p_val=True), ValueError, "p_val must be"),
+    (dict(train_size=0.0), ValueError, r"train_size must be a float in \(0, 1\)"),
+    (dict(train_size=1.0), ValueError, r"train_size must be a float in \(0, 1\)"),
+    (dict(train_size=-0.5), ValueError, r"train_size must be a float in \(0, 1\)"),
+    (dict(train_size=0.999), ValueError, "at least 2"),
     (dict(n_permutations=0), ValueError, "n_permutations"), (dict(epochs=0), ValueError, "epochs"),
     (dict(learning_rate=0.0), ValueError, "learning_rate"), (dict(batch_size=0), ValueError, "batch_size"),
     (dict(var_reg=-1.0), ValueError, "var_reg"), (dict(seed=1.5), TypeError, "seed"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import sys
 import time
 from typing import Any, Optional, Union
 
@@ -313,10 +314,7 @@ class LearnedKernelDrift(Detector):
             self._grid_start(kernel, ref[:g], cur[:g])
         opt = torch.optim.Adam([p for p in kernel.parameters() if p.requires_grad], lr=self.learning_rate)
         criterion = []
-        bar = progress_bar(self.progress, self.epochs * steps)
-        if hasattr(bar, "set_description"):
-            bar.unit = "step"
-            bar.set_description("training the kernel")
+        bar = _steps_bar(self.progress, self.epochs * steps)
         try:
             for _ in range(self.epochs):
                 pr = torch.randperm(n, generator=gen).to(self.device)
@@ -409,6 +407,19 @@ class LearnedKernelDrift(Detector):
         det.kernel = None if state["kernel_trained"] is None else _loaded(template, state["kernel_trained"], device)
         det.last_fit = None
         return det
+
+
+def _steps_bar(progress: Optional[bool], total: int):
+    """A tqdm bar over training steps, with scale.planning.progress_bar's policy (False: none; None: on a
+    terminal, after 2 s; True: from the start; no tqdm: none, and one warning when True)."""
+    if progress is False or progress is None and not sys.stderr.isatty():
+        return progress_bar(False, total)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return progress_bar(progress, total)  # no bar, and the package's one warning for progress=True
+    return tqdm(total=total, unit="step", desc="training the kernel", delay=0.0 if progress else 2.0, leave=False,
+                dynamic_ncols=True)
 
 
 def _cpu_state(kernel: DeepKernel) -> dict[str, Tensor]:
