@@ -14,5 +14,6 @@ the scale layer; nothing below it imports it.
 from infovae_kernels.drift._base import DriftResult, OnlineDriftResult, load
 from infovae_kernels.drift.learned import DeepKernel, LearnedKernelDrift
 from infovae_kernels.drift.offline import MMDDrift
+from infovae_kernels.drift.online import MMDDriftOnline
 
-__all__ = ["MMDDrift", "LearnedKernelDrift", "DeepKernel", "DriftResult", "OnlineDriftResult", "load"]
+__all__ = ["MMDDrift", "MMDDriftOnline", "LearnedKernelDrift", "DeepKernel", "DriftResult", "OnlineDriftResult", "load"]
