@@ -65,11 +65,13 @@ def test_statistic_is_the_unbiased_mmd2_after_every_step(kernel, sigma):
         assert r.test_stat == pytest.approx(want, rel=1e-10, abs=1e-10), (t, r.test_stat, want)
 
 
-def test_statistic_in_float32():
-    x_ref = normal(120, d=4, seed=3, dtype=torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_statistic_in_lower_precision(dtype):
+    # float16 / bfloat16 features compute in float32 (kernels.compute_dtype), as every op of the package
+    x_ref = normal(120, d=4, seed=3, dtype=dtype)
     det = MMDDriftOnline(x_ref, ert=20, window_size=4, n_bootstraps=300, progress=False)
     sub_ref = x_ref[det._ref_idx].double()
-    stream = normal(12, d=4, shift=0.3, seed=4, dtype=torch.float32)
+    stream = normal(12, d=4, shift=0.3, seed=4, dtype=dtype)
     for t in range(1, 13):
         r = det.predict(stream[t - 1])
         want = float(ik.mmd(sub_ref, window_now(det, stream, t).double(), sigma=det.sigma, estimator="unbiased"))

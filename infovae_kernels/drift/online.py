@@ -268,7 +268,7 @@ class MMDDriftOnline(Detector):
     # ---- calibration
     def _reference_row_sums(self, bar) -> tuple[Tensor, float]:
         """r = K 1 over all of x_ref (float64, (N,)) by the fused op in row blocks, and T = sum_{i != j} K_ij."""
-        x = self.x_ref
+        x = self.x_ref.to(kernels.compute_dtype(self.x_ref.dtype))  # half precision: r in float32, not rounded to half
         n = x.shape[0]
         rows = max(1, ROW_PAIRS // n)
         parts = []
