@@ -363,3 +363,13 @@ def test_bad_instances_are_refused_and_change_nothing():
     for x in stream[3:]:
         assert det.predict(x) == twin.predict(x)
     assert det.predict(stream[0].numpy()) == twin.predict(stream[0][None])  # numpy and (1, d) are fine
+
+
+def test_an_instance_whose_kernel_values_overflow_is_refused():
+    x_ref = normal(60, d=3, seed=30, dtype=torch.float32)
+    det = MMDDriftOnline(x_ref, ert=10, window_size=3, kernel=ik.Polynomial(degree=16), progress=False)
+    before = state(det)
+    with pytest.raises(ValueError, match="non-finite statistic"):
+        det.predict(torch.full((3,), 1e6))  # (x.y / 3 + 1)^16 beyond float32
+    assert same_state(before, state(det))
+    det.predict(x_ref[0])

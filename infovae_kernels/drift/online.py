@@ -164,6 +164,11 @@ class MMDDriftOnline(Detector):
         the r = K 1 pass; preprocess_fn's batch size.
     progress: a bar (tqdm, optional) over the calibration's kernel pairs; None: only on a terminal, after 2 s.
 
+    Cost, measured on a shared 2-core CPU (d = 32 float32, W = 20, ert = 500, the default 5,204 streams; 1
+    thread / 2 threads): calibration 0.37 / 0.22 s at N = 1,000, 0.44 / 0.25 s at 5,000, 10 / 5.4 s at
+    100,000, with 40-130 MiB of memory growth; an update 0.14 ms at N = 1,000, 0.26 ms at 10,000, 1.4 / 0.86
+    ms at 100,000, the same at t = 1 and t = 20,000.
+
     Attributes: t (instances since the last reset), test_stats (float64 tensor of their statistics),
     thresholds (float64 (W,): b_0 .. b_{W-1}), survivors (streams alive at each calibrated step, and after
     the last), sigma, n_bootstraps.
