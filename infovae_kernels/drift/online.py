@@ -42,8 +42,8 @@ Conventions (decisions):
 * reset_state() draws a new starting window: W random points (in random order) of the 2W - 1 held-out
   ones, again while its statistic is not below b_0 (after 1,000 draws it falls back to the construction's
   window, which passed). alibi-detect reuses one starting window for every reset; the numpy check of the
-  specification saw a lower hazard at t = 1 when one window is reused, and a redrawn window matches the
-  simulated streams, whose starting windows are all different.
+  specification suggested (not conclusively) that reuse lowers the hazard at t = 1, and a redrawn window
+  matches the simulated streams, whose starting windows are all different.
 * n_bootstraps defaults to the authors' int(10 ert / (1 - 1/ert)^W) (about 10 ert streams reach the last
   step; alibi-detect's default is 1000) and is refused when n_bootstraps (1 - 1/ert)^(W - 1) < ert: fewer
   than about ert streams would be left for the last quantile, which could not resolve level 1 - 1/ert.
@@ -57,11 +57,15 @@ Conventions (decisions):
 Differences from alibi-detect: the per-step update is O(n_r + W) (running sums; alibi-detect recomputes
 the window's W x W block and an n_r x W mean at each step); calibration needs neither the N x N matrix
 nor per-stream passes over the sub-reference; a redrawn starting window at each reset; the default
-n_bootstraps above; the default bandwidth (median, not median / sqrt 2); predict refuses a batch, NaN/Inf,
-another width or dtype, and a refused call leaves the state untouched; `thresholds` is the W calibrated
-values (b_t of predict at time t is thresholds[min(t, W - 1)]); results are OnlineDriftResult (to_dict()
-gives alibi-detect's keys). Differences from the authors' code: the start convention above (theirs starts
-with an empty window and tests from t = W, with b_0 at the first test) and the bandwidth.
+n_bootstraps above; the default bandwidth (median, not median / sqrt 2); every draw (streams, split,
+starting windows) from the detector's own generator seeded by `seed`, not torch's global one; predict
+refuses a batch, NaN/Inf, another width or dtype, and a refused call leaves the state untouched; predict
+always returns the statistic (no return_test_stat); `thresholds` is the W calibrated values (b_t of
+predict at time t is thresholds[min(t, W - 1)]); results are OnlineDriftResult (to_dict() gives
+alibi-detect's keys, is_drift as 0 / 1); no x_ref_preprocessed / input_shape / data_type / verbose
+arguments (preprocess_fn=None means x_ref is features already). Differences from the authors' code: the
+start convention above (theirs starts with an empty window and tests from t = W, with b_0 at the first
+test), the running-sum update (theirs is O(n_r W) per step, as alibi-detect's) and the bandwidth.
 """
 
 from __future__ import annotations
