@@ -101,8 +101,8 @@ def _kvalues(u: Tensor, params: list[Tensor], name: str) -> Tensor:
         gamma, coef, degree = params
         t = u * gamma + coef
         return torch.pow(t, degree - 1.0) * t
-    r = u.sqrt() if kernels.always_differences(name) else None
-    k = None
+    r = u.sqrt() if kernels.always_differences(name) else u
+    k: Optional[Tensor] = None
     for p in params:
         if name == "rbf":
             term = torch.exp(-p * u)
@@ -113,6 +113,7 @@ def _kvalues(u: Tensor, params: list[Tensor], name: str) -> Tensor:
         else:  # energy
             term = -p * r
         k = term if k is None else k + term
+    assert k is not None
     return k
 
 
