@@ -136,9 +136,9 @@ def always_differences(kernel: str) -> bool:
     return kernel in ("laplacian", "energy")
 
 
-def kernel_and_weight(r2: Tensor, params: Tensor, kernel: str) -> tuple[Tensor, Tensor]:
+def kernel_and_weight(r2: Tensor, params: Tensor, kernel: str, weight: bool = True) -> tuple[Tensor, Optional[Tensor]]:
     """Distance kernels: k(r2) and g(r2) = -2 dk/dr2 (0 where r2 == 0), elementwise, summed over
-    scales, in r2's dtype."""
+    scales, in r2's dtype; g is None (and not computed) when weight is False."""
     k = torch.zeros_like(r2)
     g = torch.zeros_like(r2)
     r = r2.sqrt() if always_differences(kernel) else None
@@ -146,23 +146,38 @@ def kernel_and_weight(r2: Tensor, params: Tensor, kernel: str) -> tuple[Tensor, 
         if kernel == "rbf":
             e = torch.exp(-p * r2)
             k = k + e
-            g = g + 2.0 * p * e
+            if weight:
+                g = g + 2.0 * p * e
         elif kernel == "imq":
             ks = p / (p + r2)
             k = k + ks
-            g = g + 2.0 * ks * ks / p
+            if weight:
+                g = g + 2.0 * ks * ks / p
         elif kernel == "laplacian":
             e = torch.exp(-p * r)
             k = k + e
-            g = g + p * e
+            if weight:
+                g = g + p * e
         elif kernel == "energy":
             k = k - p * r
-            g = g + p
+            if weight:
+                g = g + p
         else:
             raise ValueError(f"kernel must be one of {PRIMITIVE_KERNELS[:4]}, got {kernel!r}")
+    if not weight:
+        return k, None
     if r is not None:
         g = g / r
     return k, torch.where(r2 == 0, torch.zeros_like(g), g)
+
+
+def kernel_values(u: Tensor, params: Tensor, kernel: str) -> Tensor:
+    """k alone, elementwise in u's dtype: of u = r2 for the distance kernels, of u = x.y for "polynomial"
+    (the primitive name of the dot kernels); what kernel_and_weight and dot_kernel_and_weight give as k,
+    without the distance kernels' gradient weight (which costs more than k on a long row)."""
+    if kernel == "polynomial":
+        return dot_kernel_and_weight(u, params)[0]
+    return kernel_and_weight(u, params, kernel, weight=False)[0]
 
 
 def dot_kernel_and_weight(dot: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,7 @@ import torch
 import infovae_kernels as ik
 from infovae_kernels import drift, kernels
 from infovae_kernels.bandwidth import median_distance
-from infovae_kernels.drift.online import MMDDriftOnline, _draw_streams, _kvalues
+from infovae_kernels.drift.online import MMDDriftOnline, _draw_streams
 from infovae_kernels.scale.planning import _NoBar
 
 
@@ -76,15 +76,6 @@ def test_statistic_in_lower_precision(dtype):
         r = det.predict(stream[t - 1])
         want = float(ik.mmd(sub_ref, window_now(det, stream, t).double(), sigma=det.sigma, estimator="unbiased"))
         assert abs(r.test_stat - want) < 1e-5, (t, r.test_stat, want)
-
-
-def test_kernel_values_are_the_packages():
-    u = torch.rand(7, 9, dtype=torch.float64) * 3
-    for name, params in (("rbf", [0.3, 2.0]), ("imq", [1.5]), ("laplacian", [0.7]), ("energy", [1.0])):
-        p = torch.tensor(params, dtype=torch.float64)
-        assert torch.equal(_kvalues(u, list(p.unbind()), name), kernels.kernel_and_weight(u, p, name)[0])
-    p = torch.tensor([0.25, 1.0, 3.0], dtype=torch.float64)
-    assert torch.equal(_kvalues(u - 1, list(p.unbind()), "polynomial"), kernels.dot_kernel_and_weight(u - 1, p)[0])
 
 
 @pytest.mark.parametrize("kernel,sigma", [("rbf", None), ("laplacian", 2.0), ("polynomial", None)])

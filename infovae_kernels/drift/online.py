@@ -52,7 +52,7 @@ Conventions (decisions):
   uses that median / sqrt(2) (pass sigma=median / 2 ** 0.5 to match it) and the authors' code median * 1.
 * Any kernel of the package works (rbf with one or several bandwidths, imq, laplacian, energy, polynomial,
   linear): kernel values come from the package's formulas (kernels.kernel_params on points centred and
-  scaled as kernels.prepare does, and the k(r2) / (gamma x.y + coef)^n formulas of kernels.py).
+  scaled as kernels.prepare does, and kernels.kernel_values).
 
 Differences from alibi-detect: the per-step update is O(n_r + W) (running sums; alibi-detect recomputes
 the window's W x W block and an n_r x W mean at each step); calibration needs neither the N x N matrix
@@ -91,30 +91,6 @@ from torch.types import Device
 ROW_PAIRS = 1 << 28  # kernel pairs per ik.kernel_sum call of the r = K 1 pass (one progress step)
 CHUNK_BYTES = 1 << 25  # working memory of one chunk of bootstrap streams (about 32 MiB)
 MAX_DRAWS = 1000  # starting windows (or splits) drawn before giving up on one below b_0
-
-
-def _kvalues(u: Tensor, params: list[Tensor], name: str) -> Tensor:
-    """k elementwise from r2 (distance kernels) or from x.y (polynomial), in u's dtype: the k part of
-    kernels.kernel_and_weight / dot_kernel_and_weight, the same operations (bitwise the same values)
-    without the gradient weight, which costs more than k itself on a long row."""
-    if name == "polynomial":
-        gamma, coef, degree = params
-        t = u * gamma + coef
-        return torch.pow(t, degree - 1.0) * t
-    r = u.sqrt() if kernels.always_differences(name) else u
-    k: Optional[Tensor] = None
-    for p in params:
-        if name == "rbf":
-            term = torch.exp(-p * u)
-        elif name == "imq":
-            term = p / (p + u)
-        elif name == "laplacian":
-            term = torch.exp(-p * r)
-        else:  # energy
-            term = -p * r
-        k = term if k is None else k + term
-    assert k is not None
-    return k
 
 
 def _draw_streams(gen: torch.Generator, count: int, n: int, k: int) -> Tensor:
@@ -254,7 +230,7 @@ class MMDDriftOnline(Detector):
         ct = kernels.compute_dtype(self.x_ref.dtype)
         self._centre, self._scale, self._params = centre, scale, params
         self._inv = (1.0 / scale).to(ct)
-        self._pk = list(params.to(ct).unbind())
+        self._pk = params.to(ct)
 
     def _prepare(self, x: Tensor) -> Tensor:
         ct = kernels.compute_dtype(x.dtype)
@@ -266,14 +242,14 @@ class MMDDriftOnline(Detector):
         squared distances from coordinate differences (torch.cdist without its matmul shortcut: exact 0
         between a point and itself, no cancellation), or dot products for the polynomial kernels."""
         if self._dot:
-            return _kvalues(a @ b.mT, self._pk, self._name)
+            return kernels.kernel_values(a @ b.mT, self._pk, self._name)
         r2 = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").square_()
-        return _kvalues(r2, self._pk, self._name)
+        return kernels.kernel_values(r2, self._pk, self._name)
 
     def _self_k(self, a: Tensor) -> Tensor:
         """k(a_i, a_i), (m,)."""
         u = (a * a).sum(-1) if self._dot else a.new_zeros(a.shape[:-1])
-        return _kvalues(u, self._pk, self._name)
+        return kernels.kernel_values(u, self._pk, self._name)
 
     # ---- calibration
     def _reference_row_sums(self, bar) -> tuple[Tensor, float]:
