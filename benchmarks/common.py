@@ -96,6 +96,9 @@ def write_csv(path: str, rows, fields=None) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the published CSV private
     try:
         with os.fdopen(fd, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
