@@ -63,7 +63,9 @@ fi
 # 2. GPU tests (Triton and CUDA engineers' gpu-marked tests)
 export INFOVAE_TRITON_AUTOTUNE="${INFOVAE_TRITON_AUTOTUNE:-1}"
 SKIP_TESTS="${GPU_CHECK_SKIP_TESTS:-0}"  # 1: benchmarks only (a dry run of the script on CPU: BENCH_ARGS=--smoke)
-[ "$SKIP_TESTS" = 1 ] || step pytest_gpu 100 "$PY" -m pytest -x -q -rs -s -m gpu tests/ -p no:cacheprovider
+# no -x: each test is reported (a fault that breaks the CUDA context fails the tests after it, and
+# tests/conftest.py synchronises after each test so that the faulting one is named first); -rfEs lists them
+[ "$SKIP_TESTS" = 1 ] || step pytest_gpu 100 "$PY" -m pytest -q -rfEs -s -m gpu tests/ -p no:cacheprovider
 
 # 3. bench targets (value vs full at N = M = 8192) and the tl.dot precision errors
 BENCH_ARGS=${BENCH_ARGS:-}

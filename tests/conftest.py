@@ -61,3 +61,12 @@ def pytest_report_header(config):
     for name, status in _STATUS.items():
         lines.append(f"backend {name}: {'yes' if status.available else 'no'} ({status.reason})")
     return lines
+
+
+@pytest.fixture(autouse=True)
+def _cuda_faults_reported_by_their_test():
+    """A kernel fault on the GPU (an illegal address) surfaces at the next synchronisation, often in a
+    later test; synchronising after each test makes the test that launched it the one that errors."""
+    yield
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
