@@ -5,11 +5,13 @@
     api.py       mmd_full, mmd_test (the public functions; how it works is in its docstring)
     kid.py       kid: the exact Kernel Inception Distance and its standard error
     agg.py       mmd_agg: the aggregated test over a bandwidth collection (MMDAgg)
+    ksd.py       ksd_test, ksd_agg: goodness-of-fit by the wild bootstrap, one pass (KSDAgg)
 """
 
 from infovae_kernels.scale.api import MEDIAN_EXACT_LIMIT, MMDTestResult, mmd_full, mmd_test
 from infovae_kernels.scale.agg import MMDAggResult, mmd_agg
 from infovae_kernels.scale.kid import KIDResult, kid
+from infovae_kernels.scale.ksd import KSDAggResult, KSDTestResult, ksd_agg, ksd_test
 from infovae_kernels.scale.planning import DEFAULT_MAX_MEMORY, parse_memory
 
-__all__ = ["mmd_full", "mmd_test", "MMDTestResult", "kid", "KIDResult", "mmd_agg", "MMDAggResult", "parse_memory", "DEFAULT_MAX_MEMORY", "MEDIAN_EXACT_LIMIT"]
+__all__ = ["mmd_full", "mmd_test", "MMDTestResult", "kid", "KIDResult", "mmd_agg", "MMDAggResult", "ksd_test", "KSDTestResult", "ksd_agg", "KSDAggResult", "parse_memory", "DEFAULT_MAX_MEMORY", "MEDIAN_EXACT_LIMIT"]

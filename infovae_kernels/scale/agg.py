@@ -66,19 +66,28 @@ def mmd_agg(x: Data, y: Data, *, kernel: kernels.Kernel = "rbf", bandwidths: Seq
                                kwargs.get("device") or "cpu")
         bandwidths = [float(median) * f for f in AGG_FACTORS]
     bandwidths = [_checks._positive_float(s, "bandwidths") for s in bandwidths]
-    stats, m1, m2 = [], [], []
+    stats, perms = [], []
     for s in bandwidths:
         r = mmd_test(x, y, permutations=b1 + b2, seed=seed, kernel=kernel, sigma=s, estimator="unbiased", **kwargs)
-        perm = r.permutation_statistics.numpy()
         stats.append(r.statistic)
-        m1.append(np.sort(np.append(perm[:b1], r.statistic)))
-        m2.append(perm[b1:])
-    stats, m1, m2 = np.array(stats), np.stack(m1), np.stack(m2)
-    weights = np.full(len(bandwidths), 1.0 / len(bandwidths))
+        perms.append(r.permutation_statistics.numpy())
+    reject, t, u = aggregate(np.array(stats), np.stack(perms), b1, level, bisection_steps)
+    return MMDAggResult(reject, bandwidths, stats, t.tolist(), u, level)
+
+
+def aggregate(stats: np.ndarray, draws: np.ndarray, b1: int, level: float, bisection_steps: int
+              ) -> tuple[bool, np.ndarray, float]:
+    """(reject, thresholds, u*) of the aggregated test (module docstring) from the observed statistics
+    (L,) and the null draws (L, B1 + B2) of L tests with uniform weights; the same draws (permutations or
+    bootstrap signs) for every test, the first b1 for the quantiles, the rest for the level correction."""
+    n_tests = len(stats)
+    m1 = np.sort(np.concatenate([draws[:, :b1], stats[:, None]], 1), 1)
+    m2 = draws[:, b1:]
+    weights = np.full(n_tests, 1.0 / n_tests)
 
     def thresholds(u: float) -> np.ndarray:
         index = np.ceil((b1 + 1) * (1.0 - u * weights)).astype(int) - 1
-        return m1[np.arange(len(bandwidths)), np.clip(index, 0, b1)]
+        return m1[np.arange(n_tests), np.clip(index, 0, b1)]
 
     lo, hi = 0.0, float(1.0 / weights.max())
     for _ in range(bisection_steps):
@@ -86,4 +95,4 @@ def mmd_agg(x: Data, y: Data, *, kernel: kernels.Kernel = "rbf", bandwidths: Seq
         exceed = (m2 - thresholds(u)[:, None] > 0).any(0).mean()
         lo, hi = (u, hi) if exceed <= level else (lo, u)
     t = thresholds(lo)
-    return MMDAggResult(bool((stats > t).any()), bandwidths, stats.tolist(), t.tolist(), lo, level)
+    return bool((stats > t).any()), t, lo
