@@ -7,6 +7,8 @@
     infovae-kernels selftest [--backend cpu] [--device cpu] [--json OUT.json]
     infovae-kernels drift REF X [--kernel rbf] [--sigma median] [--p-val 0.05] [--permutations 100]
                               [--online --ert 500 --window 20 [--bootstraps B]] [--json OUT.json] [--plot P.png]
+    infovae-kernels ksd SAMPLES SCORES [--kernel imq|rbf] [--sigma 1.0] [--beta -0.5] [--c 1] [--estimator unbiased]
+                            [--test [--n-bootstrap 1000] [--seed 0]] [--json OUT.json]
     infovae-kernels bench [--quick] [--backend NAME] [--out DIR]
 
 X and Y are .npy (memory-mapped, streamed), .pt (a saved tensor) or .csv (numbers, comma separated, an
@@ -21,6 +23,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -267,6 +270,58 @@ def _cmd_kid(args) -> int:
     return 0
 
 
+def _cmd_ksd(args) -> int:
+    """Squared KSD of SAMPLES against the density whose scores at those samples are SCORES (--test: the
+    wild-bootstrap p-value)."""
+    import infovae_kernels as ik
+
+    if args.json:
+        json_target(args.json)
+    if args.n_bootstrap < 1:
+        raise InputError("--n-bootstrap must be >= 1")
+    x, s = load_points(args.samples), load_points(args.scores)
+    if tuple(x.shape) != tuple(s.shape):
+        raise InputError(f"{args.scores} has shape {tuple(s.shape)} but {args.samples} has {tuple(x.shape)}: "
+                         "one score row per sample")
+    dtype = torch.float32 if args.dtype == "float32" or (args.dtype == "auto" and _is_float32(x) and _is_float32(s)) \
+        else torch.float64
+    xt = torch.tensor(np.asarray(x), dtype=dtype)
+    st = torch.tensor(np.asarray(s), dtype=dtype)
+    sigma = _parse_sigma(args.sigma) if args.sigma is not None else None
+    kw = dict(kernel=args.kernel, sigma=sigma, estimator=args.estimator)
+    if args.kernel == "imq":
+        kw.update(beta=args.beta, c=args.c)
+    t0 = time.perf_counter()
+    try:
+        value = float(ik.ksd(xt, st, **kw))
+        result = ik.ksd_test(xt, st, n_bootstrap=args.n_bootstrap, seed=args.seed,
+                             progress=None if not args.quiet else False, **kw) if args.test else None
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(exc)) from None
+    secs = time.perf_counter() - t0
+    base = (f"imq (c^2 + r2/sigma^2)^beta, beta {args.beta:g}, c {args.c:g}" if args.kernel == "imq"
+            else "rbf exp(-r2 / (2 sigma^2))")
+    rows = [("samples", f"{args.samples}  ({xt.shape[0]} x {xt.shape[1]}, {dtype})"), ("scores", args.scores),
+            ("kernel", f"Stein kernel of {base}, sigma {args.sigma or '1.0'}"), ("estimator", args.estimator),
+            ("KSD^2", f"{value:.10g}")]
+    out = dict(samples=args.samples, scores=args.scores, n=int(xt.shape[0]), d=int(xt.shape[1]), kernel=args.kernel,
+               sigma=sigma, beta=args.beta, c=args.c, estimator=args.estimator, ksd2=value)
+    if result is not None:
+        rows.append(("p-value", f"{result.p_value:.6g}  ({args.n_bootstrap} wild-bootstrap draws, seed {args.seed})"))
+        out.update(p_value=result.p_value, n_bootstrap=args.n_bootstrap, seed=args.seed)
+    rows.append(("time", f"{secs:.3f} s"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if args.json:
+        from infovae_kernels import __version__
+
+        write_json_atomic(args.json, dict(out, seconds=secs, version=__version__))
+        if not args.quiet:
+            print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_info(args) -> int:
     import infovae_kernels as ik
     from infovae_kernels import backends
@@ -509,6 +564,23 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", default=None, metavar="OUT.json", help="write the result as JSON (atomically)")
     dr.add_argument("--plot", default=None, metavar="P.png", help="--online: the statistic against its thresholds")
     dr.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ks = sub.add_parser("ksd", help="kernel Stein discrepancy of SAMPLES against the density whose scores "
+                                    "(grad log p) at those samples are SCORES; --test: goodness-of-fit p-value")
+    ks.add_argument("samples", help=".npy, .pt or .csv file, shape (n, d)")
+    ks.add_argument("scores", help="grad log p at each sample, same shape")
+    ks.add_argument("--kernel", choices=["imq", "rbf"], default="imq",
+                    help="base of the Stein kernel (imq: Gorham & Mackey's (c^2 + r2/sigma^2)^beta)")
+    ks.add_argument("--sigma", default=None, help="a float (default 1.0), a comma-separated list or 'median'")
+    ks.add_argument("--beta", type=float, default=-0.5, help="imq exponent in (-1, 0)")
+    ks.add_argument("--c", type=float, default=1.0, help="imq constant > 0")
+    ks.add_argument("--estimator", choices=["biased", "unbiased"], default="unbiased")
+    ks.add_argument("--test", action="store_true", help="wild-bootstrap goodness-of-fit p-value")
+    ks.add_argument("--n-bootstrap", type=int, default=1000)
+    ks.add_argument("--seed", type=int, default=0)
+    ks.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto",
+                    help="auto: float32 when both files are float32, else float64")
+    ks.add_argument("--json", default=None, metavar="OUT.json", help="also write the result as JSON (atomically)")
+    ks.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b = sub.add_parser("bench", help="run the scale benchmark ladder (benchmarks/bench_scale.py)")
     b.add_argument("--quick", action="store_true", help="small sizes only")
     b.add_argument("--backend", default="auto")
@@ -536,6 +608,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_selftest(args)
         if args.command == "drift":
             return _cmd_drift(args)
+        if args.command == "ksd":
+            return _cmd_ksd(args)
         return _cmd_bench(args, rest)
     except InputError as exc:
         print(f"infovae-kernels: error: {exc}", file=sys.stderr)

@@ -543,12 +543,13 @@ def test_cli_train_eval_sample(tmp_path, capsys):
     assert load_checkpoint(run)["epoch"] == 3
     assert main(["eval", run, "--iwae-k", "5", "--n-iwae", "50", "--n-samples", "200", "--device", "cpu"]) == 0
     m = json.load(open(os.path.join(run, "metrics.json")))
-    for k in ("mmd", "logdet_cov_train", "logdet_cov_test", "logdet_cov_total_test", "nll", "mi", "acc_100", "acc_1000",
-              "acc_floor_1000", "acc_mean_1000", "class_ce", "class_ce_floor", "tail_fraction"):
+    for k in ("mmd", "ksd", "ksd_p_value", "logdet_cov_train", "logdet_cov_test", "logdet_cov_total_test", "nll", "mi",
+              "acc_100", "acc_1000", "acc_floor_1000", "acc_mean_1000", "class_ce", "class_ce_floor", "tail_fraction"):
         assert isinstance(m[k], float) and math.isfinite(m[k]), k
     assert m["logdet_cov_total_test"] == pytest.approx(m["logdet_cov_test"] * m["latent"])
     assert m["mi"] <= m["mi_cap"] + 1e-6 and m["mi_cap"] == pytest.approx(math.log(360))
     assert m["nll"] > 0 and m["class_ce"] >= 0 and m["probe_draws"] >= 10
+    assert 0 < m["ksd_p_value"] <= 1
     assert main(["sample", run, "--n", "20"]) == 0
     for f in ("config.json", "history.json", "checkpoint.pt", "latent.png", "qz_pz.png", "samples.png"):
         assert os.path.getsize(os.path.join(run, f)) > 0, f

@@ -231,7 +231,8 @@ def cmd_sample(a) -> int:
     return 0
 
 
-METRIC_COLUMNS = [("mmd", "MMD(q(z),p(z))"), ("logdet_cov_total_test", "logdet Cov (total)"), ("nll", "NLL (nats)"),
+METRIC_COLUMNS = [("mmd", "MMD(q(z),p(z))"), ("ksd", "KSD(q(z),p(z))"), ("ksd_p_value", "KSD test p"),
+                  ("logdet_cov_total_test", "logdet Cov (total)"), ("nll", "NLL (nats)"),
                   ("mi", "MI(x;z)"), ("acc_1000", "acc 1000 (sampled z)"), ("acc_floor_1000", "floor (untrained)"),
                   ("acc_mean_1000", "acc 1000 (means)"), ("class_ce", "class CE"), ("class_ce_floor", "CE floor")]
 

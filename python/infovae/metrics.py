@@ -3,6 +3,10 @@ Every probe that can be fooled is printed beside its floor.
 
 - mmd / mmd_train: squared MMD (unbiased) between one z ~ q(z|x) per example and as many draws of p(z),
   over the WHOLE set at once (ik.mmd_full, not mini-batches), rbf kernel with sigma = sqrt(latent).
+- ksd / ksd_p_value: squared kernel Stein discrepancy (unbiased, ik.ksd) of the test codes z ~ q(z|x)
+  against p(z) = N(0, I) through its score -z: no prior draws, so no sampling noise from p; Stein kernel
+  of the imq base (1 + r2 / sigma^2)^(-1/2) with sigma = sqrt(latent); and the p-value of the KSD
+  goodness-of-fit test (ik.ksd_test, 500 wild-bootstrap draws): small when q(z) is not p(z).
 - logdet_cov_total_train/test: log det Cov[q(z)] (z ~ q(z|x) over the set; 0 for q(z) = p(z), the
   authors' figure is this total), logdet_cov_train/test: the same / latent (per dimension).
 - tail_fraction: share of test codes z ~ q(z|x) with |z|^2 beyond the 0.99 quantile of chi2(latent)
@@ -81,6 +85,13 @@ def full_mmd(z: torch.Tensor, prior: torch.Tensor, sigma: float, backend: str = 
     """Unbiased squared MMD over the whole sets (ik.mmd_full), rbf with bandwidth sigma."""
     return float(ik.mmd_full(z, prior, kernel="rbf", sigma=sigma, estimator="unbiased", backend=backend,
                              progress=False)), "mmd_full"
+
+
+def prior_ksd(z: torch.Tensor, sigma: float, seed: int = 0) -> tuple[float, float]:
+    """(KSD^2 of z against N(0, I), the wild-bootstrap p-value), unbiased, imq Stein kernel."""
+    z = z.double()
+    r = ik.ksd_test(z, -z, n_bootstrap=500, seed=seed, sigma=sigma, progress=False)
+    return r.statistic, r.p_value
 
 
 def logdet_cov(z: torch.Tensor) -> tuple[float, float]:
@@ -321,6 +332,7 @@ def evaluate(model: InfoVAE, data: Dataset, *, iwae_k: int = 100, n_iwae: Option
         m = {}
         m["mmd"], m["mmd_impl"] = full_mmd(z_te, torch.randn(z_te.shape, generator=g), sig, backend)
         m["mmd_train"], _ = full_mmd(z_tr, torch.randn(z_tr.shape, generator=g), sig, backend)
+        m["ksd"], m["ksd_p_value"] = prior_ksd(z_te, sig, seed)
         m["logdet_cov_total_train"], m["logdet_cov_train"] = logdet_cov(z_tr)
         m["logdet_cov_total_test"], m["logdet_cov_test"] = logdet_cov(z_te)
         m["tail_fraction"] = tail_fraction(z_te)
