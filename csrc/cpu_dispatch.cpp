@@ -75,5 +75,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z, co
   return current().quad_form(z, w, a, params, kernel, exclude_diagonal, row_sums);
 }
 
+at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
+                      c10::string_view kernel, bool exclude_diagonal) {
+  return current().stein_form(x, s, w, params, kernel, exclude_diagonal);
+}
+
 }  // namespace cpu
 }  // namespace infovae

@@ -13,12 +13,14 @@ TORCH_LIBRARY(infovae, m) {
   m.def(
       "quad_form(Tensor z, Tensor w, Tensor? a, Tensor params, str kernel, bool exclude_diagonal, "
       "bool row_sums) -> (Tensor, Tensor, Tensor)");
+  m.def("stein_form(Tensor x, Tensor s, Tensor w, Tensor params, str kernel, bool exclude_diagonal) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(infovae, CPU, m) {
   m.impl("gram", &infovae::cpu::gram);
   m.impl("pair_reduce", &infovae::cpu::pair_reduce);
   m.impl("quad_form", &infovae::cpu::quad_form);
+  m.impl("stein_form", &infovae::cpu::stein_form);
 }
 
 #ifdef INFOVAE_WITH_CUDA

@@ -12,6 +12,7 @@ import infovae_kernels as ik
 from infovae_kernels.scale.ksd import _signs
 
 ksd_module = importlib.import_module("infovae_kernels.ops.ksd")  # ops.ksd is also the function's name
+from infovae_kernels.backends import reference  # noqa: E402
 
 
 def base_kernel(base, sigmas, beta, c):
@@ -54,31 +55,36 @@ def sample(n, d, seed=0, shift=2.0):
     return x, s
 
 
+BACKENDS = [b for b in ("cpu", "torch") if b in ik.backends.runnable("cpu")]
+
 CASES = [("imq", (1.0,), -0.5, 1.0), ("imq", (0.7, 2.0), -0.3, 0.8), ("rbf", (1.3,), -0.5, 1.0),
          ("rbf", (0.5, 1.5, 4.0), -0.5, 1.0)]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n,d", [(2, 1), (7, 3), (11, 5)])
 @pytest.mark.parametrize("base,sigmas,beta,c", CASES)
-def test_ksd_equals_the_autograd_oracle(n, d, base, sigmas, beta, c):
+def test_ksd_equals_the_autograd_oracle(n, d, base, sigmas, beta, c, backend):
     x, s = sample(n, d, seed=n + d)
     u = oracle_u(x, s, base, sigmas, beta, c)
     w = torch.rand(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.1
     for unbiased in (False, True):
         est = "unbiased" if unbiased else "biased"
         for weights in (None, w):
-            got = ik.ksd(x, s, kernel=base, sigma=list(sigmas), beta=beta, c=c, estimator=est, weights=weights)
+            got = ik.ksd(x, s, kernel=base, sigma=list(sigmas), beta=beta, c=c, estimator=est, weights=weights,
+                         backend=backend)
             want = oracle_ksd(u, weights, unbiased)
             assert got.dtype == torch.float64 and got.dim() == 0
             assert abs(float(got - want)) <= 1e-10 * max(1.0, float(u.abs().mean())), (est, weights is None)
 
 
-def test_float32_within_measured_error_of_float64():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_within_measured_error_of_float64(backend):
     x, s = sample(600, 6, seed=3)
     s = -x + 0.3 * s  # near the target: the cancellation a converging sampler sees
     for base in ("imq", "rbf"):
         ref = ik.ksd(x, s, kernel=base, sigma=2.0)
-        got = ik.ksd(x.float(), s.float(), kernel=base, sigma=2.0)
+        got = ik.ksd(x.float(), s.float(), kernel=base, sigma=2.0, backend=backend)
         assert got.dtype == torch.float32
         scale = float(ik.ksd(x, s, kernel=base, sigma=2.0, estimator="biased").abs()) + float(ref.abs())
         assert abs(float(got) - float(ref)) <= 1e-5 * scale
@@ -92,7 +98,7 @@ def test_blocks_give_the_same_value_and_gradient(monkeypatch):
         v.backward()
         return v.detach(), xr.grad, sr.grad
     whole = run()
-    monkeypatch.setattr(ksd_module, "BLOCK_PAIRS", 37 * 4)  # blocks of 4 rows, the last one short
+    monkeypatch.setattr(reference, "STEIN_BLOCK_PAIRS", 37 * 4)  # blocks of 4 rows, the last one short
     blocked = run()
     for a, b in zip(whole, blocked):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
@@ -100,7 +106,7 @@ def test_blocks_give_the_same_value_and_gradient(monkeypatch):
 
 @pytest.mark.parametrize("base", ["imq", "rbf"])
 def test_gradcheck_in_x_score_sigma_and_weights(base, monkeypatch):
-    monkeypatch.setattr(ksd_module, "BLOCK_PAIRS", 6 * 4)  # the checkpointed blocks are differentiated too
+    monkeypatch.setattr(reference, "STEIN_BLOCK_PAIRS", 6 * 4)  # the checkpointed blocks are differentiated too
     x, s = sample(6, 2, seed=7)
     sigma = torch.tensor([0.8, 1.7], dtype=torch.float64)
     w = torch.rand(6, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + 0.2
@@ -156,14 +162,87 @@ def test_ksd_is_near_zero_for_samples_of_the_target_and_not_otherwise():
     assert abs(null) < 0.1 * alt
 
 
+# ------------------------------------------------------------------------ the fused cpu primitive
+
+needs_cpu = pytest.mark.skipif("cpu" not in BACKENDS, reason="the compiled cpu backend is not built here")
+
+
+def _stein_inputs(n, d, p, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    x = (x - x.mean(0)).to(dtype)
+    s = torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.randn(n, p, generator=g, dtype=torch.float64).to(dtype)
+    return x, s, w
+
+
+@needs_cpu
+@pytest.mark.parametrize("n", [1, 2, 129, 257, 700])
+@pytest.mark.parametrize("kernel,params", [("imq", [-0.5, 1.0, 1.0]), ("imq", [-0.3, 0.7, 0.8, 2.5]),
+                                          ("rbf", [-0.5, 1.0, 0.6, 1.7])])
+def test_cpu_stein_form_equals_the_torch_primitive(n, kernel, params, cpu_capability):
+    """Every tile shape (one block, a short last block, several blocks) on every CPU variant; float64 to
+    1e-12 of the torch primitive, float32 to its measured error."""
+    p64 = torch.tensor(params, dtype=torch.float64)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        x, s, w = _stein_inputs(n, 5, 3, dtype, seed=n)
+        for exclude in (False, True):
+            got = torch.ops.infovae.stein_form(x, s, w, p64, kernel, exclude)
+            want = reference.stein_form(x.double(), s.double(), w.double(), p64, kernel, exclude)
+            scale = float(reference.stein_form(x.double(), s.double(), w.double().abs(), p64, kernel, exclude).abs().max())
+            assert (got - want).abs().max().item() <= tol * max(scale, 1e-300), (dtype, exclude)
+
+
+@needs_cpu
+def test_cpu_stein_form_is_independent_of_the_thread_count_and_passes_opcheck():
+    x, s, w = _stein_inputs(600, 7, 4, torch.float32)
+    params = torch.tensor([-0.5, 1.0, 1.3], dtype=torch.float64)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(torch.ops.infovae.stein_form(x, s, w, params, "imq", True))
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(o, outs[0]) for o in outs)
+    torch.library.opcheck(torch.ops.infovae.stein_form.default, (x[:50], s[:50], w[:50], params, "rbf", False))
+
+
+@needs_cpu
+def test_value_is_the_same_with_and_without_gradient():
+    x, s = sample(300, 4, seed=6)
+    plain = ik.ksd(x, s, backend="cpu")
+    xr = x.clone().requires_grad_()
+    with_grad = ik.ksd(xr, s, backend="cpu")
+    with_grad.backward()
+    assert torch.equal(plain, with_grad.detach())
+    xt = x.clone().requires_grad_()
+    ik.ksd(xt, s, backend="torch").backward()
+    torch.testing.assert_close(xr.grad, xt.grad, rtol=1e-12, atol=1e-14)
+
+
+@needs_cpu
+def test_cpu_stein_form_rejects_bad_arguments():
+    x, s, w = _stein_inputs(10, 2, 1, torch.float64)
+    params = torch.tensor([-0.5, 1.0, 1.0], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="kernel must be 'imq' or 'rbf'"):
+        torch.ops.infovae.stein_form(x, s, w, params, "laplacian", False)
+    with pytest.raises(RuntimeError, match="sigmas must be positive"):
+        torch.ops.infovae.stein_form(x, s, w, torch.tensor([-0.5, 1.0, -1.0], dtype=torch.float64), "imq", False)
+    with pytest.raises(RuntimeError, match="one shape"):
+        torch.ops.infovae.stein_form(x, s[:, :1], w, params, "imq", False)
+
+
 # ------------------------------------------------------------------------------------------ tests
 
-def test_bootstrap_draws_equal_the_dense_formula(monkeypatch):
-    monkeypatch.setattr(ksd_module, "BLOCK_PAIRS", 13 * 5)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bootstrap_draws_equal_the_dense_formula(monkeypatch, backend):
+    monkeypatch.setattr(reference, "STEIN_BLOCK_PAIRS", 13 * 5)
     x, s = sample(13, 2, seed=8)
     u = oracle_u(x, s, "imq", (1.2,))
     for est, unbiased in (("biased", False), ("unbiased", True)):
-        r = ik.ksd_test(x, s, n_bootstrap=40, seed=3, sigma=1.2, estimator=est)
+        r = ik.ksd_test(x, s, n_bootstrap=40, seed=3, sigma=1.2, estimator=est, backend=backend)
         e = _signs(13, 40, 3, torch.float64, "cpu")
         u0 = u - torch.diag(u.diag()) if unbiased else u
         norm = 13 * 12 if unbiased else 13 * 13
@@ -256,8 +335,9 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="x: the unbiased KSD needs at least 2 points"):
         ik.ksd(x[:1], s[:1])
     assert torch.isfinite(ik.ksd(x[:1], s[:1], estimator="biased"))
-    with pytest.raises(ValueError, match="'torch' backend only"):
-        ik.ksd(x, s, backend="cpu")
+    for backend in ("cuda", "triton"):
+        with pytest.raises(ValueError, match="fused cuda and triton Stein kernels are not built"):
+            ik.ksd(x, s, backend=backend)
     with pytest.raises(ValueError, match="backend must be one of"):
         ik.ksd(x, s, backend="gpu")
     with pytest.raises(ValueError, match="m = 6 exceeds"):

@@ -20,10 +20,12 @@ using QuadFormFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tens
                                                                   const std::optional<at::Tensor>& a,
                                                                   const at::Tensor& params, c10::string_view kernel,
                                                                   bool exclude_diagonal, bool row_sums);
+using SteinFormFn = at::Tensor(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
+                               c10::string_view kernel, bool exclude_diagonal);
 
 // Bumped whenever Variant or the functions' signatures change: _C refuses a variant of another layout
 // (a stale module left by an older in-place build).
-inline constexpr int kVariantAbi = 1;
+inline constexpr int kVariantAbi = 2;
 inline constexpr const char* kVariantCapsule = "infovae_kernels.cpu_variant";
 
 struct Variant {
@@ -33,14 +35,16 @@ struct Variant {
   GramFn* gram;
   PairReduceFn* pair_reduce;
   QuadFormFn* quad_form;
+  SteinFormFn* stein_form;
 };
 
 #ifdef INFOVAE_CPU_CAPABILITY
 inline namespace INFOVAE_CPU_CAPABILITY {
-// Defined in cpu_ops.cpp.
+// Defined in cpu_ops.cpp (stein_form in stein.cpp).
 GramFn gram;
 PairReduceFn pair_reduce;
 QuadFormFn quad_form;
+SteinFormFn stein_form;
 }  // namespace INFOVAE_CPU_CAPABILITY
 #endif
 

@@ -34,8 +34,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from infovae_kernels.kernels import (LOSSY_TOLERANCE, always_differences, compute_dtype, dot_kernel_and_weight, kappa,
-                                     kernel_and_weight, unit_roundoff)
+from infovae_kernels.kernels import (LOSSY_TOLERANCE, always_differences, compute_dtype, diagonal_mask,
+                                     dot_kernel_and_weight, kappa, kernel_and_weight, stein_kernel, unit_roundoff)
 
 DIFFERENCES_UP_TO_D = 64
 
@@ -100,3 +100,34 @@ def quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel:
     if a is None:
         return q, s, z.new_zeros((0, z.shape[1]), dtype=torch.float64)
     return q, s, _gradient_terms(zc, zc, g * (a.to(zc.dtype) @ wc.T), kernel).double()
+
+
+#: Pairs per block of rows of stein_form (rows = STEIN_BLOCK_PAIRS // n).
+STEIN_BLOCK_PAIRS = 1 << 21
+
+
+def stein_blocks(n: int):
+    """(start, end) of the blocks of rows stein_form and the KSD's backward sweep."""
+    rows = max(1, min(n, STEIN_BLOCK_PAIRS // max(n, 1)))
+    return [(start, min(n, start + rows)) for start in range(0, n, rows)]
+
+
+def stein_form(x: Tensor, s: Tensor, w: Tensor, params: Tensor, kernel: str, exclude_diagonal: bool) -> Tensor:
+    """q_p = sum_ij w_ip u(x_i, x_j) w_jp (P,) float64 for the Langevin Stein kernel u of the base `kernel`
+    ("imq" | "rbf"), params = [beta, c, sigma_1, ...] (kernels.stein_kernel; the points centred). Unlike
+    the other primitives of this backend it never materialises the n x n matrix: blocks of rows against
+    all points, each block's products accumulated in float64."""
+    ct = compute_dtype(x.dtype)
+    xc, sc, wc = x.to(ct), s.to(ct), w.to(ct)
+    beta, c = float(params[0]), float(params[1])
+    sigmas = params[2:]
+    n = x.shape[0]
+    q = torch.zeros(w.shape[1], dtype=torch.float64, device=x.device)
+    for start, end in stein_blocks(n):
+        mask = diagonal_mask(end - start, n, start, x.device)
+        u = stein_kernel(xc[start:end], sc[start:end], xc, sc, sigmas, kernel, beta, c, diagonal=mask)
+        if exclude_diagonal:
+            u = u.masked_fill(mask, 0.0)
+        q += ((u @ wc) * wc[start:end]).sum(0, dtype=torch.float64)
+    return q
+

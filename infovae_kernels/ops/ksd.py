@@ -5,41 +5,53 @@ s(x) = grad log p(x) (Liu, Lee & Jordan 2016; Chwialkowski, Strathmann & Gretton
     biased (V-statistic):    KSD^2 = sum_ij w_i w_j u(x_i, x_j)
     unbiased (U-statistic):  KSD^2 = sum_{i != j} w_i w_j u(x_i, x_j) / (1 - sum_i w_i^2)
 
-(uniform weights: (1/n^2) sum_ij u_ij and (1/(n(n-1))) sum_{i != j} u_ij). The pairs are reduced in
-blocks of rows against all points, so memory is O(n d + block n), never n x n; with autograd each block
-is recomputed in backward (activation checkpointing) instead of stored. The Stein kernel runs on the
-plain-torch backend ("torch", any device); the fused cpu / cuda / triton Stein kernels are not built yet,
-and asking for them by name is a ValueError.
+(uniform weights: (1/n^2) sum_ij u_ij and (1/(n(n-1))) sum_{i != j} u_ij). The value is one stein_form
+primitive (q = w^T U w): the cpu backend's fused symmetric sweep (csrc/cpu/stein.cpp) or the torch
+backend's blocks of rows (backends/reference.py); neither stores n x n. The gradient (x at fixed score,
+score, weights, a tensor sigma) is autograd through the torch blocks, recomputed in backward one block at
+a time (activation checkpointing), so memory stays O(n d) plus one block; the value is the same with and
+without it. The fused cuda and triton Stein kernels are not built yet: asking for them is a ValueError,
+and "auto" on a GPU runs the torch blocks.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from infovae_kernels import _checks, backends, kernels
+from infovae_kernels.backends import reference
 from infovae_kernels.bandwidth import median_distance
 
 Score = Union[Tensor, Callable[[Tensor], Tensor]]
-#: Pairs per block of rows (rows = BLOCK_PAIRS // n): a few temporaries of this many entries at a time.
-BLOCK_PAIRS = 1 << 21
 #: Rows per call of a callable score.
 SCORE_CHUNK = 4096
+#: Backends with a Stein kernel.
+STEIN_BACKENDS = ("cpu", "torch")
 
 
-def stein_backend(backend: str, device: torch.device) -> str:
-    """The backend that computes the Stein kernel: "torch" for "auto" and "torch"; any other name is a
-    ValueError (a backend asked for by name never falls back)."""
+def stein_primitive(backend: str, device: torch.device) -> Callable:
+    """The stein_form primitive of `backend` on `device`: "auto" is the cpu backend on CPU tensors where it
+    runs, else torch; "cpu" and "torch" by name run or raise; cuda and triton have no Stein kernel yet (a
+    ValueError: a backend asked for by name never falls back)."""
     if backend not in backends.NAMES + ("auto",):
         raise ValueError(f"backend must be one of {('auto',) + backends.NAMES}, got {backend!r}")
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"backend={backend!r}: the Stein kernel runs on the 'torch' backend only so far (fused "
-                         "cpu, cuda and triton Stein kernels are not built yet); use backend='auto' or 'torch'")
-    return "torch"
+    if backend in ("cuda", "triton"):
+        raise ValueError(f"backend={backend!r}: the Stein kernel is fused on the cpu backend and runs in plain "
+                         "torch blocks on any device ('torch'); fused cuda and triton Stein kernels are not built "
+                         "yet: use backend='auto' or 'torch'")
+    if backend == "auto":
+        backend = "cpu" if device.type == "cpu" and "cpu" in backends.runnable(device) else "torch"
+    return backends.primitives(backends.resolve(backend, device)).stein_form
+
+
+def stein_params(sigmas: Tensor, beta: float, c: float) -> Tensor:
+    """The primitive's params: float64 [beta, c, sigma_1, ...] (values only)."""
+    return torch.cat([sigmas.new_tensor([beta, c]), sigmas.detach()])
 
 
 def stein_args(x: Tensor, kernel: str, beta: float, c: float) -> tuple[float, float]:
@@ -87,12 +99,6 @@ def stein_sigmas(sigma: _checks.Sigma, x: Tensor, kernel: str) -> Tensor:
     return _checks.sigmas(sigma, x, lambda: median_distance(x.detach()), kernel)
 
 
-def row_blocks(n: int) -> Iterator[tuple[int, int]]:
-    rows = max(1, min(n, BLOCK_PAIRS // max(n, 1)))
-    for start in range(0, n, rows):
-        yield start, min(n, start + rows)
-
-
 def centred(x: Tensor) -> Tensor:
     """x in its compute dtype minus its mean (u is translation invariant; centring keeps the expansion
     of r2 and of the cross terms from cancelling)."""
@@ -110,6 +116,35 @@ def _block_sum(start: int, xr: Tensor, sr: Tensor, wr: Tensor, x: Tensor, s: Ten
     return wr @ (u.double() @ w)
 
 
+def _normaliser(w: Tensor, unbiased: bool) -> Tensor:
+    return 1.0 - w.square().sum() if unbiased else w.new_ones(())
+
+
+class _KSD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xc, sc, w, sigmas, kernel, beta, c, unbiased, stein_form):
+        q = stein_form(xc, sc, w.to(xc.dtype)[:, None], stein_params(sigmas, beta, c), kernel, unbiased)
+        ctx.save_for_backward(xc, sc, w, sigmas)
+        ctx.args = (kernel, beta, c, unbiased)
+        return q[0] / _normaliser(w, unbiased)
+
+    @staticmethod
+    def backward(ctx, grad):
+        kernel, beta, c, unbiased = ctx.args
+        need = ctx.needs_input_grad[:4]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, need)]
+            xc, sc, w, sigmas = leaves
+            total = xc.new_zeros((), dtype=torch.float64)
+            for start, end in reference.stein_blocks(xc.shape[0]):
+                total = total + checkpoint(_block_sum, start, xc[start:end], sc[start:end], w[start:end], xc, sc, w,
+                                           sigmas, kernel, beta, c, unbiased, use_reentrant=False)
+            value = total / _normaliser(w, unbiased)
+            wanted = [t for t, n in zip(leaves, need) if n]
+            grads = iter(torch.autograd.grad(value, wanted, grad))
+        return tuple(next(grads) if n else None for n in need) + (None,) * 5
+
+
 def ksd(x: Tensor, score: Score, *, kernel: str = "imq", sigma: _checks.Sigma = None, beta: float = -0.5,
         c: float = 1.0, estimator: str = "unbiased", weights: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     """Squared kernel Stein discrepancy of the samples x (n, d) against the density whose score is
@@ -123,22 +158,14 @@ def ksd(x: Tensor, score: Score, *, kernel: str = "imq", sigma: _checks.Sigma = 
     """
     beta, c = stein_args(x, kernel, beta, c)
     unbiased = _checks.estimator(estimator)
-    stein_backend(backend, x.device)
+    stein_form = stein_primitive(backend, x.device)
     n = x.shape[0]
     if unbiased and n < 2:
         raise ValueError(f"x: the unbiased KSD needs at least 2 points, got {n}")
     s = score_values(score, x)
     sigmas = stein_sigmas(sigma, x, kernel)
     w = _checks.weights(weights, n, x, "weights")
-    norm = 1.0
-    if unbiased:
-        norm = 1.0 - w.square().sum()
-        if not _checks._tracing() and float(norm.detach()) <= 0.0:
-            raise ValueError("weights: the unbiased KSD needs at least two points of positive weight")
+    if unbiased and not _checks._tracing() and float(_normaliser(w.detach(), True)) <= 0.0:
+        raise ValueError("weights: the unbiased KSD needs at least two points of positive weight")
     xc, sc = centred(x), s.to(kernels.compute_dtype(x.dtype))
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xc, sc, w, sigmas))
-    total = xc.new_zeros((), dtype=torch.float64)
-    for start, end in row_blocks(n):
-        args = (start, xc[start:end], sc[start:end], w[start:end], xc, sc, w, sigmas, kernel, beta, c, unbiased)
-        total = total + (checkpoint(_block_sum, *args, use_reentrant=False) if grad else _block_sum(*args))
-    return (total / norm).to(x.dtype)
+    return _KSD.apply(xc, sc, w, sigmas, kernel, beta, c, unbiased, stein_form).to(x.dtype)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from infovae_kernels import _checks, kernels
-from infovae_kernels.ops.ksd import Score, score_values, stein_args, stein_backend, stein_sigmas
+from infovae_kernels.ops.ksd import Score, score_values, stein_args, stein_primitive, stein_sigmas
 
 
 def stein_thinning(x: Tensor, score: Score, m: int, *, kernel: str = "imq", sigma: _checks.Sigma = None,
@@ -35,7 +35,7 @@ def stein_thinning(x: Tensor, score: Score, m: int, *, kernel: str = "imq", sigm
     from infovae_kernels.scale.planning import progress_bar
 
     beta, c = stein_args(x, kernel, beta, c)
-    stein_backend(backend, x.device)
+    stein_primitive(backend, x.device)  # checks the name; the selection runs in torch on any backend
     n, d = x.shape
     if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
         raise ValueError(f"m must be a positive int, got {m!r}")

@@ -8,7 +8,8 @@ Rademacher signs e_b (n,), b = 1..B, drawn once from `seed`, each draw is the st
 
 and p = (1 + #{b : KSD_b^2 >= KSD^2}) / (1 + B). A block of rows of U meets the (n, B) sign matrix in one
 matrix product, so the B draws cost one GEMM's worth of flops (2 B per pair) on top of the statistic and
-nothing n x n is stored.
+nothing n x n is stored: one stein_form pass over the columns [1, e_1, ..., e_B] (on the cpu backend a
+symmetric sweep, so half the pairs).
 
 ksd_agg: KSDAgg (Schrab, Guedj & Gretton 2022), the aggregated test over a collection of bandwidths with
 the unbiased statistic and the wild bootstrap, calibrated as mmd_agg (scale/agg.py's `aggregate`): B1 draws
@@ -26,7 +27,8 @@ from torch import Tensor
 
 from infovae_kernels import _checks, kernels
 from infovae_kernels.bandwidth import median_distance
-from infovae_kernels.ops.ksd import Score, centred, row_blocks, score_values, stein_args, stein_backend, stein_sigmas
+from infovae_kernels.ops.ksd import (Score, centred, score_values, stein_args, stein_params, stein_primitive,
+                                     stein_sigmas)
 from infovae_kernels.scale.agg import AGG_FACTORS, aggregate
 from infovae_kernels.scale.planning import progress_bar
 
@@ -64,51 +66,47 @@ def _signs(n: int, draws: int, seed: int, dtype: torch.dtype, device) -> Tensor:
 
 
 def _bootstrap_pass(x: Tensor, s: Tensor, sigma_sets: list[Tensor], kernel: str, beta: float, c: float,
-                    unbiased: bool, signs: Tensor, progress: Optional[bool]) -> tuple[np.ndarray, np.ndarray]:
-    """(statistics (L,), draws (L, B)) for L bandwidth sets, from one sweep over blocks of rows."""
+                    unbiased: bool, signs: Tensor, stein_form, progress: Optional[bool]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(statistics (L,), draws (L, B)) for L bandwidth sets: per set one stein_form pass over the columns
+    [1, e_1, ..., e_B] (q_0 = 1^T U 1, q_b = e_b^T U e_b)."""
     n = x.shape[0]
     xc, sc = centred(x), s.to(kernels.compute_dtype(x.dtype))
+    columns = torch.cat([signs.new_ones((n, 1)), signs], 1)
     norm = n * (n - 1) if unbiased else n * n
-    stats = torch.zeros(len(sigma_sets), dtype=torch.float64, device=x.device)
-    draws = torch.zeros((len(sigma_sets), signs.shape[1]), dtype=torch.float64, device=x.device)
-    blocks = list(row_blocks(n))
-    bar = progress_bar(progress, len(blocks))
-    with torch.no_grad():
-        for start, end in blocks:
-            mask = kernels.diagonal_mask(end - start, n, start, x.device)
-            for i, sigmas in enumerate(sigma_sets):
-                u = kernels.stein_kernel(xc[start:end], sc[start:end], xc, sc, sigmas, kernel, beta, c, diagonal=mask)
-                if unbiased:
-                    u = u.masked_fill(mask, 0.0)
-                stats[i] += u.double().sum()
-                draws[i] += ((u @ signs) * signs[start:end]).sum(0, dtype=torch.float64)
-            bar.update(1)
+    stats, draws = [], []
+    bar = progress_bar(progress, len(sigma_sets))
+    for sigmas in sigma_sets:
+        q = stein_form(xc, sc, columns, stein_params(sigmas, beta, c), kernel, unbiased) / norm
+        stats.append(float(q[0]))
+        draws.append(q[1:].cpu().numpy())
+        bar.update(1)
     bar.close()
-    return (stats / norm).cpu().numpy(), (draws / norm).cpu().numpy()
+    return np.array(stats), np.stack(draws)
 
 
 def _setup(x: Tensor, score: Score, kernel: str, beta: float, c: float, estimator: str, backend: str):
     beta, c = stein_args(x, kernel, beta, c)
     unbiased = _checks.estimator(estimator)
-    stein_backend(backend, x.device)
+    stein_form = stein_primitive(backend, x.device)
     if x.shape[0] < 2:
         raise ValueError(f"x: a goodness-of-fit test needs at least 2 points, got {x.shape[0]}")
     with torch.no_grad():
         s = score_values(score, x.detach())
-    return x.detach(), s.detach(), beta, c, unbiased
+    return x.detach(), s.detach(), beta, c, unbiased, stein_form
 
 
 def ksd_test(x: Tensor, score: Score, n_bootstrap: int = 1000, seed: int = 0, *, kernel: str = "imq",
              sigma: _checks.Sigma = None, beta: float = -0.5, c: float = 1.0, estimator: str = "unbiased",
              backend: str = "auto", progress: Optional[bool] = None) -> KSDTestResult:
     """Goodness-of-fit test of x (n, d) against the density with score `score` by the wild bootstrap
-    (module docstring); kernel, sigma, beta, c, estimator as ik.ksd. progress: a bar over the blocks of
-    rows (None: only when the pass is long)."""
-    x, s, beta, c, unbiased = _setup(x, score, kernel, beta, c, estimator, backend)
+    (module docstring); kernel, sigma, beta, c, estimator, backend as ik.ksd. progress: a bar over the
+    passes (one per bandwidth; None: only when long)."""
+    x, s, beta, c, unbiased, stein_form = _setup(x, score, kernel, beta, c, estimator, backend)
     _positive_int(n_bootstrap, "n_bootstrap")
     sigmas = stein_sigmas(sigma, x, kernel).detach()
     signs = _signs(x.shape[0], n_bootstrap, seed, kernels.compute_dtype(x.dtype), x.device)
-    stats, draws = _bootstrap_pass(x, s, [sigmas], kernel, beta, c, unbiased, signs, progress)
+    stats, draws = _bootstrap_pass(x, s, [sigmas], kernel, beta, c, unbiased, signs, stein_form, progress)
     stat, boot = float(stats[0]), draws[0]
     p = (1.0 + float((boot >= stat).sum())) / (1.0 + n_bootstrap)
     return KSDTestResult(stat, p, torch.from_numpy(boot))
@@ -120,7 +118,7 @@ def ksd_agg(x: Tensor, score: Score, *, kernel: str = "imq", bandwidths: Sequenc
             progress: Optional[bool] = None) -> KSDAggResult:
     """KSDAgg: the aggregated goodness-of-fit test over `bandwidths` (default: the median pair distance of
     x times 2^k, k = -4..4) with the unbiased KSD^2, in one pass (module docstring)."""
-    x, s, beta, c, _ = _setup(x, score, kernel, beta, c, "unbiased", backend)
+    x, s, beta, c, _, stein_form = _setup(x, score, kernel, beta, c, "unbiased", backend)
     if not (isinstance(level, float) and 0.0 < level < 1.0):
         raise ValueError(f"level must be a float in (0, 1), got {level!r}")
     if not isinstance(n_bootstrap, (tuple, list)) or len(n_bootstrap) != 2:
@@ -136,6 +134,6 @@ def ksd_agg(x: Tensor, score: Score, *, kernel: str = "imq", bandwidths: Sequenc
     bandwidths = [_checks._positive_float(b, "bandwidths") for b in bandwidths]
     sigma_sets = [torch.tensor([b], dtype=torch.float64, device=x.device) for b in bandwidths]
     signs = _signs(x.shape[0], b1 + b2, seed, kernels.compute_dtype(x.dtype), x.device)
-    stats, draws = _bootstrap_pass(x, s, sigma_sets, kernel, beta, c, True, signs, progress)
+    stats, draws = _bootstrap_pass(x, s, sigma_sets, kernel, beta, c, True, signs, stein_form, progress)
     reject, t, u = aggregate(stats, draws, b1, level, bisection_steps)
     return KSDAggResult(reject, bandwidths, stats.tolist(), t.tolist(), u, level)
