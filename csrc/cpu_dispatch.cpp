@@ -80,5 +80,10 @@ at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor
   return current().stein_form(x, s, w, params, kernel, exclude_diagonal);
 }
 
+at::Tensor stein_moments(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
+                         c10::string_view kernel, bool exclude_diagonal) {
+  return current().stein_moments(x, s, w, params, kernel, exclude_diagonal);
+}
+
 }  // namespace cpu
 }  // namespace infovae

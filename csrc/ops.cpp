@@ -14,6 +14,7 @@ TORCH_LIBRARY(infovae, m) {
       "quad_form(Tensor z, Tensor w, Tensor? a, Tensor params, str kernel, bool exclude_diagonal, "
       "bool row_sums) -> (Tensor, Tensor, Tensor)");
   m.def("stein_form(Tensor x, Tensor s, Tensor w, Tensor params, str kernel, bool exclude_diagonal) -> Tensor");
+  m.def("stein_moments(Tensor x, Tensor s, Tensor w, Tensor params, str kernel, bool exclude_diagonal) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(infovae, CPU, m) {
@@ -21,6 +22,7 @@ TORCH_LIBRARY_IMPL(infovae, CPU, m) {
   m.impl("pair_reduce", &infovae::cpu::pair_reduce);
   m.impl("quad_form", &infovae::cpu::quad_form);
   m.impl("stein_form", &infovae::cpu::stein_form);
+  m.impl("stein_moments", &infovae::cpu::stein_moments);
 }
 
 #ifdef INFOVAE_WITH_CUDA

@@ -22,10 +22,11 @@ using QuadFormFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tens
                                                                   bool exclude_diagonal, bool row_sums);
 using SteinFormFn = at::Tensor(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
                                c10::string_view kernel, bool exclude_diagonal);
+using SteinMomentsFn = SteinFormFn;
 
 // Bumped whenever Variant or the functions' signatures change: _C refuses a variant of another layout
 // (a stale module left by an older in-place build).
-inline constexpr int kVariantAbi = 2;
+inline constexpr int kVariantAbi = 3;
 inline constexpr const char* kVariantCapsule = "infovae_kernels.cpu_variant";
 
 struct Variant {
@@ -36,15 +37,17 @@ struct Variant {
   PairReduceFn* pair_reduce;
   QuadFormFn* quad_form;
   SteinFormFn* stein_form;
+  SteinMomentsFn* stein_moments;
 };
 
 #ifdef INFOVAE_CPU_CAPABILITY
 inline namespace INFOVAE_CPU_CAPABILITY {
-// Defined in cpu_ops.cpp (stein_form in stein.cpp).
+// Defined in cpu_ops.cpp (stein_form and stein_moments in stein.cpp).
 GramFn gram;
 PairReduceFn pair_reduce;
 QuadFormFn quad_form;
 SteinFormFn stein_form;
+SteinMomentsFn stein_moments;
 }  // namespace INFOVAE_CPU_CAPABILITY
 #endif
 

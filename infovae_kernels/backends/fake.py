@@ -27,6 +27,10 @@ def stein_form_fake(x, s, w, params, kernel, exclude_diagonal):
     return x.new_empty((w.shape[1],), dtype=torch.float64)
 
 
+def stein_moments_fake(x, s, w, params, kernel, exclude_diagonal):
+    return x.new_empty((x.shape[0], 4, 1 + 2 * x.shape[1]), dtype=torch.float64)
+
+
 FAKES = {"gram": gram_fake, "pair_reduce": pair_reduce_fake, "quad_form": quad_form_fake}
 
 

@@ -35,7 +35,12 @@ STEIN_BACKENDS = ("cpu", "torch")
 
 
 def stein_primitive(backend: str, device: torch.device) -> Callable:
-    """The stein_form primitive of `backend` on `device`: "auto" is the cpu backend on CPU tensors where it
+    """The stein_form primitive of `backend` on `device` (see stein_module)."""
+    return stein_module(backend, device).stein_form
+
+
+def stein_module(backend: str, device: torch.device):
+    """The backend module with the Stein primitives: "auto" is the cpu backend on CPU tensors where it
     runs, else torch; "cpu" and "torch" by name run or raise; cuda and triton have no Stein kernel yet (a
     ValueError: a backend asked for by name never falls back)."""
     if backend not in backends.NAMES + ("auto",):
@@ -46,7 +51,7 @@ def stein_primitive(backend: str, device: torch.device) -> Callable:
                          "yet: use backend='auto' or 'torch'")
     if backend == "auto":
         backend = "cpu" if device.type == "cpu" and "cpu" in backends.runnable(device) else "torch"
-    return backends.primitives(backends.resolve(backend, device)).stein_form
+    return backends.primitives(backends.resolve(backend, device))
 
 
 def stein_params(sigmas: Tensor, beta: float, c: float) -> Tensor:
@@ -121,17 +126,29 @@ def _normaliser(w: Tensor, unbiased: bool) -> Tensor:
 
 
 class _KSD(torch.autograd.Function):
+    """value = w^T U w / norm from stein_form. Backward: the fused moments where the backend has them and
+    sigma needs no gradient (with V = w^T U w and R = stein_moments, module docstring of csrc/cpu/stein.cpp):
+
+        dV/dx_i = 4 w_i (x_i R^A_i[w] - R^A_i[w x] + R^phi'_i[w s] - s_i R^phi'_i[w])
+        dV/ds_i = 2 w_i (R^phi_i[w s] - 2 x_i R^phi'_i[w] + 2 R^phi'_i[w x])
+        dV/dw_i = 2 R^U_i[w]
+
+    (u symmetric, so each pair counts twice); otherwise autograd through the torch blocks."""
+
     @staticmethod
-    def forward(ctx, xc, sc, w, sigmas, kernel, beta, c, unbiased, stein_form):
-        q = stein_form(xc, sc, w.to(xc.dtype)[:, None], stein_params(sigmas, beta, c), kernel, unbiased)
+    def forward(ctx, xc, sc, w, sigmas, kernel, beta, c, unbiased, module):
+        q = module.stein_form(xc, sc, w.to(xc.dtype)[:, None], stein_params(sigmas, beta, c), kernel, unbiased)
         ctx.save_for_backward(xc, sc, w, sigmas)
-        ctx.args = (kernel, beta, c, unbiased)
+        ctx.args = (kernel, beta, c, unbiased, module)
+        ctx.value = q[0]
         return q[0] / _normaliser(w, unbiased)
 
     @staticmethod
     def backward(ctx, grad):
-        kernel, beta, c, unbiased = ctx.args
+        kernel, beta, c, unbiased, module = ctx.args
         need = ctx.needs_input_grad[:4]
+        if hasattr(module, "stein_moments") and not need[3]:
+            return _fused_backward(ctx, grad, need) + (None,) * 5
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, need)]
             xc, sc, w, sigmas = leaves
@@ -143,6 +160,28 @@ class _KSD(torch.autograd.Function):
             wanted = [t for t, n in zip(leaves, need) if n]
             grads = iter(torch.autograd.grad(value, wanted, grad))
         return tuple(next(grads) if n else None for n in need) + (None,) * 5
+
+
+def _fused_backward(ctx, grad: Tensor, need) -> tuple:
+    xc, sc, w, sigmas = ctx.saved_tensors
+    kernel, beta, c, unbiased, module = ctx.args
+    d = xc.shape[1]
+    r = module.stein_moments(xc, sc, w.to(xc.dtype), stein_params(sigmas, beta, c), kernel, unbiased)
+    x64, s64, w64 = xc.double(), sc.double(), w.double()[:, None]
+    norm = _normaliser(w, unbiased)
+    g = grad.double() / norm
+    gx = gs = gw = None
+    if need[0]:
+        gx = 4.0 * g * w64 * (x64 * r[:, 3, :1] - r[:, 3, 1:1 + d] + r[:, 2, 1 + d:] - s64 * r[:, 2, :1])
+        gx = gx.to(xc.dtype)
+    if need[1]:
+        gs = (2.0 * g * w64 * (r[:, 1, 1 + d:] - 2.0 * x64 * r[:, 2, :1] + 2.0 * r[:, 2, 1:1 + d])).to(sc.dtype)
+    if need[2]:
+        gw = 2.0 * g * r[:, 0, 0]
+        if unbiased:  # d(1 - sum w^2)/dw_i = -2 w_i
+            gw = gw + grad.double() * ctx.value * 2.0 * w.double() / (norm * norm)
+        gw = gw.to(w.dtype)
+    return gx, gs, gw, None
 
 
 def ksd(x: Tensor, score: Score, *, kernel: str = "imq", sigma: _checks.Sigma = None, beta: float = -0.5,
@@ -158,7 +197,7 @@ def ksd(x: Tensor, score: Score, *, kernel: str = "imq", sigma: _checks.Sigma = 
     """
     beta, c = stein_args(x, kernel, beta, c)
     unbiased = _checks.estimator(estimator)
-    stein_form = stein_primitive(backend, x.device)
+    module = stein_module(backend, x.device)
     n = x.shape[0]
     if unbiased and n < 2:
         raise ValueError(f"x: the unbiased KSD needs at least 2 points, got {n}")
@@ -168,4 +207,4 @@ def ksd(x: Tensor, score: Score, *, kernel: str = "imq", sigma: _checks.Sigma = 
     if unbiased and not _checks._tracing() and float(_normaliser(w.detach(), True)) <= 0.0:
         raise ValueError("weights: the unbiased KSD needs at least two points of positive weight")
     xc, sc = centred(x), s.to(kernels.compute_dtype(x.dtype))
-    return _KSD.apply(xc, sc, w, sigmas, kernel, beta, c, unbiased, stein_form).to(x.dtype)
+    return _KSD.apply(xc, sc, w, sigmas, kernel, beta, c, unbiased, module).to(x.dtype)
