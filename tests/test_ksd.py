@@ -207,6 +207,15 @@ def test_cpu_stein_form_is_independent_of_the_thread_count_and_passes_opcheck():
         torch.set_num_threads(old)
     assert all(torch.equal(o, outs[0]) for o in outs)
     torch.library.opcheck(torch.ops.infovae.stein_form.default, (x[:50], s[:50], w[:50], params, "rbf", False))
+    torch.library.opcheck(torch.ops.infovae.stein_moments.default, (x[:50], s[:50], w[:50, 0], params, "imq", True))
+    moments = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            moments.append(torch.ops.infovae.stein_moments(x, s, w[:, 0], params, "imq", True))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(moments[0], moments[1])
 
 
 @needs_cpu
@@ -220,6 +229,37 @@ def test_value_is_the_same_with_and_without_gradient():
     xt = x.clone().requires_grad_()
     ik.ksd(xt, s, backend="torch").backward()
     torch.testing.assert_close(xr.grad, xt.grad, rtol=1e-12, atol=1e-14)
+
+
+@needs_cpu
+@pytest.mark.parametrize("base", ["imq", "rbf"])
+def test_fused_gradient_gradcheck(base, cpu_capability):
+    """The cpu backend's fused gradient (stein_moments) in x, score and weights, float64 gradcheck, on
+    every CPU variant; beta away from -1/2 takes the std::pow lanes."""
+    x, s = sample(9, 3, seed=21)
+    w = torch.rand(9, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) + 0.2
+    for est in ("biased", "unbiased"):
+        for beta in ((-0.5, -0.7) if base == "imq" else (-0.5,)):
+            torch.autograd.gradcheck(
+                lambda x_, s_, w_: ik.ksd(x_, s_, kernel=base, sigma=[0.9, 2.0], beta=beta, weights=w_, estimator=est,
+                                          backend="cpu"),
+                tuple(t.clone().requires_grad_() for t in (x, s, w)))
+
+
+@needs_cpu
+def test_stein_moments_on_many_tiles_equal_the_autograd_blocks():
+    """Several tiles (n = 700: blocks of 128, rounds with a short last block), float32 and float64: the
+    fused gradient equals autograd through the torch blocks."""
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
+        x, s = sample(700, 5, seed=4)
+        x, s = x.to(dtype), (-x + 0.5 * s).to(dtype)
+        grads = []
+        for backend in ("cpu", "torch"):
+            xr, sr = x.clone().requires_grad_(), s.clone().requires_grad_()
+            ik.ksd(xr, sr, backend=backend, sigma=1.5).backward()
+            grads.append((xr.grad.double(), sr.grad.double()))
+        for a, b in zip(*grads):
+            assert ((a - b).norm() / b.norm()).item() <= tol
 
 
 @needs_cpu
