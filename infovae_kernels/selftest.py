@@ -5,7 +5,9 @@ its lane-form limit (8), for every kernel (rbf with one and two scales, imq, lap
 polynomial on the engine and on the BLAS-tile path at d >= 512, linear), both estimators, float32 and
 float64: the values of mmd, kernel_sum, rbf_gram, svgd_direction, mmd_power and mmd_test's permutation
 statistics, and the gradients of mmd (x, y, weights, a tensor sigma), kernel_sum, rbf_gram and
-mmd_power; and that k(x, x) is exactly 1 (a point's distance to itself is exactly 0). A float64 result
+mmd_power; and that k(x, x) is exactly 1 (a point's distance to itself is exactly 0). On the cpu backend
+also the Stein kernel: ksd (value, gradients in x, score and weights; imq with beta -1/2 and another,
+rbf with two scales) and ksd_test's bootstrap draws. A float64 result
 may differ from the reference by 1e-10 of its scale; a float32 one by 8 times what the reference backend
 computing in float32 differs by, plus 2e-6 of the scale (the test suite's rule).
 
@@ -140,7 +142,35 @@ def run(backend: str = "cpu", device: str = "cpu") -> list[Check]:
                 [True, True], dtype)
             add(f"svgd_direction {n}x{d}", lambda be, x: ik.svgd_direction(x, -x, sigma=1.1, backend=be), [x],
                 [False], dtype)
+        if backend == "cpu":  # the fused Stein kernel (cuda and triton have none yet)
+            _stein_checks(add, dtype)
     return checks
+
+
+# name, base, sigma, beta, c: beta -1/2 takes the engine's one-vsqrt path, another beta the pow lanes
+STEIN_KERNELS = (("imq", "imq", 1.0, -0.5, 1.0), ("imq-beta", "imq", [0.7, 1.8], -0.3, 0.7),
+                 ("rbf-2scales", "rbf", [0.6, 2.0], -0.5, 1.0))
+
+
+def _stein_checks(add, dtype) -> None:
+    """ksd (value and gradient in x, score and weights) and ksd_test's bootstrap draws."""
+    for label, base, sigma, beta, c in STEIN_KERNELS:
+        for n, _, d in SHAPES:
+            x = _points(n, d, 0.2, 3 * n + d)
+            s = -x + 0.5 * _points(n, d, 0.0, 3 * n + d + 1)
+            w = torch.rand(n, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 0.5
+            for estimator in ("biased", "unbiased"):
+                def ksd(be, x, s, w, base=base, sigma=sigma, beta=beta, c=c, estimator=estimator):
+                    return ik.ksd(x, s, kernel=base, sigma=sigma, beta=beta, c=c, estimator=estimator, weights=w,
+                                  backend=be)
+
+                add(f"ksd {label} {estimator} {n}x{d}", ksd, [x, s, w], [True, True, True], dtype)
+
+            def boot(be, x, s, base=base, sigma=sigma, beta=beta, c=c):
+                r = ik.ksd_test(x, s, n_bootstrap=40, seed=1, kernel=base, sigma=sigma, beta=beta, c=c, backend=be)
+                return torch.cat([torch.as_tensor([r.statistic], dtype=torch.float64), r.bootstrap_statistics])
+
+            add(f"ksd_test {label} {n}x{d}", boot, [x, s], [False, False], dtype)
 
 
 def report(checks: Sequence[Check]) -> str:

@@ -19,6 +19,8 @@ infovae_kernels/kernels.py (the points arrive prepared and the params clamped: t
 neither). For the dot kernel (polynomial) g is replaced by h = dk/d(x.y) and G_i = -sum_j h_ij
 (a_i . v_j) y_j: in every case G_i = -sum_j (a_i . v_j) dk(x_i, y_j)/dx_i. exclude_diagonal drops the
 pairs i == j.
+The Stein kernel's primitive, stein_form (q = W^T U W for the Langevin Stein kernel U), is at the end of
+this file; unlike the three above it reduces blocks of rows and never materialises n x n.
 float16/bfloat16 compute in float32; float32 and float64 in their own precision. This backend computes
 r2 from coordinate differences (torch.cdist without its matmul shortcut) for d <= 64, under
 torch.compile, for laplacian and energy, and wherever the expansion would be lossy

@@ -1,6 +1,6 @@
 """The public ops, one module each: the function, its algebra over the backend primitives
-(gram, pair_reduce, quad_form; see backends/reference.py) and its backward. ksd and stein_thinning
-compute the Stein kernel (kernels.stein_kernel) on the torch backend."""
+(gram, pair_reduce, quad_form; see backends/reference.py) and its backward. ksd builds on the
+Stein primitives (stein_form, stein_moments; fused on the cpu backend, blocks of plain torch on any device)."""
 
 from infovae_kernels.ops.kernel_sum import kernel_sum
 from infovae_kernels.ops.ksd import ksd
