@@ -10,8 +10,10 @@
 // A vectorised row pass turns them into u in place (phi and its derivatives per scale: vexp for rbf,
 // one vsqrt for imq with beta = -1/2, std::pow lane by lane for another beta), then a fourth GEMM
 // R = U W_J and q_p += sum_i w_ip R_ip, doubled for the tiles off the diagonal (u is symmetric).
-// Each tile's q partial is stored and the partials are summed in float64 in tile order: the result does
-// not depend on the thread count (GEMMs single-threaded inside at::parallel_for).
+// Row block I owns the tiles (I, (I + t) mod nb) of the symmetric schedule (engine_impl.h's), its q
+// partial accumulated in float64 in t order, the partials summed in block order: O(n / B) memory beside
+// the points, and a result that does not depend on the thread count (GEMMs single-threaded inside
+// at::parallel_for).
 //
 // stein_moments: what the gradient of w^T U w in x, s and w is made of, from the same tiles with four
 // matrices per tile (U, phi, phi', A; grad_pass) against [w, w x, w s] (run_moments).
@@ -182,37 +184,39 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, co
   norms[1].narrow(0, 0, n).copy_((X * S).sum(1));
   const T* xn = norms[0].data_ptr<T>();
   const T* xs = norms[1].data_ptr<T>();
-  std::vector<std::pair<int64_t, int64_t>> tile_list;
-  for (int64_t I = 0; I < nb; ++I)
-    for (int64_t J = I; J < nb; ++J) tile_list.emplace_back(I, J);
-  std::vector<double> partial(tile_list.size() * P, 0.0);
+  // Row block I owns the tiles (I, (I + t) mod nb), t = 0 .. nb/2 (t = nb/2 only for I < nb/2 when nb is
+  // even): each unordered pair of blocks once, the same work per row block, q partials per row block.
+  std::vector<double> partial(nb * P, 0.0);
   const T* wp = W.data_ptr<T>();
-  parallel_items(static_cast<int64_t>(tile_list.size()), [&](int64_t b, int64_t e) {
+  parallel_items(nb, [&](int64_t b, int64_t e) {
     at::Tensor gxx = at::empty({B, ld}, X.options()), gss = at::empty({B, ld}, X.options());
     at::Tensor gc = at::empty({B, ld}, X.options()), R = at::empty({B, P}, X.options());
-    for (int64_t t = b; t < e; ++t) {
-      const auto [I, J] = tile_list[t];
-      const int64_t i0 = I * B, j0 = J * B, ni = std::min(B, n - i0), nj = std::min(B, n - j0);
-      tile_dots(gxx, X, i0, ni, X, j0, nj);
-      tile_dots(gss, S, i0, ni, S, j0, nj);
-      tile_dots(gc, XS, i0, ni, SX, j0, nj);
-      stein_pass<T>(sp, d, gxx.data_ptr<T>(), gss.data_ptr<T>(), gc.data_ptr<T>(), ld, ni, nj, xn + i0, xs + i0,
-                    xn + j0, xs + j0, I == J, exclude);
-      at::Tensor r = R.narrow(0, 0, ni);
-      at::cpu::mm_out(r, gxx.narrow(0, 0, ni).narrow(1, 0, nj), W.narrow(0, j0, nj));
-      const T* rp = r.data_ptr<T>();
-      const double factor = I == J ? 1.0 : 2.0;
-      for (int64_t p = 0; p < P; ++p) {
-        double acc = 0.0;
-        for (int64_t i = 0; i < ni; ++i) acc += static_cast<double>(wp[(i0 + i) * P + p]) * rp[i * P + p];
-        partial[t * P + p] = factor * acc;
+    for (int64_t I = b; I < e; ++I) {
+      for (int64_t t = 0; t <= nb / 2; ++t) {
+        if (nb % 2 == 0 && t > 0 && t == nb / 2 && I >= nb / 2) break;
+        const int64_t J = (I + t) % nb;
+        const int64_t i0 = I * B, j0 = J * B, ni = std::min(B, n - i0), nj = std::min(B, n - j0);
+        tile_dots(gxx, X, i0, ni, X, j0, nj);
+        tile_dots(gss, S, i0, ni, S, j0, nj);
+        tile_dots(gc, XS, i0, ni, SX, j0, nj);
+        stein_pass<T>(sp, d, gxx.data_ptr<T>(), gss.data_ptr<T>(), gc.data_ptr<T>(), ld, ni, nj, xn + i0, xs + i0,
+                      xn + j0, xs + j0, I == J, exclude);
+        at::Tensor r = R.narrow(0, 0, ni);
+        at::cpu::mm_out(r, gxx.narrow(0, 0, ni).narrow(1, 0, nj), W.narrow(0, j0, nj));
+        const T* rp = r.data_ptr<T>();
+        const double factor = I == J ? 1.0 : 2.0;
+        for (int64_t p = 0; p < P; ++p) {
+          double acc = 0.0;
+          for (int64_t i = 0; i < ni; ++i) acc += static_cast<double>(wp[(i0 + i) * P + p]) * rp[i * P + p];
+          partial[I * P + p] += factor * acc;
+        }
       }
     }
   });
   at::Tensor q = at::zeros({P}, x.options().dtype(at::kDouble));
   double* qp = q.data_ptr<double>();
-  for (size_t t = 0; t < tile_list.size(); ++t)
-    for (int64_t p = 0; p < P; ++p) qp[p] += partial[t * P + p];
+  for (int64_t I = 0; I < nb; ++I)
+    for (int64_t p = 0; p < P; ++p) qp[p] += partial[I * P + p];
   return q;
 }
 
