@@ -303,6 +303,22 @@ def bench_thinning(args, rows):
     print(f"  stein-thinning: {ours['note']}; peer: {peer.get('seconds', peer['status'])}", flush=True)
 
 
+def bench_large(args, rows):
+    """ik.ksd's value at n = --large-n (10^6), d = 8, float32, one call: what O(n d) memory means at a size
+    whose n x n matrix would take 4 TB."""
+    n, d = args.large_n, 8
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(0)) + 0.5
+    s = -x
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        value = float(ik.ksd(x, s))
+        secs = time.perf_counter() - t
+    rows.append(dict(device="cpu", threads=torch.get_num_threads(), case="ksd-value-large", n=n, d=d, provider="ours",
+                     seconds=secs, reps=1, peak_mem_mib=mem.mib, value=value, status="ok",
+                     note=f"{float(n) * n / secs:.3g} pairs/s; x and its scores hold {2 * n * d * 4 / 2**20:.0f} MiB"))
+    print(f"  ksd-value-large n={n} d={d}: {secs:.1f} s, {mem.mib:.0f} MiB above the start, value {value:.6g}", flush=True)
+
+
 def busy_cores(seconds: float = 1.0) -> float:
     """Cores kept busy by other processes over `seconds` while this one sleeps (from /proc/stat)."""
     def busy():
@@ -333,7 +349,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peer-python", default=os.path.join(PEER_DIR, "bin", "python"))
     ap.add_argument("--peer-timeout-s", type=float, default=180.0)
-    ap.add_argument("--cases", default="ksd,test,thinning")
+    ap.add_argument("--cases", default="ksd,test,thinning",
+                    help="ksd, test, thinning; or large alone (ik.ksd at --large-n, into ksd_large.csv)")
+    ap.add_argument("--large-n", type=int, default=1_000_000)
     args = ap.parse_args(argv)
     if args.smoke:
         args.n, args.test_n, args.n_bootstrap = 512, 512, 100
@@ -359,9 +377,12 @@ def main(argv=None) -> int:
         bench_test(args, rows)
     if "thinning" in cases:
         bench_thinning(args, rows)
+    if "large" in cases:
+        bench_large(args, rows)
     for r in rows:
         r["note"] = (r.get("note", "") + f"; other processes busy at start: {other:.1f} cores").lstrip("; ")
-    path = os.path.join(args.out, "ksd_smoke.csv" if args.smoke else "ksd.csv")
+    name = "ksd_large.csv" if cases == ["large"] else "ksd.csv"
+    path = os.path.join(args.out, "ksd_smoke.csv" if args.smoke else name)
     write_csv(path, [{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows], FIELDS)
     print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)\n")
     print(markdown(rows, ["case", "n", "d", "provider", "seconds", "ratio", "gflops", "peak_mem_mib", "value",
