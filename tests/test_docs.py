@@ -23,8 +23,9 @@ def test_links_stay_inside_and_resolve(doc):
         assert (doc.parent / target).exists(), f"{doc.name} links a missing {target}"
 
 
-@pytest.mark.parametrize("module,commands", [("infovae_kernels", ["mmd", "info", "bench"]),
-                                             ("infovae", ["train", "eval", "sample", "demo", "reproduce"])])
+@pytest.mark.parametrize("module,commands", [
+    ("infovae_kernels", ["mmd", "kid", "info", "selftest", "drift", "ksd", "bench"]),
+    ("infovae", ["train", "eval", "sample", "demo", "reproduce"])])
 def test_help_names_no_issue_numbers(module, commands):
     for cmd in [[]] + [[c] for c in commands]:
         out = subprocess.run([sys.executable, "-m", module, *cmd, "--help"], capture_output=True, text=True)
