@@ -301,7 +301,8 @@ def cmd_demo(a) -> int:
              verdict, "",
              f"Chance (most frequent class) {mm['chance_acc']:.3f}; 'floor' is the same probe on an untrained encoder "
              f"(max of the two: {floor:.3f}). 'acc (means)' is the old probe on posterior means: it cannot see a model "
-             f"that ignores z. MMD 0 and log det 0 mean q(z) = p(z). class CE: KL(uniform || class frequencies of "
+             f"that ignores z. MMD 0, KSD 0 and log det 0 mean q(z) = p(z); 'KSD test p' is the p-value of the KSD "
+             f"goodness-of-fit test of the codes against N(0, I) (small: q(z) is not p(z)). class CE: KL(uniform || class frequencies of "
              f"1,000 samples), 0 = balanced; its floor is real test digits.", ""]
     for name in rows:
         lines += [f"## {name}", "", f"![samples]({name}/samples.png) ![latent]({name}/latent.png)", "",

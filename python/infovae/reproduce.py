@@ -384,7 +384,7 @@ def write_report(out, mode, settings, p1, p2, p3, seconds, device="cpu"):
         L += [NOT_RUN, ""]
     else:
         L += [_table(p2, [("logdet total train", "logdet_cov_total_train"), ("logdet total test", "logdet_cov_total_test"),
-                          ("tail fraction", "tail_fraction"), ("MMD", "mmd"), ("NLL train", "nll_train"),
+                          ("tail fraction", "tail_fraction"), ("MMD", "mmd"), ("KSD", "ksd"), ("NLL train", "nll_train"),
                           ("NLL test", "nll"), ("NLL gap", "nll_gap"), ("MI", "mi"), ("steps", "steps")]), "",
               "Authors (total log det Cov[q(z)] train / test): " + "; ".join(f"N {k}: {v}" for k, v in AUTHORS_P2.items())
               + f"; {AUTHORS_P2_INFOVAE}.", "",
@@ -396,7 +396,8 @@ def write_report(out, mode, settings, p1, p2, p3, seconds, device="cpu"):
         left, why = p3_gate(p3)
         L += [f"Gate: {'passed' if left else 'NOT passed (claims undecided)'}: {why}.", "",
               _table(p3, [("acc 1000 (sampled z)", "acc_1000"), ("floor", "acc_floor_1000"), ("acc (means)", "acc_mean_1000"),
-                          ("MMD", "mmd"), ("logdet/dim", "logdet_cov_test"), ("class CE", "class_ce"),
+                          ("MMD", "mmd"), ("KSD", "ksd"), ("KSD test p", "ksd_p_value"),
+                          ("logdet/dim", "logdet_cov_test"), ("class CE", "class_ce"),
                           ("CE floor", "class_ce_floor"), ("NLL", "nll"), ("MI", "mi"), ("converged", "converged_step"),
                           ("steps", "steps"), ("train s", "train_seconds")]), "",
               "Authors (latent 10, full MNIST, 12-layer PixelCNN): " + "; ".join(
