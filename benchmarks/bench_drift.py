@@ -84,7 +84,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from common import markdown, write_csv  # noqa: E402
+from common import busy_cores, markdown, write_csv  # noqa: E402
 from drift_peers import MARKER, measure_offline, measure_online  # noqa: E402
 
 FIELDS = ["device", "case", "provider", "version", "n_ref", "n", "d", "seconds", "peak_mem_mib", "distance",
@@ -231,17 +231,6 @@ def make_data(folder: str, n: int, d: int, stream_len: int, seed: int) -> dict:
         files[k] = os.path.join(folder, f"{k}_{n}.npy")
         np.save(files[k], a)
     return {"arrays": arrays, "files": files}
-
-
-def busy_cores(seconds: float = 1.0) -> float:
-    """Cores kept busy by other processes over `seconds` while this one sleeps (from /proc/stat)."""
-    def busy():
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        return sum(v) - v[3] - v[4], sum(v)  # all but idle and iowait
-    (b0, t0), _ = busy(), time.sleep(seconds)
-    b1, t1 = busy()
-    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
 
 
 def load1() -> float:

@@ -40,13 +40,11 @@ prints a table.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -57,7 +55,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
 import infovae_kernels as ik  # noqa: E402
-from common import markdown, write_csv  # noqa: E402
+from common import PeakRSS, busy_cores, markdown, write_csv  # noqa: E402
 
 FIELDS = ["device", "threads", "case", "n", "d", "provider", "seconds", "reps", "ratio", "gflops", "peak_mem_mib",
           "value", "status", "note"]
@@ -66,40 +64,6 @@ PEER_DIR = "/work/peers/stein"
 
 
 # ------------------------------------------------------------------------------------ measuring
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRSS:
-    """Peak resident memory above the start, sampled every 2 ms by a thread (torch ops release the GIL)."""
-
-    def __enter__(self):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
-        self.base = self.peak = _rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.base) / 2**20
-
 
 LONG_S = 2.0
 
@@ -317,17 +281,6 @@ def bench_large(args, rows):
                      seconds=secs, reps=1, peak_mem_mib=mem.mib, value=value, status="ok",
                      note=f"{float(n) * n / secs:.3g} pairs/s; x and its scores hold {2 * n * d * 4 / 2**20:.0f} MiB"))
     print(f"  ksd-value-large n={n} d={d}: {secs:.1f} s, {mem.mib:.0f} MiB above the start, value {value:.6g}", flush=True)
-
-
-def busy_cores(seconds: float = 1.0) -> float:
-    """Cores kept busy by other processes over `seconds` while this one sleeps (from /proc/stat)."""
-    def busy():
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        return sum(v) - v[3] - v[4], sum(v)  # all but idle and iowait
-    (b0, t0), _ = busy(), time.sleep(seconds)
-    b1, t1 = busy()
-    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
 
 
 def main(argv=None) -> int:

@@ -29,12 +29,10 @@ it "cpu" is the variant chosen at import.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import math
 import os
 import statistics
 import sys
-import threading
 import time
 
 import torch
@@ -44,7 +42,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
 import infovae_kernels as ik  # noqa: E402
-from common import formula, markdown, pairs, sqdist_cdist, sqdist_matmul, write_csv  # noqa: E402
+from common import PeakRSS, formula, markdown, pairs, sqdist_cdist, sqdist_matmul, write_csv  # noqa: E402
 
 FIELDS = ["device", "threads", "clock", "provider", "mode", "n", "m", "d", "status", "seconds", "best_seconds", "reps",
           "pairs_per_s", "flops_per_s", "mm_fraction", "speedup_vs_naive", "full_over_value", "peak_mem_mib", "value",
@@ -111,44 +109,6 @@ GRAM_PROVIDERS = {"naive", "matmul"}  # materialise N x M float32 matrices (abou
 
 
 # ------------------------------------------------------------------------------------ measuring
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _trim_heap():
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
-class PeakRSS:
-    """Peak resident memory above the start, sampled every 2 ms by a thread (the ops release the GIL)."""
-
-    def __enter__(self):
-        _trim_heap()
-        self.base = self.peak = _rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.base) / 2**20
-
 
 def mm_flops(size: int = 4096, reps: int = 3) -> float:
     """float32 FLOP/s of torch.mm on a size x size product."""

@@ -1,12 +1,14 @@
 """What every benchmark here shares: the plain-torch formulas they race against, the timer, the pair
-count, and atomic CSV / markdown output."""
+count, peak resident memory, the load of other processes, and atomic CSV / markdown output."""
 
 from __future__ import annotations
 
 import csv
+import ctypes
 import os
 import statistics
 import tempfile
+import threading
 import time
 
 import torch
@@ -119,3 +121,52 @@ def markdown(rows, cols) -> str:
             cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _trim_heap():
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+class PeakRSS:
+    """Peak resident memory above the start, sampled every 2 ms by a thread (the ops release the GIL)."""
+
+    def __enter__(self):
+        _trim_heap()
+        self.base = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def busy_cores(seconds: float = 1.0) -> float:
+    """Cores kept busy by other processes over `seconds` while this one sleeps (from /proc/stat)."""
+    def busy():
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return sum(v) - v[3] - v[4], sum(v)  # all but idle and iowait
+    (b0, t0), _ = busy(), time.sleep(seconds)
+    b1, t1 = busy()
+    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
