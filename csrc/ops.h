@@ -51,7 +51,7 @@ namespace cpu {
 at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
                       c10::string_view kernel, bool exclude_diagonal);
 // stein_moments(x, s, w (N,), params, kernel, exclude_diagonal) -> R (N, 4, 1 + 2d) float64,
-//     R[i][k] = sum_j M^k_ij [w_j, w_j x_j, w_j s_j] in the columns the gradient reads (stein.cpp: kColumns;
+//     R[i][k] = sum_j M^k_ij [w_j, w_j x_j, w_j s_j] in the columns the gradient reads (stein.cpp;
 //     the others 0), M^k = U, phi, phi', A: what the gradient
 //     of w^T U w in x, s and w is made of (infovae_kernels/ops/ksd.py combines them).
 at::Tensor stein_moments(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
