@@ -104,6 +104,12 @@ def _positive_float(value, name: str) -> float:
     return value
 
 
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def sigmas(sigma: Sigma, like: Tensor, median: Callable[[], Tensor], kernel: Kernel = "rbf") -> Optional[Tensor]:
     """Bandwidths as a float64 tensor (S,) on like's device, 1 <= S <= MAX_SCALES, or None for a kernel
     without a bandwidth (energy, polynomial, linear: sigma must then be None). sigma=None means 1.0;

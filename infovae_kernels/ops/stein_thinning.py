@@ -37,8 +37,9 @@ def stein_thinning(x: Tensor, score: Score, m: int, *, kernel: str = "imq", sigm
     beta, c = stein_args(x, kernel, beta, c)
     stein_primitive(backend, x.device)  # checks the name; the selection runs in torch on any backend
     n, d = x.shape
-    if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
-        raise ValueError(f"m must be a positive int, got {m!r}")
+    if isinstance(m, numbers.Integral) and not isinstance(m, bool):
+        m = int(m)  # numpy integers too
+    _checks.positive_int(m, "m")
     if m > n:
         raise ValueError(f"m = {m} exceeds the number of points n = {n}")
     if not isinstance(standardize, bool):

@@ -54,12 +54,8 @@ def mmd_agg(x: Data, y: Data, *, kernel: kernels.Kernel = "rbf", bandwidths: Seq
     if not kernels.has_bandwidth(kernel):
         raise ValueError(f"mmd_agg aggregates over bandwidths: the kernel needs one ({kernels.BANDWIDTH_KERNELS}), "
                          f"got {kernel!r}")
-    if not (isinstance(level, float) and 0.0 < level < 1.0):
-        raise ValueError(f"level must be a float in (0, 1), got {level!r}")
     b1, b2 = permutations
-    for b, name in ((b1, "permutations[0]"), (b2, "permutations[1]"), (bisection_steps, "bisection_steps")):
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise ValueError(f"{name} must be a positive int, got {b!r}")
+    check_aggregation(level, (b1, b2), "permutations", bisection_steps)
     if bandwidths is None:
         sx, sy = source(x, "x", kwargs.get("dtype")), source(y, "y", kwargs.get("dtype"))
         median = _median_sigma(sx, sy, kwargs.get("median_points", MEDIAN_SUBSAMPLE), kwargs.get("median_seed", 0),
@@ -73,6 +69,15 @@ def mmd_agg(x: Data, y: Data, *, kernel: kernels.Kernel = "rbf", bandwidths: Seq
         perms.append(r.permutation_statistics.numpy())
     reject, t, u = aggregate(np.array(stats), np.stack(perms), b1, level, bisection_steps)
     return MMDAggResult(reject, bandwidths, stats, t.tolist(), u, level)
+
+
+def check_aggregation(level, draws, draws_name: str, bisection_steps) -> tuple[int, int]:
+    """(B1, B2) after checking the level, the two draw counts and the bisection steps of an aggregated test."""
+    if not (isinstance(level, float) and 0.0 < level < 1.0):
+        raise ValueError(f"level must be a float in (0, 1), got {level!r}")
+    b1, b2 = (_checks.positive_int(b, f"{draws_name}[{i}]") for i, b in enumerate(draws))
+    _checks.positive_int(bisection_steps, "bisection_steps")
+    return b1, b2
 
 
 def aggregate(stats: np.ndarray, draws: np.ndarray, b1: int, level: float, bisection_steps: int

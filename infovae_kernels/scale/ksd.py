@@ -29,7 +29,7 @@ from infovae_kernels import _checks, kernels
 from infovae_kernels.bandwidth import median_distance
 from infovae_kernels.ops.ksd import (Score, centred, score_values, stein_args, stein_params, stein_primitive,
                                      stein_sigmas)
-from infovae_kernels.scale.agg import AGG_FACTORS, aggregate
+from infovae_kernels.scale.agg import AGG_FACTORS, aggregate, check_aggregation
 from infovae_kernels.scale.planning import progress_bar
 
 
@@ -52,12 +52,6 @@ class KSDAggResult(NamedTuple):
     thresholds: list[float]
     u: float
     level: float
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _signs(n: int, draws: int, seed: int, dtype: torch.dtype, device) -> Tensor:
@@ -103,7 +97,7 @@ def ksd_test(x: Tensor, score: Score, n_bootstrap: int = 1000, seed: int = 0, *,
     (module docstring); kernel, sigma, beta, c, estimator, backend as ik.ksd. progress: a bar over the
     passes (one per bandwidth; None: only when long)."""
     x, s, beta, c, unbiased, stein_form = _setup(x, score, kernel, beta, c, estimator, backend)
-    _positive_int(n_bootstrap, "n_bootstrap")
+    _checks.positive_int(n_bootstrap, "n_bootstrap")
     sigmas = stein_sigmas(sigma, x, kernel).detach()
     signs = _signs(x.shape[0], n_bootstrap, seed, kernels.compute_dtype(x.dtype), x.device)
     stats, draws = _bootstrap_pass(x, s, [sigmas], kernel, beta, c, unbiased, signs, stein_form, progress)
@@ -119,13 +113,9 @@ def ksd_agg(x: Tensor, score: Score, *, kernel: str = "imq", bandwidths: Sequenc
     """KSDAgg: the aggregated goodness-of-fit test over `bandwidths` (default: the median pair distance of
     x times 2^k, k = -4..4) with the unbiased KSD^2, in one pass (module docstring)."""
     x, s, beta, c, _, stein_form = _setup(x, score, kernel, beta, c, "unbiased", backend)
-    if not (isinstance(level, float) and 0.0 < level < 1.0):
-        raise ValueError(f"level must be a float in (0, 1), got {level!r}")
     if not isinstance(n_bootstrap, (tuple, list)) or len(n_bootstrap) != 2:
         raise ValueError(f"n_bootstrap must be a pair (B1, B2), got {n_bootstrap!r}")
-    b1 = _positive_int(n_bootstrap[0], "n_bootstrap[0]")
-    b2 = _positive_int(n_bootstrap[1], "n_bootstrap[1]")
-    _positive_int(bisection_steps, "bisection_steps")
+    b1, b2 = check_aggregation(level, n_bootstrap, "n_bootstrap", bisection_steps)
     if bandwidths is None:
         median = float(median_distance(x))
         bandwidths = [median * f for f in AGG_FACTORS]
