@@ -85,5 +85,10 @@ at::Tensor stein_moments(const at::Tensor& x, const at::Tensor& s, const at::Ten
   return current().stein_moments(x, s, w, params, kernel, exclude_diagonal);
 }
 
+std::tuple<at::Tensor, at::Tensor> stein_thin(const at::Tensor& x, const at::Tensor& s, const at::Tensor& objective,
+                                              const at::Tensor& params, c10::string_view kernel, int64_t steps) {
+  return current().stein_thin(x, s, objective, params, kernel, steps);
+}
+
 }  // namespace cpu
 }  // namespace infovae

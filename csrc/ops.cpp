@@ -15,6 +15,7 @@ TORCH_LIBRARY(infovae, m) {
       "bool row_sums) -> (Tensor, Tensor, Tensor)");
   m.def("stein_form(Tensor x, Tensor s, Tensor w, Tensor params, str kernel, bool exclude_diagonal) -> Tensor");
   m.def("stein_moments(Tensor x, Tensor s, Tensor w, Tensor params, str kernel, bool exclude_diagonal) -> Tensor");
+  m.def("stein_thin(Tensor x, Tensor s, Tensor objective, Tensor params, str kernel, int steps) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(infovae, CPU, m) {
@@ -23,6 +24,7 @@ TORCH_LIBRARY_IMPL(infovae, CPU, m) {
   m.impl("quad_form", &infovae::cpu::quad_form);
   m.impl("stein_form", &infovae::cpu::stein_form);
   m.impl("stein_moments", &infovae::cpu::stein_moments);
+  m.impl("stein_thin", &infovae::cpu::stein_thin);
 }
 
 #ifdef INFOVAE_WITH_CUDA

@@ -56,6 +56,11 @@ at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor
 //     of w^T U w in x, s and w is made of (infovae_kernels/ops/ksd.py combines them).
 at::Tensor stein_moments(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
                          c10::string_view kernel, bool exclude_diagonal);
+// stein_thin(x, s, objective (N,), params, kernel, steps) -> (chosen (steps,) int64, objective (N,)):
+//     steps steps of greedy Stein thinning from `objective` (infovae_kernels/ops/stein_thinning.py, which
+//     standardises x and s): each picks the objective's argmin j and adds 2 u(x_i, x_j) to entry i.
+std::tuple<at::Tensor, at::Tensor> stein_thin(const at::Tensor& x, const at::Tensor& s, const at::Tensor& objective,
+                                              const at::Tensor& params, c10::string_view kernel, int64_t steps);
 }
 #ifdef INFOVAE_WITH_CUDA
 INFOVAE_DECLARE_OPS(cuda)

@@ -324,17 +324,46 @@ def oracle_thinning(u, m):
     return chosen
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("base,sigma", [("imq", None), ("rbf", 0.8)])
-def test_stein_thinning_equals_the_dense_greedy_oracle(base, sigma):
+def test_stein_thinning_equals_the_dense_greedy_oracle(base, sigma, backend):
     x, s = sample(30, 2, seed=12)
     u = oracle_u(x, s, base, (1.0 if sigma is None else sigma,))
-    got = ik.stein_thinning(x, s, 25, kernel=base, sigma=sigma, standardize=False)
+    got = ik.stein_thinning(x, s, 25, kernel=base, sigma=sigma, standardize=False, backend=backend)
     assert got.tolist() == oracle_thinning(u, 25)
     assert got.dtype == torch.int64
     # standardize: each coordinate over its mean absolute deviation, the scores times it
     mad = (x - x.mean(0)).abs().mean(0)
     u = oracle_u(x / mad, s * mad, base, (1.0 if sigma is None else sigma,))
-    assert ik.stein_thinning(x, s, 25, kernel=base, sigma=sigma).tolist() == oracle_thinning(u, 25)
+    assert ik.stein_thinning(x, s, 25, kernel=base, sigma=sigma, backend=backend).tolist() == oracle_thinning(u, 25)
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_stein_thin_selects_as_the_torch_steps_at_any_thread_count_and_chunking(dtype):
+    """The fused selection (odd n: a partial last vector) against the torch loop over many steps, with
+    another beta (the lane-by-lane pow) and two scales; the same indices in one call, in chunks (the
+    returned objective carries on) and on 1 or 3 threads; opcheck of the primitive."""
+    x, s = sample(1237, 5, seed=21)
+    x, s = x.to(dtype), s.to(dtype)
+    for kw in (dict(kernel="imq", beta=-0.3, c=0.7, sigma=[0.6, 1.5]), dict(kernel="rbf", sigma=0.9)):
+        want = ik.stein_thinning(x, s, 300, backend="torch", progress=False, **kw)
+        assert ik.stein_thinning(x, s, 300, backend="cpu", progress=False, **kw).tolist() == want.tolist()
+    params = torch.tensor([-0.5, 1.0, 1.1], dtype=torch.float64)
+    start = ik.kernels.stein_diagonal(x, s, params[2:], "imq", -0.5, 1.0)
+    old = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            runs.append(torch.ops.infovae.stein_thin(x, s, start, params, "imq", 40))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    first, objective = torch.ops.infovae.stein_thin(x, s, start, params, "imq", 15)
+    rest, end = torch.ops.infovae.stein_thin(x, s, objective, params, "imq", 25)
+    assert torch.cat([first, rest]).tolist() == runs[0][0].tolist() and torch.equal(end, runs[0][1])
+    torch.library.opcheck(torch.ops.infovae.stein_thin.default, (x[:50], s[:50], start[:50], params, "rbf", 7))
 
 
 def test_stein_thinning_selects_with_replacement():

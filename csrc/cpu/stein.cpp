@@ -23,7 +23,9 @@
 // sum_s exp(-r2 / (2 sigma_s^2)) (beta and c unused).
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -255,6 +257,96 @@ at::Tensor run_moments(const at::Tensor& x, const at::Tensor& s, const at::Tenso
   return row_acc.add_(col_acc);
 }
 
+// stein_thin: m steps of the greedy selection of ops/stein_thinning.py in one call. Each step picks the
+// argmin j of the objective (the first of the smallest) and adds 2 u(x_i, x_j) to every entry i. The points
+// are transposed ([d][n_pad], a vector holds one coordinate of L points): 4d multiply-adds a point (x.x_j,
+// s.s_j and x.s_j + s.x_j), and the pass that adds column j also finds the next argmin (per worker the
+// lowest index among the smallest values, the workers' results combined in index order). Elementwise
+// updates and an exact minimum: the selection does not depend on the thread count. Padding lanes hold +inf.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> run_thin(const at::Tensor& x, const at::Tensor& s, const at::Tensor& start,
+                                            const SteinParams& sp, int64_t m) {
+  using V = typename VecT<T>::V;
+  using VI = typename VecT<T>::VI;
+  using I = typename VecT<T>::I;
+  constexpr int L = Dims<T>::L;
+  static const Iota<T> iota;
+  const int64_t n = x.size(0), d = x.size(1), np = roundup(n, L), nv = np / L;
+  const at::Tensor X = rows_of<T>(x), S = rows_of<T>(s);
+  const at::Tensor Xt = transposed<T>(X, np), St = transposed<T>(S, np);
+  at::Tensor norms = at::zeros({2, np}, X.options());
+  norms[0].narrow(0, 0, n).copy_(X.square().sum(1));
+  norms[1].narrow(0, 0, n).copy_((X * S).sum(1));
+  at::Tensor objective = at::full({np}, std::numeric_limits<T>::infinity(), X.options());
+  objective.narrow(0, 0, n).copy_(start);
+  const T *xt = Xt.data_ptr<T>(), *st = St.data_ptr<T>(), *xn = norms[0].data_ptr<T>(), *xs = norms[1].data_ptr<T>();
+  const T *xrows = X.data_ptr<T>(), *srows = S.data_ptr<T>();
+  T* obj = objective.data_ptr<T>();
+  at::Tensor chosen = at::empty({m}, x.options().dtype(at::kLong));
+  int64_t* out = chosen.data_ptr<int64_t>();
+  const auto first = objective.min(0);
+  TORCH_CHECK(std::isfinite(std::get<0>(first).item<double>()), "infovae::stein_thin: the objective is not finite");
+  int64_t j = std::get<1>(first).item<int64_t>();  // torch's min: the first of the smallest
+  const int workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nv));
+  const int64_t per = divup(nv, workers);
+  std::vector<T> best(workers);
+  std::vector<int64_t> where(workers);
+  const T two_d = static_cast<T>(2 * d);
+  for (int64_t t = 0; t < m; ++t) {
+    out[t] = j;
+    const T* xj = xrows + j * d;
+    const T* sj = srows + j * d;
+    const V xnj = vset<T>(xn[j]), xsj = vset<T>(xs[j]);
+    at::parallel_for(0, workers, 1, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) {
+        V low = vset<T>(std::numeric_limits<T>::infinity());
+        VI at_ = VI{};
+        for (int64_t v = w * per; v < std::min(nv, (w + 1) * per); ++v) {
+          const int64_t i = v * L;
+          V gxx{}, gss{}, gc{};
+          for (int64_t k = 0; k < d; ++k) {
+            const V xv = vload(xt + k * np + i), sv = vload(st + k * np + i);
+            const V xjk = vset<T>(xj[k]), sjk = vset<T>(sj[k]);
+            gxx += xv * xjk;
+            gss += sv * sjk;
+            gc += xv * sjk + sv * xjk;
+          }
+          const VI idx = iota.v + static_cast<I>(i);
+          const VI self = idx == static_cast<I>(j);
+          V r2 = vload(xn + i) + xnj - gxx * T(2);
+          r2 = r2 < V{} ? V{} : r2;
+          r2 = self ? V{} : r2;
+          const V cross = self ? V{} : gc - vload(xs + i) - xsj;
+          V phi, d1, d2;
+          radial<T, V>(sp, r2, phi, d1, d2);
+          const V u = phi * gss + T(2) * d1 * cross - two_d * d1 - T(4) * d2 * r2;
+          const VI real = idx < static_cast<I>(n);
+          const V o = real ? vload(obj + i) + T(2) * u : vload(obj + i);
+          vstore(obj + i, o);
+          const VI lower = o < low;
+          low = lower ? o : low;
+          at_ = lower ? idx : at_;
+        }
+        T lanes[L];
+        I ids[L];
+        std::memcpy(lanes, &low, sizeof(low));
+        std::memcpy(ids, &at_, sizeof(at_));
+        best[w] = std::numeric_limits<T>::infinity();
+        where[w] = -1;
+        for (int l = 0; l < L; ++l)
+          if (lanes[l] < best[w] || (lanes[l] == best[w] && ids[l] < where[w])) best[w] = lanes[l], where[w] = ids[l];
+      }
+    });
+    int64_t pick = -1;
+    T value = std::numeric_limits<T>::infinity();
+    for (int w = 0; w < workers; ++w)
+      if (where[w] >= 0 && (pick < 0 || best[w] < value)) value = best[w], pick = where[w];
+    TORCH_CHECK(pick >= 0, "infovae::stein_thin: the objective is not finite");
+    j = pick;
+  }
+  return {chosen, objective.narrow(0, 0, n)};
+}
+
 // [beta, c, sigma_1, ...] (float64, CPU) as SteinParams, the sigmas checked.
 SteinParams stein_params(const char* op, const at::Tensor& params, c10::string_view kernel) {
   TORCH_CHECK(kernel == "imq" || kernel == "rbf", "infovae::", op, ": kernel must be 'imq' or 'rbf', got '",
@@ -302,6 +394,21 @@ at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor
   if (x.size(0) == 0 || w.size(1) == 0) return at::zeros({w.size(1)}, x.options().dtype(at::kDouble));
   return x.scalar_type() == at::kDouble ? run<double>(x, s, w, sp, exclude_diagonal)
                                         : run<float>(x, s, w, sp, exclude_diagonal);
+}
+
+std::tuple<at::Tensor, at::Tensor> stein_thin(const at::Tensor& x, const at::Tensor& s, const at::Tensor& objective,
+                                              const at::Tensor& params, c10::string_view kernel, int64_t steps) {
+  TORCH_CHECK(x.dim() == 2 && s.sizes() == x.sizes() && x.size(0) >= 1 && objective.dim() == 1 &&
+                  objective.size(0) == x.size(0),
+              "infovae::stein_thin: x, s (N, d) and objective (N,) expected, N >= 1, got ", x.sizes(), ", ", s.sizes(),
+              ", ", objective.sizes());
+  TORCH_CHECK(x.scalar_type() == s.scalar_type() && x.scalar_type() == objective.scalar_type() &&
+                  x.is_floating_point() && x.device().is_cpu() && s.device().is_cpu() && objective.device().is_cpu(),
+              "infovae::stein_thin: x, s and objective must be CPU tensors of one floating dtype");
+  TORCH_CHECK(steps >= 0, "infovae::stein_thin: steps must be >= 0, got ", steps);
+  const SteinParams sp = stein_params("stein_thin", params, kernel);
+  return x.scalar_type() == at::kDouble ? run_thin<double>(x, s, objective, sp, steps)
+                                        : run_thin<float>(x, s, objective, sp, steps);
 }
 
 }  // namespace INFOVAE_CPU_CAPABILITY

@@ -23,10 +23,13 @@ using QuadFormFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tens
 using SteinFormFn = at::Tensor(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
                                c10::string_view kernel, bool exclude_diagonal);
 using SteinMomentsFn = SteinFormFn;
+using SteinThinFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor& x, const at::Tensor& s,
+                                                       const at::Tensor& objective, const at::Tensor& params,
+                                                       c10::string_view kernel, int64_t steps);
 
 // Bumped whenever Variant or the functions' signatures change: _C refuses a variant of another layout
 // (a stale module left by an older in-place build).
-inline constexpr int kVariantAbi = 3;
+inline constexpr int kVariantAbi = 4;
 inline constexpr const char* kVariantCapsule = "infovae_kernels.cpu_variant";
 
 struct Variant {
@@ -38,16 +41,18 @@ struct Variant {
   QuadFormFn* quad_form;
   SteinFormFn* stein_form;
   SteinMomentsFn* stein_moments;
+  SteinThinFn* stein_thin;
 };
 
 #ifdef INFOVAE_CPU_CAPABILITY
 inline namespace INFOVAE_CPU_CAPABILITY {
-// Defined in cpu_ops.cpp (stein_form and stein_moments in stein.cpp).
+// Defined in cpu_ops.cpp (the stein_* functions in stein.cpp).
 GramFn gram;
 PairReduceFn pair_reduce;
 QuadFormFn quad_form;
 SteinFormFn stein_form;
 SteinMomentsFn stein_moments;
+SteinThinFn stein_thin;
 }  // namespace INFOVAE_CPU_CAPABILITY
 #endif
 

@@ -17,7 +17,7 @@ constexpr infovae::cpu::Variant kVariant = {
     infovae::cpu::kVariantAbi, INFOVAE_STR(INFOVAE_CPU_CAPABILITY), INFOVAE_VBYTES,
     &infovae::cpu::INFOVAE_CPU_CAPABILITY::gram, &infovae::cpu::INFOVAE_CPU_CAPABILITY::pair_reduce,
     &infovae::cpu::INFOVAE_CPU_CAPABILITY::quad_form, &infovae::cpu::INFOVAE_CPU_CAPABILITY::stein_form,
-    &infovae::cpu::INFOVAE_CPU_CAPABILITY::stein_moments};
+    &infovae::cpu::INFOVAE_CPU_CAPABILITY::stein_moments, &infovae::cpu::INFOVAE_CPU_CAPABILITY::stein_thin};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_cpu_" INFOVAE_STR(INFOVAE_CPU_CAPABILITY),
                           "infovae CPU kernels compiled for one capability", -1, nullptr};

@@ -31,7 +31,13 @@ def stein_moments_fake(x, s, w, params, kernel, exclude_diagonal):
     return x.new_empty((x.shape[0], 4, 1 + 2 * x.shape[1]), dtype=torch.float64)
 
 
+def stein_thin_fake(x, s, objective, params, kernel, steps):
+    return x.new_empty((steps,), dtype=torch.int64), torch.empty_like(objective)
+
+
 FAKES = {"gram": gram_fake, "pair_reduce": pair_reduce_fake, "quad_form": quad_form_fake}
+#: The Stein primitives (cpu only so far).
+STEIN_FAKES = {"stein_form": stein_form_fake, "stein_moments": stein_moments_fake, "stein_thin": stein_thin_fake}
 
 
 def register_fakes(namespace: str) -> None:

@@ -51,7 +51,7 @@ def _load_extension():
         from infovae_kernels import _C
     except ImportError as exc:
         return f"the compiled extension infovae_kernels._C is not importable ({exc}); {REBUILD}", None, _build_info
-    if not all(hasattr(torch.ops.infovae, op) for op in ("gram", "pair_reduce", "quad_form", "stein_form", "stein_moments")):
+    if not all(hasattr(torch.ops.infovae, op) for op in ("gram", "pair_reduce", "quad_form", "stein_form", "stein_moments", "stein_thin")):
         return "the compiled extension infovae_kernels._C is out of date (it lacks infovae::gram); " + REBUILD, None, None
     return None, _C, _build_info
 
@@ -136,11 +136,12 @@ if IMPORT_ERROR is None:
     from infovae_kernels.backends import fake
 
     fake.register_fakes("infovae")
-    torch.library.register_fake("infovae::stein_form")(fake.stein_form_fake)
-    torch.library.register_fake("infovae::stein_moments")(fake.stein_moments_fake)
+    for _name, _fake in fake.STEIN_FAKES.items():
+        torch.library.register_fake(f"infovae::{_name}")(_fake)
 
     gram = torch.ops.infovae.gram
     pair_reduce = torch.ops.infovae.pair_reduce
     quad_form = torch.ops.infovae.quad_form
     stein_form = torch.ops.infovae.stein_form  # CPU only so far (csrc/cpu/stein.cpp)
     stein_moments = torch.ops.infovae.stein_moments
+    stein_thin = torch.ops.infovae.stein_thin

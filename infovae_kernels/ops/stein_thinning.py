@@ -5,9 +5,10 @@ Step t selects, with replacement, the point that minimises the KSD of the select
     pi_t = argmin_i  u(x_i, x_i) + 2 sum_{s < t} u(x_i, x_pi_s)
 
 (twice the paper's u_ii / 2 + sum: the same argmin; ties go to the lowest index). The running objective
-is one vector of n entries, updated each step by one column of the Stein kernel: the new point's products
-with every point (one (n, 2d) x (2d, 4) matrix product) and elementwise terms, so memory is O(n d) and
-time O(n m d).
+is one vector of n entries, updated each step by one column of the Stein kernel (the new point against
+every point: 4d multiply-adds a point and elementwise terms), so memory is O(n d) and time O(n m d). The
+cpu backend runs the steps in its stein_thin primitive (csrc/cpu/stein.cpp: one pass a step adds the column
+and finds the next argmin), in chunks for the progress bar; other backends run them in torch.
 
 With standardize=True (the default, as in the stein-thinning package), every coordinate is divided by
 its mean absolute deviation and the scores multiplied by it first; sigma=1 is that package's
@@ -23,7 +24,11 @@ import torch
 from torch import Tensor
 
 from infovae_kernels import _checks, kernels
-from infovae_kernels.ops.ksd import Score, score_values, stein_args, stein_primitive, stein_sigmas
+from infovae_kernels.ops.ksd import Score, score_values, stein_args, stein_module, stein_params, stein_sigmas
+
+#: Steps per call of the fused selection: m / THIN_CHUNKS (progress-bar updates), at least THIN_MIN_STEPS
+#: (each call's set-up, a transposed copy of the points, costs about two steps).
+THIN_CHUNKS, THIN_MIN_STEPS = 50, 64
 
 
 def stein_thinning(x: Tensor, score: Score, m: int, *, kernel: str = "imq", sigma: _checks.Sigma = None,
@@ -35,7 +40,7 @@ def stein_thinning(x: Tensor, score: Score, m: int, *, kernel: str = "imq", sigm
     from infovae_kernels.scale.planning import progress_bar
 
     beta, c = stein_args(x, kernel, beta, c)
-    stein_primitive(backend, x.device)  # checks the name; the selection runs in torch on any backend
+    module = stein_module(backend, x.device)
     n, d = x.shape
     if isinstance(m, numbers.Integral) and not isinstance(m, bool):
         m = int(m)  # numpy integers too
@@ -53,11 +58,20 @@ def stein_thinning(x: Tensor, score: Score, m: int, *, kernel: str = "imq", sigm
             mad = torch.where(mad > 0, mad, torch.ones_like(mad))
             z, s = z / mad, s * mad
         sigmas = stein_sigmas(sigma, z, kernel)
+        objective = kernels.stein_diagonal(z, s, sigmas, kernel, beta, c)
+        bar = progress_bar(progress, m)
+        if hasattr(module, "stein_thin"):
+            parts, params, chunk = [], stein_params(sigmas, beta, c), max(THIN_MIN_STEPS, -(-m // THIN_CHUNKS))
+            for start in range(0, m, chunk):
+                steps = min(chunk, m - start)
+                chosen, objective = module.stein_thin(z, s, objective, params, kernel, steps)
+                parts.append(chosen)
+                bar.update(steps)
+            bar.close()
+            return torch.cat(parts).to(x.device)
         zn, zs = z.square().sum(1), (z * s).sum(1)
         both = torch.cat([z, s], 1)
-        objective = kernels.stein_diagonal(z, s, sigmas, kernel, beta, c)
         chosen = torch.empty(m, dtype=torch.int64)
-        bar = progress_bar(progress, m)
         for t in range(m):
             j = int(torch.argmin(objective))
             chosen[t] = j
