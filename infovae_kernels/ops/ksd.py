@@ -5,13 +5,14 @@ s(x) = grad log p(x) (Liu, Lee & Jordan 2016; Chwialkowski, Strathmann & Gretton
     biased (V-statistic):    KSD^2 = sum_ij w_i w_j u(x_i, x_j)
     unbiased (U-statistic):  KSD^2 = sum_{i != j} w_i w_j u(x_i, x_j) / (1 - sum_i w_i^2)
 
-(uniform weights: (1/n^2) sum_ij u_ij and (1/(n(n-1))) sum_{i != j} u_ij). The value is one stein_form
-primitive (q = w^T U w): the cpu backend's fused symmetric sweep (csrc/cpu/stein.cpp) or the torch
-backend's blocks of rows (backends/reference.py); neither stores n x n. The gradient (x at fixed score,
-score, weights, a tensor sigma) is autograd through the torch blocks, recomputed in backward one block at
-a time (activation checkpointing), so memory stays O(n d) plus one block; the value is the same with and
-without it. The fused cuda and triton Stein kernels are not built yet: asking for them is a ValueError,
-and "auto" on a GPU runs the torch blocks.
+(uniform weights: (1/n^2) sum_ij u_ij and (1/(n(n-1))) sum_{i != j} u_ij). Without a gradient the value
+is one stein_form primitive (q = w^T U w): the cpu backend's fused symmetric sweep (csrc/cpu/stein.cpp) or
+the torch backend's blocks of rows (backends/reference.py); neither stores n x n. With a gradient in x (at
+fixed score), score or weights, the cpu backend runs one fused pass, stein_moments, for the value and
+everything the gradient needs (_KSD). Otherwise (the torch backend, a tensor sigma) the gradient is
+autograd through the torch blocks, recomputed in backward one block at a time (activation checkpointing),
+so memory stays O(n d) plus one block. The fused cuda and triton Stein kernels are not built yet: asking
+for them is a ValueError, and "auto" on a GPU runs the torch blocks.
 """
 
 from __future__ import annotations
@@ -126,28 +127,37 @@ def _normaliser(w: Tensor, unbiased: bool) -> Tensor:
 
 
 class _KSD(torch.autograd.Function):
-    """value = w^T U w / norm from stein_form. Backward: the fused moments where the backend has them and
-    sigma needs no gradient (with V = w^T U w and R = stein_moments, module docstring of csrc/cpu/stein.cpp):
+    """value = w^T U w / norm. Where the backend has fused moments and a gradient is wanted in x, score or
+    weights but not sigma, forward runs stein_moments alone (V = sum_i w_i R^U_i[w]; no separate value
+    pass) and backward combines its R (module docstring of csrc/cpu/stein.cpp):
 
         dV/dx_i = 4 w_i (x_i R^A_i[w] - R^A_i[w x] + R^phi'_i[w s] - s_i R^phi'_i[w])
         dV/ds_i = 2 w_i (R^phi_i[w s] - 2 x_i R^phi'_i[w] + 2 R^phi'_i[w x])
         dV/dw_i = 2 R^U_i[w]
 
-    (u symmetric, so each pair counts twice); otherwise autograd through the torch blocks."""
+    (u symmetric, so each pair counts twice). Otherwise the value is stein_form and the gradient autograd
+    through the torch blocks. The two values agree to float64 rounding of their sums."""
 
     @staticmethod
     def forward(ctx, xc, sc, w, sigmas, kernel, beta, c, unbiased, module):
-        q = module.stein_form(xc, sc, w.to(xc.dtype)[:, None], stein_params(sigmas, beta, c), kernel, unbiased)
+        need = ctx.needs_input_grad[:4]
+        params = stein_params(sigmas, beta, c)
+        ctx.moments = None
+        if hasattr(module, "stein_moments") and any(need[:3]) and not need[3]:
+            ctx.moments = module.stein_moments(xc, sc, w.to(xc.dtype), params, kernel, unbiased)
+            value = (w.double() * ctx.moments[:, 0, 0]).sum()
+        else:
+            value = module.stein_form(xc, sc, w.to(xc.dtype)[:, None], params, kernel, unbiased)[0]
         ctx.save_for_backward(xc, sc, w, sigmas)
         ctx.args = (kernel, beta, c, unbiased, module)
-        ctx.value = q[0]
-        return q[0] / _normaliser(w, unbiased)
+        ctx.value = value
+        return value / _normaliser(w, unbiased)
 
     @staticmethod
     def backward(ctx, grad):
         kernel, beta, c, unbiased, module = ctx.args
         need = ctx.needs_input_grad[:4]
-        if hasattr(module, "stein_moments") and not need[3]:
+        if ctx.moments is not None:
             return _fused_backward(ctx, grad, need) + (None,) * 5
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, need)]
@@ -163,10 +173,10 @@ class _KSD(torch.autograd.Function):
 
 
 def _fused_backward(ctx, grad: Tensor, need) -> tuple:
-    xc, sc, w, sigmas = ctx.saved_tensors
-    kernel, beta, c, unbiased, module = ctx.args
+    xc, sc, w, _ = ctx.saved_tensors
+    unbiased = ctx.args[3]
     d = xc.shape[1]
-    r = module.stein_moments(xc, sc, w.to(xc.dtype), stein_params(sigmas, beta, c), kernel, unbiased)
+    r = ctx.moments
     x64, s64, w64 = xc.double(), sc.double(), w.double()[:, None]
     norm = _normaliser(w, unbiased)
     g = grad.double() / norm
