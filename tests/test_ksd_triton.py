@@ -207,6 +207,19 @@ def test_self_pairs_exactly_zero_distance():
         torch.testing.assert_close(q[0], pairs * diag[0], rtol=1e-14, atol=0)
 
 
+def test_self_pairs_exact_with_the_expansion():
+    """d = 17, |x|^2 ~ 80 and sigma 0.3, just inside the lossy rule (the expansion runs): u_ii is still the
+    diagonal value, r2 and the cross term forced to 0 (the expansion's rounding would be ~1e-5 in r2). w the
+    identity: q_p = u_pp."""
+    x, s, _ = data(37, 17, 1, seed=8, scale=9.0 / 17 ** 0.5)
+    params = torch.tensor([-0.5, 1.0, 0.3], dtype=torch.float64, device=DEV)
+    flag, _ = T._stein_variants(x, params, "imq", torch.float32)
+    assert int(flag[0]) == 0
+    q = T.stein_form(x, s, torch.eye(37, device=DEV), params, "imq", False)
+    diag = KS.stein_diagonal(x.double(), s.double(), params[2:], "imq", -0.5, 1.0)
+    torch.testing.assert_close(q, diag, rtol=4e-7, atol=0)  # measured 6.9e-8; unforced cross: 1e-6
+
+
 def test_bitwise_reproducible_and_non_contiguous():
     x, s, w = data(70, 3, 2, seed=7)
     params = params_of(BASES[0])
