@@ -135,11 +135,19 @@ def _autotune_on() -> bool:
     return (not _INTERPRET) and os.environ.get("INFOVAE_TRITON_AUTOTUNE", "1") != "0"
 
 
+#: (kind, float64, d <= 16) -> (BM, BN, num_warps) of the Stein kernels on a GPU (see _plan).
+_STEIN_GPU_TILES = {
+    ("stein", False, True): (64, 64, 8), ("stein", False, False): (32, 32, 4),
+    ("stein", True, True): (32, 32, 4), ("stein", True, False): (32, 32, 8),
+    ("stein_moments", False, True): (32, 32, 8), ("stein_moments", False, False): (32, 32, 8),
+    ("stein_moments", True, True): (16, 32, 4), ("stein_moments", True, False): (16, 32, 4),
+}
+
+
 def _plan(kind: str, d: int, dtype: torch.dtype, gpu: bool = not _INTERPRET) -> dict:
-    """Tile shapes and launch configurations of kernel `kind` ("gram", "pair", "quad", "stein",
-    "stein_moments") for feature
-    dimension d and input dtype: a function of (kind, d, dtype) only. BM x BN is the pair tile (quad:
-    B x B), BLOCK_D the tl.dot chunk of d, BLOCK_G the width of a G output chunk. 'space' is the
+    """Tile shapes and launch configurations of kernel `kind` ("gram", "pair", "quad", "stein" (stein_form),
+    "stein_moments") for feature dimension d and input dtype: a function of (kind, d, dtype) only. BM x BN
+    is the pair tile (quad, stein: B x B), BLOCK_D the tl.dot chunk of d, BLOCK_G the width of a G output chunk. 'space' is the
     autotuning space: (num_warps, num_stages) pairs with one num_warps (it fixes the register layout and
     so the reduction order); its first entry is the configuration used when autotuning is off.
 
@@ -148,12 +156,19 @@ def _plan(kind: str, d: int, dtype: torch.dtype, gpu: bool = not _INTERPRET) -> 
     chunks (triton 3.6: 180-233 registers; 3.9: up to 255 and 16-40 B of local memory at d = 64), whose
     G slot traffic per pair is half that of 32-row tiles; pair_reduce 64 x 64 (d <= 16) / 32 x 64
     (d > 16), 8 warps (181-233); gram 64 x 64, 8 warps (94-146); float64 32 x 32 (158-196). 4 warps at 64 x 64 spilled 0.3-3 KB per thread, a per-tile
-    runtime branch between the distance formulas 5-8 KB. Not yet timed on a GPU."""
+    runtime branch between the distance formulas 5-8 KB. The Stein kernels (_STEIN_GPU_TILES, 16-wide d
+    chunks; triton 3.9, 1-2 scales, 0-24 B of local memory): stein_form 64 x 64 / 8 warps for float32 at
+    d <= 16 (255 registers, 0-16 B), 32 x 32 / 4 warps at d > 16 (141-255, 0-8 B; 64 x 64 spilled 40-96 B),
+    float64 32 x 32; stein_moments (four float64 accumulators of 16 columns) 32 x 32 / 8 warps for float32
+    (156-174; 32 x 64 spilled 0.1-1.2 KB), 16 x 32 / 4 warps for float64 (168-255, 0-24 B). Not yet timed on
+    a GPU."""
     f64 = compute_dtype(dtype) == torch.float64
     small = d <= 16
     if not gpu:  # interpreter: small tiles keep numpy fast; several tiles per test problem
         bm = bn = 32
         num_warps = 4
+    elif kind in ("stein", "stein_moments"):
+        bm, bn, num_warps = _STEIN_GPU_TILES[kind, f64, small]
     elif f64:
         bm = bn = 32
         num_warps = 4 if (small or kind == "gram") else 8
@@ -161,12 +176,11 @@ def _plan(kind: str, d: int, dtype: torch.dtype, gpu: bool = not _INTERPRET) -> 
         num_warps = 8
         if kind == "pair":
             bm, bn = (64 if small else 32), 64
-        elif kind == "stein_moments":  # four (BM, BLOCK_G) float64 accumulators
-            bm, bn = 32, 64
         else:
             bm = bn = 64
-    block_g = 16 if (gpu and not f64 and kind in ("quad", "stein_moments")) else _clamp_np2(d, 16, 32)
-    plan = dict(BM=bm, BN=bn, BLOCK_D=32, BLOCK_G=block_g)
+    stein = gpu and kind in ("stein", "stein_moments")
+    block_g = 16 if (gpu and not f64 and kind == "quad") or stein else _clamp_np2(d, 16, 32)
+    plan = dict(BM=bm, BN=bn, BLOCK_D=16 if stein else 32, BLOCK_G=block_g)
     if kind in ("quad", "stein"):  # their programs read-add-write q partials: never benchmarked
         plan["space"] = ((num_warps, 2),)
     else:
