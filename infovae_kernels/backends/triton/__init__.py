@@ -147,9 +147,10 @@ _STEIN_GPU_TILES = {
 def _plan(kind: str, d: int, dtype: torch.dtype, gpu: bool = not _INTERPRET) -> dict:
     """Tile shapes and launch configurations of kernel `kind` ("gram", "pair", "quad", "stein" (stein_form),
     "stein_moments") for feature dimension d and input dtype: a function of (kind, d, dtype) only. BM x BN
-    is the pair tile (quad, stein: B x B), BLOCK_D the tl.dot chunk of d, BLOCK_G the width of a G output chunk. 'space' is the
-    autotuning space: (num_warps, num_stages) pairs with one num_warps (it fixes the register layout and
-    so the reduction order); its first entry is the configuration used when autotuning is off.
+    is the pair tile (quad, stein: B x B), BLOCK_D the tl.dot chunk of d, BLOCK_G the width of a G output
+    chunk. 'space' is the autotuning space: (num_warps, num_stages) pairs with one num_warps (it fixes the
+    register layout and so the reduction order); its first entry is the configuration used when
+    autotuning is off.
 
     GPU choices: the largest tiles that ptxas fits in registers for sm_90a without local-memory spills
     (compiled without a GPU, aot.py; 2 scales), float32: quad_form 64 x 64 tiles, 8 warps, G in 16-column
