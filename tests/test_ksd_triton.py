@@ -165,6 +165,29 @@ def test_form_is_the_moments_u_column():
         torch.testing.assert_close(q[0], (w[:, 0] * r[:, 0, 0]).sum(), rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("kernel,beta,c", [("imq", -0.3, 1.7), ("rbf", -0.5, 1.0)])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_ksd_gradient_through_the_triton_primitives(kernel, beta, c, unbiased):
+    """ops/ksd.py's _KSD run on this backend (value: stein_form; x, s, w gradients: its fused backward from
+    stein_moments) equals it run on the torch blocks (value and autograd), float64: the layout of R is
+    the one the op layer reads."""
+    import importlib
+
+    ops_ksd = importlib.import_module("infovae_kernels.ops.ksd")  # the module (the package re-exports ksd())
+
+    x, s, w = data(37, 3, 1, seed=11, dtype=torch.float64)
+    w = w[:, 0].abs() / w.abs().sum()
+    sigmas = torch.tensor([0.8, 2.0], dtype=torch.float64, device=DEV)
+    out = []
+    for module in (T, R):
+        leaves = [t.clone().requires_grad_(True) for t in (x, s, w)]
+        value = ops_ksd._KSD.apply(*leaves, sigmas, kernel, beta, c, unbiased, module)
+        out.append([value, *torch.autograd.grad(value, leaves)])
+    assert not hasattr(R, "stein_moments")  # so the second run is autograd through the blocks
+    for got, want in zip(*out):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------ numerics
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -280,6 +303,21 @@ def test_opcheck():
     torch.library.opcheck(ops.stein_form.default, (x, s, w, params_of(BASES[1]), "imq", True))
     torch.library.opcheck(ops.stein_form.default, (x, s, w[:, :1], params_of(BASES[2]), "rbf", False))
     torch.library.opcheck(ops.stein_moments.default, (x, s, w[:, 0], params_of(BASES[0]), "imq", False))
+
+
+
+def test_compile_fullgraph():
+    x, s, w = data(7, 3, 2, seed=13)
+    params = params_of(BASES[1])
+
+    def f(x, s, w, params):
+        q = torch.ops.infovae_triton.stein_form(x, s, w, params, "imq", True)
+        r = torch.ops.infovae_triton.stein_moments(x, s, w[:, 0], params, "imq", False)
+        return q.sum() + r.sum()
+
+    backend = "inductor" if DEV == "cuda" else "aot_eager"
+    out = torch.compile(f, fullgraph=True, backend=backend)(x, s, w, params)
+    torch.testing.assert_close(out, f(x, s, w, params))
 
 
 if __name__ == "__main__":  # run the tests, then print the largest errors they saw (the tolerances' basis)
