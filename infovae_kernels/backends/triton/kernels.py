@@ -1,4 +1,6 @@
-"""Triton kernels of the "triton" backend: the three primitives plus two fixed-order combine kernels.
+"""Triton kernels of the "triton" backend: the three primitives, the two Stein primitives (stein_form_kernel,
+stein_moments_kernel; their own per-pair helpers _stein_products and _stein_radial, at the end) plus two
+fixed-order combine kernels.
 
 Per-pair math lives in two jit helpers used by every kernel:
   _sqdist      r2 of a tile. d <= 16: coordinate differences, a loop over d. d > 16:
