@@ -1,10 +1,10 @@
 """The "triton" backend: the three primitives (contract in csrc/ops.h, semantics in backends/reference.py)
 as Triton kernels, registered as ``torch.ops.infovae_triton.{gram, pair_reduce, quad_form}`` with the
 schemas of csrc/ops.cpp; and the Stein primitives ``torch.ops.infovae_triton.{stein_form, stein_moments}``
-(semantics: csrc/cpu/stein.cpp, reference.stein_form), same schemas as the C++ ops. The Stein ops take
-distances like the distance kernels (differences for d <= 16, else the expansion unless the lossy rule,
-with the base's inverse squared length scale as kappa, says otherwise) and the imq base's b^beta as
-exp(beta log b).
+(semantics: csrc/cpu/stein.cpp and the stein_form of backends/reference.py), same schemas as the C++
+ops. The Stein ops take distances like the distance kernels (differences for d <= 16, else the expansion
+unless the lossy rule, with the base's inverse squared length scale as kappa, says otherwise) and the
+imq base's b^beta as exp(beta log b).
 
 Runs on CUDA tensors; on CPU tensors only under TRITON_INTERPRET=1 (the Triton interpreter, for tests).
 
