@@ -143,7 +143,7 @@ def test_stein_form_large_tile_count():
 
 # ------------------------------------------------------------------------------------ stein_moments
 
-MOMENT_CASES = [(1, 1), (2, 3), (37, 3), (37, 17), (130, 1)]  # n, d
+MOMENT_CASES = [(1, 1), (2, 3), (37, 3), (37, 17)]  # n, d (n = 130: test_stein_moments_several_tiles_per_split)
 
 
 @pytest.mark.parametrize("n,d", MOMENT_CASES)
@@ -153,6 +153,26 @@ MOMENT_CASES = [(1, 1), (2, 3), (37, 3), (37, 17), (130, 1)]  # n, d
 def test_stein_moments_matches_dense_float64(n, d, base, excl, dtype):
     x, s, w = data(n, d, 1, seed=2 * n + d, dtype=dtype)
     check_moments(x, s, w[:, 0], params_of(base), base[0], excl)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [3, 17])
+def test_gpu_tile_shapes(dtype, d):
+    """The GPU plans' tiles under the interpreter (whose own are 32 x 32 with 32-wide chunks): 16-wide d
+    chunks (two at d = 17), stein_form's 64 x 64 (two row tiles at n = 70: a half round), stein_moments'
+    16 x 32 and 32 x 32 tiles and 16-column chunks of its d-wide blocks (two at d = 17)."""
+    x, s, w = data(70, d, 3, seed=14, dtype=dtype)
+    for kind, check, weights in (("stein", check_form, w), ("stein_moments", check_moments, w[:, 0])):
+        plan = T._plan(kind, d, dtype, gpu=True)
+        with T._forced_tiles(**{k: plan[k] for k in ("BM", "BN", "BLOCK_D", "BLOCK_G")}):
+            check(x, s, weights, params_of(BASES[1]), "imq", True)
+
+
+def test_stein_moments_several_tiles_per_split():
+    """n = 130: five row tiles, the column tiles split in two runs of three."""
+    x, s, w = data(130, 1, 1, seed=4)
+    check_moments(x, s, w[:, 0], params_of(BASES[1]), "imq", True)
+    check_moments(x.double(), s.double(), w[:, 0].double(), params_of(BASES[2]), "rbf", False)
 
 
 def test_form_is_the_moments_u_column():
