@@ -141,6 +141,12 @@ def test_stein_form_large_tile_count():
     check_form(x[:128], s[:128], w[:128, :1], params_of(BASES[2]), "rbf", False)  # four tiles: a half round
 
 
+def test_stein_form_many_columns():
+    """P = 70: two 64-wide column chunks (the bootstrap's [1, e_1, ..., e_B] are this wide and wider)."""
+    x, s, w = data(37, 3, 70, seed=10)
+    check_form(x, s, w, params_of(BASES[0]), "imq", True)
+
+
 # ------------------------------------------------------------------------------------ stein_moments
 
 MOMENT_CASES = [(1, 1), (2, 3), (37, 3), (37, 17)]  # n, d (n = 130: test_stein_moments_several_tiles_per_split)
