@@ -665,8 +665,8 @@ def stein_moments_kernel(
         acc_d1_ws += tl.dot(d1, ws, input_precision=PREC, out_dtype=CT).to(tl.float64)
         acc_a_wx += tl.dot(a, wx, input_precision=PREC, out_dtype=CT).to(tl.float64)
 
-    r_ptr += split * N * 4 * (1 + 2 * D)
     Q = 1 + 2 * D
+    r_ptr += split * N * 4 * Q
     if pid_c == 0:
         first = tl.arange(0, 1).to(tl.int64)
         _put_moment(r_ptr, rows, first, 0, N, Q, acc_u[:, None])
