@@ -1,6 +1,10 @@
 """The "triton" backend: the three primitives (contract in csrc/ops.h, semantics in backends/reference.py)
 as Triton kernels, registered as ``torch.ops.infovae_triton.{gram, pair_reduce, quad_form}`` with the
-schemas of csrc/ops.cpp.
+schemas of csrc/ops.cpp; and the Stein primitives ``torch.ops.infovae_triton.{stein_form, stein_moments}``
+(semantics: csrc/cpu/stein.cpp and the stein_form of backends/reference.py), same schemas as the C++
+ops. The Stein ops take distances like the distance kernels (differences for d <= 16, else the expansion
+unless the lossy rule, with the base's inverse squared length scale as kappa, says otherwise) and the
+imq base's b^beta as exp(beta log b).
 
 Runs on CUDA tensors; on CPU tensors only under TRITON_INTERPRET=1 (the Triton interpreter, for tests).
 
@@ -51,8 +55,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from infovae_kernels.kernels import (LOSSY_TOLERANCE, MAX_DEGREE, MAX_SCALES, PRIMITIVE_KERNELS, compute_dtype,
-                                     unit_roundoff)
+from infovae_kernels.kernels import (LOSSY_TOLERANCE, MAX_DEGREE, MAX_SCALES, PRIMITIVE_KERNELS, STEIN_BASES,
+                                     compute_dtype, unit_roundoff)
 
 NAMESPACE = "infovae_triton"
 PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -63,6 +67,8 @@ SCHEMAS = {
                     "bool exclude_diagonal) -> (Tensor, Tensor)"),
     "quad_form": ("(Tensor z, Tensor w, Tensor? a, Tensor params, str kernel, bool exclude_diagonal, "
                   "bool row_sums) -> (Tensor, Tensor, Tensor)"),
+    "stein_form": "(Tensor x, Tensor s, Tensor w, Tensor params, str kernel, bool exclude_diagonal) -> Tensor",
+    "stein_moments": "(Tensor x, Tensor s, Tensor w, Tensor params, str kernel, bool exclude_diagonal) -> Tensor",
 }
 
 try:
@@ -133,24 +139,41 @@ def _autotune_on() -> bool:
     return (not _INTERPRET) and os.environ.get("INFOVAE_TRITON_AUTOTUNE", "1") != "0"
 
 
+#: (kind, float64, d <= 16) -> (BM, BN, num_warps) of the Stein kernels on a GPU (see _plan).
+_STEIN_GPU_TILES = {
+    ("stein", False, True): (64, 64, 8), ("stein", False, False): (32, 32, 4),
+    ("stein", True, True): (32, 32, 4), ("stein", True, False): (32, 32, 8),
+    ("stein_moments", False, True): (32, 32, 8), ("stein_moments", False, False): (32, 32, 8),
+    ("stein_moments", True, True): (16, 32, 4), ("stein_moments", True, False): (16, 32, 4),
+}
+
+
 def _plan(kind: str, d: int, dtype: torch.dtype, gpu: bool = not _INTERPRET) -> dict:
-    """Tile shapes and launch configurations of kernel `kind` ("gram", "pair", "quad") for feature
-    dimension d and input dtype: a function of (kind, d, dtype) only. BM x BN is the pair tile (quad:
-    B x B), BLOCK_D the tl.dot chunk of d, BLOCK_G the width of a G output chunk. 'space' is the
-    autotuning space: (num_warps, num_stages) pairs with one num_warps (it fixes the register layout and
-    so the reduction order); its first entry is the configuration used when autotuning is off.
+    """Tile shapes and launch configurations of kernel `kind` ("gram", "pair", "quad", "stein" (stein_form),
+    "stein_moments") for feature dimension d and input dtype: a function of (kind, d, dtype) only. BM x BN
+    is the pair tile (quad, stein: B x B), BLOCK_D the tl.dot chunk of d, BLOCK_G the width of a G output
+    chunk. 'space' is the autotuning space: (num_warps, num_stages) pairs with one num_warps (it fixes the
+    register layout and so the reduction order); its first entry is the configuration used when
+    autotuning is off.
 
     GPU choices: the largest tiles that ptxas fits in registers for sm_90a without local-memory spills
     (compiled without a GPU, aot.py; 2 scales), float32: quad_form 64 x 64 tiles, 8 warps, G in 16-column
     chunks (triton 3.6: 180-233 registers; 3.9: up to 255 and 16-40 B of local memory at d = 64), whose
     G slot traffic per pair is half that of 32-row tiles; pair_reduce 64 x 64 (d <= 16) / 32 x 64
     (d > 16), 8 warps (181-233); gram 64 x 64, 8 warps (94-146); float64 32 x 32 (158-196). 4 warps at 64 x 64 spilled 0.3-3 KB per thread, a per-tile
-    runtime branch between the distance formulas 5-8 KB. Not yet timed on a GPU."""
+    runtime branch between the distance formulas 5-8 KB. The Stein kernels (_STEIN_GPU_TILES, 16-wide d
+    chunks; triton 3.9, 1-2 scales, 0-24 B of local memory): stein_form 64 x 64 / 8 warps for float32 at
+    d <= 16 (255 registers, 0-16 B), 32 x 32 / 4 warps at d > 16 (141-255, 0-8 B; 64 x 64 spilled 40-96 B),
+    float64 32 x 32; stein_moments (four float64 accumulators of 16 columns) 32 x 32 / 8 warps for float32
+    (156-174; 32 x 64 spilled 0.1-1.2 KB), 16 x 32 / 4 warps for float64 (168-255, 0-24 B). Not yet timed on
+    a GPU."""
     f64 = compute_dtype(dtype) == torch.float64
     small = d <= 16
     if not gpu:  # interpreter: small tiles keep numpy fast; several tiles per test problem
         bm = bn = 32
         num_warps = 4
+    elif kind in ("stein", "stein_moments"):
+        bm, bn, num_warps = _STEIN_GPU_TILES[kind, f64, small]
     elif f64:
         bm = bn = 32
         num_warps = 4 if (small or kind == "gram") else 8
@@ -160,9 +183,10 @@ def _plan(kind: str, d: int, dtype: torch.dtype, gpu: bool = not _INTERPRET) -> 
             bm, bn = (64 if small else 32), 64
         else:
             bm = bn = 64
-    block_g = 16 if (gpu and not f64 and kind == "quad") else _clamp_np2(d, 16, 32)
-    plan = dict(BM=bm, BN=bn, BLOCK_D=32, BLOCK_G=block_g)
-    if kind == "quad":
+    stein = gpu and kind in ("stein", "stein_moments")
+    block_g = 16 if (gpu and not f64 and kind == "quad") or stein else _clamp_np2(d, 16, 32)
+    plan = dict(BM=bm, BN=bn, BLOCK_D=16 if stein else 32, BLOCK_G=block_g)
+    if kind in ("quad", "stein"):  # their programs read-add-write q partials: never benchmarked
         plan["space"] = ((num_warps, 2),)
     else:
         plan["space"] = tuple((num_warps, s) for s in ((2, 3) if d > 16 else (1, 2)))
@@ -206,6 +230,8 @@ _AUTOTUNE_KEYS = {
     "sum_slots_kernel": ["n_slots"],
     "sum_rows_kernel": ["n_cols"],
     "lossy_flag_kernel": ["D"],
+    "stein_form_kernel": ["N_KEY", "D", "P"],
+    "stein_moments_kernel": ["N_KEY", "D"],
 }
 
 
@@ -260,8 +286,8 @@ def _variants(x: Tensor, y: Tensor, params: Tensor, kernel: str, ct: torch.dtype
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check(name: str, tensors: dict, params: Tensor, kernel: str) -> None:
-    """Validation of the primitives' arguments (the public layer checks user input before)."""
+def _check_tensors(name: str, tensors: dict, params: Tensor) -> None:
+    """The points and weights (2-D, one float dtype and device, at least one feature) and the params tensor."""
     first = next(iter(tensors.values()))
     for tname, t in tensors.items():
         if t.dim() != 2:
@@ -276,6 +302,13 @@ def _check(name: str, tensors: dict, params: Tensor, kernel: str) -> None:
     if params.dtype != torch.float64 or params.dim() != 1 or params.device != first.device:
         raise ValueError(f"{NAMESPACE}.{name}: params must be a 1-D float64 tensor on {first.device}, got "
                          f"{params.dtype} of shape {tuple(params.shape)} on {params.device}")
+    if first.shape[1] == 0:
+        raise ValueError(f"{NAMESPACE}.{name}: points need at least one feature")
+
+
+def _check(name: str, tensors: dict, params: Tensor, kernel: str) -> None:
+    """Validation of the primitives' arguments (the public layer checks user input before)."""
+    _check_tensors(name, tensors, params)
     if kernel not in _KIND:
         raise ValueError(f"{NAMESPACE}.{name}: kernel must be one of {PRIMITIVE_KERNELS}, got {kernel!r}")
     n = params.shape[0]
@@ -292,8 +325,6 @@ def _check(name: str, tensors: dict, params: Tensor, kernel: str) -> None:
                                  f"got {degree}")
     elif not 1 <= n <= MAX_SCALES:
         raise ValueError(f"{NAMESPACE}.{name}: between 1 and {MAX_SCALES} scales, got {n}")
-    if first.shape[1] == 0:
-        raise ValueError(f"{NAMESPACE}.{name}: points need at least one feature")
 
 
 def _combine(slots: Tensor) -> Tensor:
@@ -444,12 +475,96 @@ def _quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel
     return q, s, g
 
 
+def _stein_check(name: str, x: Tensor, s: Tensor, w: Tensor, params: Tensor, kernel: str) -> None:
+    """x and s (N, d), w (N, P) as 2-D (stein_moments' (N,) arrives as a column); params
+    [beta, c, sigma_1, ...] with 1..MAX_SCALES positive sigmas (checked on CPU only: on a GPU a host sync)."""
+    _check_tensors(name, {"x": x, "s": s, "w": w}, params)
+    if s.shape != x.shape or w.shape[0] != x.shape[0]:
+        raise ValueError(f"{NAMESPACE}.{name}: x and s must be (N, d) and w (N, ...), got x {tuple(x.shape)}, "
+                         f"s {tuple(s.shape)}, w {tuple(w.shape)}")
+    if kernel not in STEIN_BASES:
+        raise ValueError(f"{NAMESPACE}.{name}: kernel must be one of {STEIN_BASES}, got {kernel!r}")
+    if not 1 <= params.shape[0] - 2 <= MAX_SCALES:
+        raise ValueError(f"{NAMESPACE}.{name}: params must be [beta, c, sigma_1, ...] with 1 to {MAX_SCALES} "
+                         f"sigmas, got {params.shape[0]} values")
+    if params.device.type == "cpu" and not bool(torch.all(torch.isfinite(params[2:]) & (params[2:] > 0))):
+        raise ValueError(f"{NAMESPACE}.{name}: sigmas must be positive, got {params[2:].tolist()}")
+
+
+def _stein_variants(x: Tensor, params: Tensor, kernel: str, ct: torch.dtype) -> tuple[Tensor, list]:
+    """_variants for the Stein base: its per-scale inverse squared length scale as rbf params (rbf:
+    1 / (2 sigma^2); imq: phi = c^(2 beta) (1 + r2 / (c^2 sigma^2))^beta, 1 / (c^2 sigma^2)), so the lossy
+    rule (and the flag kernel) of the distance kernels decides the distance formula."""
+    inv = 1.0 / (params[2:] * params[2:])
+    kap = 0.5 * inv if kernel == "rbf" else inv / (params[1] * params[1])
+    return _variants(x, x, kap, "rbf", ct)
+
+
+def _stein_meta(kernel: str, params: Tensor, ct: torch.dtype) -> dict:
+    return dict(NS=params.shape[0] - 2, RBF=kernel == "rbf", CT=_tl_dtype(ct),
+                PREC="ieee" if ct == torch.float64 else _PRECISION)
+
+
+def _stein_form(x: Tensor, s: Tensor, w: Tensor, params: Tensor, kernel: str, exclude_diagonal: bool) -> Tensor:
+    _stein_check("stein_form", x, s, w, params, kernel)
+    N, d = x.shape
+    P = w.shape[1]
+    if N == 0 or P == 0:
+        return torch.zeros((P,), dtype=torch.float64, device=x.device)
+    x, s, w = x.contiguous(), s.contiguous(), w.contiguous()
+    ct = compute_dtype(x.dtype)
+    plan = _plan("stein", d, x.dtype)
+    b = plan["BM"]
+    nb = triton.cdiv(N, b)
+    rounds = nb // 2 + 1
+    # split the rounds so that about _PROGRAMS_TARGET programs run: a function of the shapes only
+    per = -(-rounds // max(1, min(rounds, -(-_PROGRAMS_TARGET // nb))))
+    split = -(-rounds // per)
+    block_p = 1 if P == 1 else _clamp_np2(P, 16, 64)
+    q_part = torch.zeros((split * nb, P), dtype=torch.float64, device=x.device)
+    flag, variants = _stein_variants(x, params, kernel, ct)
+    for var in variants:
+        _tuner("stein_form_kernel", _configs(plan))[(nb, split)](
+            x, s, w, params, flag, q_part, N, d, P, x.stride(0), s.stride(0), w.stride(0), nb, per, _key(N),
+            EXCL=bool(exclude_diagonal), P_ONE=block_p == 1, B=b, BLOCK_D=plan["BLOCK_D"], BLOCK_P=block_p,
+            **var, **_stein_meta(kernel, params, ct))
+    q = torch.empty((P,), dtype=torch.float64, device=x.device)
+    _tuner("sum_rows_kernel", ((4, 1),))[(P,)](q_part, q, split * nb, P, BLOCK=1024)
+    return q
+
+
+def _stein_moments(x: Tensor, s: Tensor, w: Tensor, params: Tensor, kernel: str, exclude_diagonal: bool) -> Tensor:
+    if w.dim() != 1:
+        raise ValueError(f"{NAMESPACE}.stein_moments: w must be (N,), got {tuple(w.shape)}")
+    _stein_check("stein_moments", x, s, w[:, None], params, kernel)
+    N, d = x.shape
+    if N == 0:
+        return torch.zeros((0, 4, 1 + 2 * d), dtype=torch.float64, device=x.device)
+    x, s, w = x.contiguous(), s.contiguous(), w.contiguous()
+    ct = compute_dtype(x.dtype)
+    plan = _plan("stein_moments", d, x.dtype)
+    bm, bn = plan["BM"], plan["BN"]
+    n_rows, n_g, n_tiles = triton.cdiv(N, bm), triton.cdiv(d, plan["BLOCK_G"]), triton.cdiv(N, bn)
+    want = max(1, min(n_tiles, 64, -(-_PROGRAMS_TARGET // (n_rows * n_g))))  # as _pair_reduce's split
+    per = -(-n_tiles // want)
+    split = -(-n_tiles // per)
+    r_part = torch.zeros((split, N, 4, 1 + 2 * d), dtype=torch.float64, device=x.device)
+    flag, variants = _stein_variants(x, params, kernel, ct)
+    for var in variants:
+        _tuner("stein_moments_kernel", _configs(plan))[(n_rows, n_g, split)](
+            x, s, w, params, flag, r_part, N, d, x.stride(0), s.stride(0), w.stride(0), per, _key(N),
+            EXCL=bool(exclude_diagonal), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=plan["BLOCK_D"],
+            BLOCK_G=plan["BLOCK_G"], **var, **_stein_meta(kernel, params, ct))
+    return _combine(r_part)
+
+
 # ---------------------------------------------------------------------------------- registration
 
 def _register():
     from infovae_kernels.backends import fake
 
-    bodies = {"gram": _gram, "pair_reduce": _pair_reduce, "quad_form": _quad_form}
+    bodies = {"gram": _gram, "pair_reduce": _pair_reduce, "quad_form": _quad_form, "stein_form": _stein_form,
+              "stein_moments": _stein_moments}
     ops = {}
     for name, fn in bodies.items():
         if _HAS_TRITON_OP and not _INTERPRET:
@@ -460,6 +575,8 @@ def _register():
                                                 schema=SCHEMAS[name])
     if not (_HAS_TRITON_OP and not _INTERPRET):
         fake.register_fakes(NAMESPACE)
+        torch.library.register_fake(f"{NAMESPACE}::stein_form")(fake.stein_form_fake)
+        torch.library.register_fake(f"{NAMESPACE}::stein_moments")(fake.stein_moments_fake)
     return ops
 
 
@@ -487,3 +604,13 @@ def quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel:
               row_sums: bool) -> tuple[Tensor, Tensor, Tensor]:
     _require()
     return torch.ops.infovae_triton.quad_form(z, w, a, params, kernel, bool(exclude_diagonal), bool(row_sums))
+
+
+def stein_form(x: Tensor, s: Tensor, w: Tensor, params: Tensor, kernel: str, exclude_diagonal: bool) -> Tensor:
+    _require()
+    return torch.ops.infovae_triton.stein_form(x, s, w, params, kernel, bool(exclude_diagonal))
+
+
+def stein_moments(x: Tensor, s: Tensor, w: Tensor, params: Tensor, kernel: str, exclude_diagonal: bool) -> Tensor:
+    _require()
+    return torch.ops.infovae_triton.stein_moments(x, s, w, params, kernel, bool(exclude_diagonal))

@@ -54,8 +54,9 @@ def _signature(fn, pointers: dict, consts: dict) -> dict:
 
 def _variant(kind: str, d: int, dtype: torch.dtype, p: int, has_a: bool, diff: bool, kernel: str = "rbf"):
     """(kernel, pointer types, constexprs, num_warps) as the op bodies of __init__.py launch them. kernel:
-    the pair kernel (rbf and laplacian with 2 scales, energy and polynomial as their params); diff: the
-    DIFF constexpr (for polynomial: the dot by a loop over d)."""
+    the pair kernel (rbf and laplacian with 2 scales, energy and polynomial as their params; for "stein"
+    and "stein_moments" the Stein base, 2 scales); diff: the DIFF constexpr (for polynomial: the dot by a
+    loop over d)."""
     from infovae_kernels.backends.triton import kernels as K
 
     plan = T._plan(kind, d, dtype, gpu=True)
@@ -66,6 +67,15 @@ def _variant(kind: str, d: int, dtype: torch.dtype, p: int, has_a: bool, diff: b
                   PREC="ieee", DIFF=diff, GATE=int(diff) if gated else -1)
     el = "*" + _TL_NAMES[dtype]
     block_p = 1 if p == 1 else T._clamp_np2(p, 16, 64)
+    if kind in ("stein", "stein_moments"):
+        stein = dict(NS=2, RBF=kernel == "rbf", CT=common["CT"], PREC="ieee", DIFF=diff, GATE=common["GATE"],
+                     EXCL=True, BLOCK_D=plan["BLOCK_D"])
+        ptrs = dict(x_ptr=el, s_ptr=el, w_ptr=el, p_ptr="*fp64", flag_ptr="*i32")
+        if kind == "stein":
+            return (K.stein_form_kernel, dict(ptrs, q_ptr="*fp64"),
+                    dict(stein, P_ONE=block_p == 1, B=plan["BM"], BLOCK_P=block_p), num_warps)
+        return (K.stein_moments_kernel, dict(ptrs, r_ptr="*fp64"),
+                dict(stein, BLOCK_M=plan["BM"], BLOCK_N=plan["BN"], BLOCK_G=plan["BLOCK_G"]), num_warps)
     if kind == "quad":
         ptrs = dict(z_ptr=el, w_ptr=el, a_ptr=el, c_ptr="*fp64", flag_ptr="*i32", q_ptr="*fp64", s_ptr="*fp64",
                     g_ptr="*fp64")
@@ -87,7 +97,7 @@ def _variant(kind: str, d: int, dtype: torch.dtype, p: int, has_a: bool, diff: b
 def resource_usage(kind: str, d: int, dtype: torch.dtype = torch.float32, p: int = 1, has_a: bool = True,
                    diff: bool | None = None, arch: int = 90, kernel: str = "rbf") -> dict:
     """{"regs", "stack" (bytes of local memory per thread), "seconds" (compile time)} of kernel `kind`
-    ("quad", "pair", "gram") compiled for sm_{arch} with the plan's tiles for (d, dtype), for the pair
+    ("quad", "pair", "gram", "stein", "stein_moments") compiled for sm_{arch} with the plan's tiles for (d, dtype), for the pair
     kernel `kernel`."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -137,6 +147,13 @@ MAIN_VARIANTS = [
     ("pair", 64, torch.float32, 1, True, False, "polynomial"),
     ("gram", 64, torch.float32, 1, False, False, "polynomial"),
     ("quad", 64, torch.float64, 1, True, False, "polynomial"),
+    ("stein", 8, torch.float32, 1, False, True, "imq"),
+    ("stein", 64, torch.float32, 1, False, False, "imq"),
+    ("stein", 64, torch.float32, 8, False, False, "rbf"),
+    ("stein", 64, torch.float64, 1, False, False, "imq"),
+    ("stein_moments", 8, torch.float32, 1, False, True, "imq"),
+    ("stein_moments", 64, torch.float32, 1, False, False, "rbf"),
+    ("stein_moments", 64, torch.float64, 1, False, False, "imq"),
 ]
 
 

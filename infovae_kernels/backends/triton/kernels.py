@@ -1,4 +1,6 @@
-"""Triton kernels of the "triton" backend: the three primitives plus two fixed-order combine kernels.
+"""Triton kernels of the "triton" backend: the three primitives, the two Stein primitives (stein_form_kernel,
+stein_moments_kernel; their own per-pair helpers _stein_products and _stein_radial, at the end) plus two
+fixed-order combine kernels.
 
 Per-pair math lives in two jit helpers used by every kernel:
   _sqdist      r2 of a tile. d <= 16: coordinate differences, a loop over d. d > 16:
@@ -474,3 +476,206 @@ def sum_rows_kernel(src_ptr, dst_ptr, n_rows, n_cols, BLOCK: tl.constexpr):
         r = r0 + tl.arange(0, BLOCK).to(tl.int64)
         acc += tl.load(src_ptr + r * n_cols + c, mask=r < n_rows, other=0.0)
     tl.store(dst_ptr + c, tl.sum(acc, axis=0))
+
+
+# ------------------------------------------------------------------------------------ Stein kernel
+#
+# u_ij = phi s_i.s_j + 2 phi' (s_j - s_i).(x_i - x_j) - 2 d phi' - 4 phi'' r2 (phi' = dphi/dr2) for a radial
+# base phi(r2) (kernels.py's stein_kernel; csrc/cpu/stein.cpp is the fused CPU twin). params (float64):
+# [beta, c, sigma_1, ..., sigma_NS]; RBF: phi = sum_s exp(-r2 / (2 sigma_s^2)), else (imq)
+# phi = sum_s (c^2 + r2 / sigma_s^2)^beta.
+
+@triton.jit
+def _stein_products(x_ptr, s_ptr, rows, cols, N, D, stx, sts, BM: tl.constexpr, BN: tl.constexpr,
+                    BLOCK_D: tl.constexpr, DIFF: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr):
+    """(r2, s_i.s_j, (s_j - s_i).(x_i - x_j)) of a tile of the points x with their scores s. DIFF: from
+    coordinate differences, a loop over d; else r2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j (clamped at 0) and the
+    cross term x_i.s_j + s_i.x_j - x_i.s_i - x_j.s_j, the products by tl.dot over BLOCK_D-wide chunks.
+    Pairs i == j: r2 and the cross term exactly 0."""
+    ss = tl.zeros([BM, BN], dtype=CT)
+    cross = tl.zeros([BM, BN], dtype=CT)
+    if DIFF:
+        r2 = tl.zeros([BM, BN], dtype=CT)
+        for k in range(0, D):
+            si = _load_col(s_ptr, rows, k, N, sts, CT)
+            sj = _load_col(s_ptr, cols, k, N, sts, CT)
+            dx = _load_col(x_ptr, rows, k, N, stx, CT)[:, None] - _load_col(x_ptr, cols, k, N, stx, CT)[None, :]
+            r2 += dx * dx
+            ss += si[:, None] * sj[None, :]
+            cross += (sj[None, :] - si[:, None]) * dx
+    else:
+        xx = tl.zeros([BM, BN], dtype=CT)
+        xn_i = tl.zeros([BM], dtype=CT)
+        xn_j = tl.zeros([BN], dtype=CT)
+        xs_i = tl.zeros([BM], dtype=CT)
+        xs_j = tl.zeros([BN], dtype=CT)
+        for k0 in range(0, D, BLOCK_D):
+            kk = k0 + tl.arange(0, BLOCK_D)
+            xi = _load_tile(x_ptr, rows, kk, N, D, stx, CT)
+            xj = _load_tile(x_ptr, cols, kk, N, D, stx, CT)
+            si = _load_tile(s_ptr, rows, kk, N, D, sts, CT)
+            sj = _load_tile(s_ptr, cols, kk, N, D, sts, CT)
+            xx += tl.dot(xi, tl.trans(xj), input_precision=PREC, out_dtype=CT)
+            ss += tl.dot(si, tl.trans(sj), input_precision=PREC, out_dtype=CT)
+            cross += tl.dot(xi, tl.trans(sj), input_precision=PREC, out_dtype=CT)
+            cross += tl.dot(si, tl.trans(xj), input_precision=PREC, out_dtype=CT)
+            xn_i += tl.sum(xi * xi, axis=1)
+            xn_j += tl.sum(xj * xj, axis=1)
+            xs_i += tl.sum(xi * si, axis=1)
+            xs_j += tl.sum(xj * sj, axis=1)
+        r2 = tl.maximum(xn_i[:, None] + xn_j[None, :] - 2.0 * xx, 0.0)
+        cross = cross - xs_i[:, None] - xs_j[None, :]
+    self = rows[:, None] == cols[None, :]
+    return tl.where(self, 0.0, r2), ss, tl.where(self, 0.0, cross)
+
+
+@triton.jit
+def _stein_radial(r2, p_ptr, NS: tl.constexpr, RBF: tl.constexpr, THIRD: tl.constexpr, CT: tl.constexpr):
+    """(phi, phi', phi'', phi''' (0 unless THIRD)) of the base at r2, summed over the NS scales; the
+    per-scale constants in float64, then rounded to CT (as stein.cpp's radial). imq: b = c^2 + r2 / sigma^2,
+    phi = b^beta = exp(beta log b), each derivative one more factor (beta - m) / (sigma^2 b)."""
+    beta = tl.load(p_ptr).to(tl.float64)
+    c = tl.load(p_ptr + 1).to(tl.float64)
+    phi = tl.zeros(r2.shape, dtype=CT)
+    d1 = tl.zeros(r2.shape, dtype=CT)
+    d2 = tl.zeros(r2.shape, dtype=CT)
+    d3 = tl.zeros(r2.shape, dtype=CT)
+    for k in tl.static_range(NS):
+        sigma = tl.load(p_ptr + 2 + k).to(tl.float64)
+        inv = 1.0 / (sigma * sigma)
+        if RBF:
+            a = 0.5 * inv
+            e = tl.exp(-a.to(CT) * r2)
+            phi += e
+            d1 -= a.to(CT) * e
+            d2 += (a * a).to(CT) * e
+            if THIRD:
+                d3 -= (a * a * a).to(CT) * e
+        else:
+            b = (c * c).to(CT) + r2 * inv.to(CT)
+            rb = 1.0 / b
+            p0 = tl.exp(beta.to(CT) * tl.log(b))
+            p1 = p0 * rb
+            p2 = p1 * rb
+            phi += p0
+            d1 += (beta * inv).to(CT) * p1
+            d2 += (beta * (beta - 1.0) * inv * inv).to(CT) * p2
+            if THIRD:
+                d3 += (beta * (beta - 1.0) * (beta - 2.0) * inv * inv * inv).to(CT) * (p2 * rb)
+    return phi, d1, d2, d3
+
+
+@triton.jit(do_not_specialize=["per"])
+def stein_form_kernel(
+    x_ptr, s_ptr, w_ptr, p_ptr, flag_ptr, q_ptr, N, D, P, stx, sts, sw, nb, per, N_KEY,
+    NS: tl.constexpr, RBF: tl.constexpr, EXCL: tl.constexpr, DIFF: tl.constexpr, GATE: tl.constexpr,
+    P_ONE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr, B: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """q_p = sum_ij w_ip u_ij w_jp over the symmetric schedule of B x B tiles (stein.cpp's): row tile I meets
+    tile J = (I + t) mod nb in round t = 0 .. nb // 2 (for even nb the last round only for J > I), each
+    unordered tile pair once, off-diagonal tiles counted twice (u is symmetric). Program (I, split) runs the
+    rounds [split * per, (split + 1) * per) in order and adds each tile's float64 sum
+    sum_i w_ip (U_IJ W_J)_ip to its own cells q_ptr[split, I, :] (combined in a fixed order afterwards)."""
+    if _gated_out(flag_ptr, GATE):
+        return
+    I = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    rows = I * B + tl.arange(0, B).to(tl.int64)
+    q_row = q_ptr + (split * nb + I) * P
+    t_end = tl.minimum(split * per + per, nb // 2 + 1)
+    for t in range(split * per, t_end):
+        J = (I + t) % nb
+        if (2 * t != nb) | (J > I):
+            cols = J * B + tl.arange(0, B).to(tl.int64)
+            r2, ss, cross = _stein_products(x_ptr, s_ptr, rows, cols, N, D, stx, sts, B, B, BLOCK_D, DIFF, CT, PREC)
+            phi, d1, d2, _ = _stein_radial(r2, p_ptr, NS, RBF, False, CT)
+            u = phi * ss + 2.0 * d1 * (cross - D) - 4.0 * d2 * r2
+            valid = (rows[:, None] < N) & (cols[None, :] < N)
+            if EXCL:
+                valid = valid & (rows[:, None] != cols[None, :])
+            u = tl.where(valid, u, 0.0)
+            factor = tl.where(t == 0, 1.0, 2.0).to(tl.float64)
+            if P_ONE:
+                wi = _load_col(w_ptr, rows, 0, N, sw, CT)
+                rs = tl.sum(u * _load_col(w_ptr, cols, 0, N, sw, CT)[None, :], axis=1)
+                tl.store(q_row, tl.load(q_row) + tl.sum(wi.to(tl.float64) * rs.to(tl.float64), axis=0) * factor)
+            else:
+                for p0 in range(0, P, BLOCK_P):
+                    pc = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+                    Wi = _load_tile(w_ptr, rows, pc, N, P, sw, CT)
+                    rs = tl.dot(u, _load_tile(w_ptr, cols, pc, N, P, sw, CT), input_precision=PREC, out_dtype=CT)
+                    qv = tl.sum(Wi.to(tl.float64) * rs.to(tl.float64), axis=0) * factor
+                    tl.store(q_row + pc, tl.load(q_row + pc, mask=pc < P, other=0.0) + qv, mask=pc < P)
+
+
+@triton.jit
+def _put_moment(r_ptr, rows, cols, k, N, Q, val):
+    """r_ptr[rows, k, cols] = val (an (N, 4, Q) float64 slab); cols past Q are masked."""
+    mask = (rows[:, None] < N) & (cols[None, :] < Q)
+    tl.store(r_ptr + (rows[:, None] * 4 + k) * Q + cols[None, :], val, mask=mask)
+
+
+@triton.jit(do_not_specialize=["per"])
+def stein_moments_kernel(
+    x_ptr, s_ptr, w_ptr, p_ptr, flag_ptr, r_ptr, N, D, stx, sts, sw, per, N_KEY,
+    NS: tl.constexpr, RBF: tl.constexpr, EXCL: tl.constexpr, DIFF: tl.constexpr, GATE: tl.constexpr,
+    CT: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
+    """R[i, k] = sum_j M^k_ij Rhs_j, Rhs_j = [w_j, w_j x_j, w_j s_j] (1 + 2d columns), for the four per-pair
+    matrices of stein.cpp's pair_pass<T, true>: U (column w), phi (w s), phi' (all), and
+    A = phi' s_i.s_j + 2 phi'' cross - 2 d phi'' - 4 phi''' r2 - 4 phi'' (w, w x); the other columns 0.
+    Program (row block, column chunk c of the d-wide blocks, split) runs the column tiles of its split in
+    order and writes its float64 partials to r_ptr[split] (zeroed before; chunk 0 writes the w column)."""
+    if _gated_out(flag_ptr, GATE):
+        return
+    pid_c = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2).to(tl.int64)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    gc = pid_c * BLOCK_G + tl.arange(0, BLOCK_G).to(tl.int64)
+    acc_u = tl.zeros([BLOCK_M], dtype=tl.float64)
+    acc_d1 = tl.zeros([BLOCK_M], dtype=tl.float64)
+    acc_a = tl.zeros([BLOCK_M], dtype=tl.float64)
+    acc_phi_ws = tl.zeros([BLOCK_M, BLOCK_G], dtype=tl.float64)
+    acc_d1_wx = tl.zeros([BLOCK_M, BLOCK_G], dtype=tl.float64)
+    acc_d1_ws = tl.zeros([BLOCK_M, BLOCK_G], dtype=tl.float64)
+    acc_a_wx = tl.zeros([BLOCK_M, BLOCK_G], dtype=tl.float64)
+    t_end = tl.minimum(split * per + per, tl.cdiv(N, BLOCK_N))
+    for t in range(split * per, t_end):
+        cols = t * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+        r2, ss, cross = _stein_products(x_ptr, s_ptr, rows, cols, N, D, stx, sts, BLOCK_M, BLOCK_N, BLOCK_D, DIFF,
+                                        CT, PREC)
+        phi, d1, d2, d3 = _stein_radial(r2, p_ptr, NS, RBF, True, CT)
+        valid = (rows[:, None] < N) & (cols[None, :] < N)
+        if EXCL:
+            valid = valid & (rows[:, None] != cols[None, :])
+        u = tl.where(valid, phi * ss + 2.0 * d1 * (cross - D) - 4.0 * d2 * r2, 0.0)
+        a = tl.where(valid, d1 * ss + 2.0 * d2 * (cross - D) - 4.0 * d3 * r2 - 4.0 * d2, 0.0)
+        phi = tl.where(valid, phi, 0.0)
+        d1 = tl.where(valid, d1, 0.0)
+        wj = _load_col(w_ptr, cols, 0, N, sw, CT)
+        acc_u += tl.sum(u * wj[None, :], axis=1).to(tl.float64)
+        acc_d1 += tl.sum(d1 * wj[None, :], axis=1).to(tl.float64)
+        acc_a += tl.sum(a * wj[None, :], axis=1).to(tl.float64)
+        wx = _load_tile(x_ptr, cols, gc, N, D, stx, CT) * wj[:, None]
+        ws = _load_tile(s_ptr, cols, gc, N, D, sts, CT) * wj[:, None]
+        acc_phi_ws += tl.dot(phi, ws, input_precision=PREC, out_dtype=CT).to(tl.float64)
+        acc_d1_wx += tl.dot(d1, wx, input_precision=PREC, out_dtype=CT).to(tl.float64)
+        acc_d1_ws += tl.dot(d1, ws, input_precision=PREC, out_dtype=CT).to(tl.float64)
+        acc_a_wx += tl.dot(a, wx, input_precision=PREC, out_dtype=CT).to(tl.float64)
+
+    Q = 1 + 2 * D
+    r_ptr += split * N * 4 * Q
+    if pid_c == 0:
+        first = tl.arange(0, 1).to(tl.int64)
+        _put_moment(r_ptr, rows, first, 0, N, Q, acc_u[:, None])
+        _put_moment(r_ptr, rows, first, 2, N, Q, acc_d1[:, None])
+        _put_moment(r_ptr, rows, first, 3, N, Q, acc_a[:, None])
+    gmask = gc < D  # the x and s column blocks end at 1 + d and 1 + 2d
+    xcols = tl.where(gmask, 1 + gc, Q)
+    scols = tl.where(gmask, 1 + D + gc, Q)
+    _put_moment(r_ptr, rows, scols, 1, N, Q, acc_phi_ws)
+    _put_moment(r_ptr, rows, xcols, 2, N, Q, acc_d1_wx)
+    _put_moment(r_ptr, rows, scols, 2, N, Q, acc_d1_ws)
+    _put_moment(r_ptr, rows, xcols, 3, N, Q, acc_a_wx)
