@@ -214,6 +214,27 @@ def test_ksd_gradient_through_the_triton_primitives(kernel, beta, c, unbiased):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_public_stein_functions_run_on_the_triton_backend():
+    """ik.ksd (value, and with x and a chained score's gradient from one stein_moments pass), ik.ksd_test
+    and ik.stein_thinning by name on this backend equal the torch backend (float64)."""
+    import infovae_kernels as ik
+
+    x, s, _ = data(45, 3, 1, seed=12, dtype=torch.float64)
+    for est in ("unbiased", "biased"):
+        torch.testing.assert_close(ik.ksd(x, s, sigma=[0.7, 1.9], estimator=est, backend="triton"),
+                                   ik.ksd(x, s, sigma=[0.7, 1.9], estimator=est, backend="torch"), rtol=1e-10, atol=0)
+    grads = []
+    for backend in ("triton", "torch"):
+        xg = x.clone().requires_grad_()
+        value = ik.ksd(xg, lambda z: -2.0 * z, kernel="rbf", sigma=0.9, backend=backend)
+        grads.append((value.detach(), torch.autograd.grad(value, xg)[0]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-13)
+    tests = [ik.ksd_test(x, s, n_bootstrap=20, seed=3, backend=b) for b in ("triton", "torch")]
+    assert tests[0].statistic == pytest.approx(tests[1].statistic, rel=1e-10)
+    assert tests[0].bootstrap_statistics == pytest.approx(tests[1].bootstrap_statistics, rel=1e-9, abs=1e-14)
+    assert ik.stein_thinning(x, s, 10, backend="triton").tolist() == ik.stein_thinning(x, s, 10, backend="torch").tolist()
+
+
 # ------------------------------------------------------------------------------------ numerics
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -6,13 +6,12 @@ s(x) = grad log p(x) (Liu, Lee & Jordan 2016; Chwialkowski, Strathmann & Gretton
     unbiased (U-statistic):  KSD^2 = sum_{i != j} w_i w_j u(x_i, x_j) / (1 - sum_i w_i^2)
 
 (uniform weights: (1/n^2) sum_ij u_ij and (1/(n(n-1))) sum_{i != j} u_ij). Without a gradient the value
-is one stein_form primitive (q = w^T U w): the cpu backend's fused symmetric sweep (csrc/cpu/stein.cpp) or
-the torch backend's blocks of rows (backends/reference.py); neither stores n x n. With a gradient in x (at
-fixed score), score or weights, the cpu backend runs one fused pass, stein_moments, for the value and
-everything the gradient needs (_KSD). Otherwise (the torch backend, a tensor sigma) the gradient is
-autograd through the torch blocks, recomputed in backward one block at a time (activation checkpointing),
-so memory stays O(n d) plus one block. The fused cuda and triton Stein kernels are not built yet: asking
-for them is a ValueError, and "auto" on a GPU runs the torch blocks.
+is one stein_form primitive (q = w^T U w): fused on the cpu (csrc/cpu/stein.cpp), cuda (csrc/cuda) and
+triton (backends/triton) backends, blocks of rows on the torch backend (backends/reference.py); none
+stores n x n. With a gradient in x (at fixed score), score or weights, the fused backends run one pass,
+stein_moments, for the value and everything the gradient needs (_KSD). Otherwise (the torch backend, a
+tensor sigma) the gradient is autograd through the torch blocks, recomputed in backward one block at a
+time (activation checkpointing), so memory stays O(n d) plus one block.
 """
 
 from __future__ import annotations
@@ -31,8 +30,6 @@ from infovae_kernels.bandwidth import median_distance
 Score = Union[Tensor, Callable[[Tensor], Tensor]]
 #: Rows per call of a callable score.
 SCORE_CHUNK = 4096
-#: Backends with a Stein kernel.
-STEIN_BACKENDS = ("cpu", "torch")
 
 
 def stein_primitive(backend: str, device: torch.device) -> Callable:
@@ -41,17 +38,9 @@ def stein_primitive(backend: str, device: torch.device) -> Callable:
 
 
 def stein_module(backend: str, device: torch.device):
-    """The backend module with the Stein primitives: "auto" is the cpu backend on CPU tensors where it
-    runs, else torch; "cpu" and "torch" by name run or raise; cuda and triton have no Stein kernel yet (a
-    ValueError: a backend asked for by name never falls back)."""
-    if backend not in backends.NAMES + ("auto",):
-        raise ValueError(f"backend must be one of {('auto',) + backends.NAMES}, got {backend!r}")
-    if backend in ("cuda", "triton"):
-        raise ValueError(f"backend={backend!r}: the Stein kernel is fused on the cpu backend and runs in plain "
-                         "torch blocks on any device ('torch'); fused cuda and triton Stein kernels are not built "
-                         "yet: use backend='auto' or 'torch'")
-    if backend == "auto":
-        backend = "cpu" if device.type == "cpu" and "cpu" in backends.runnable(device) else "torch"
+    """The backend module with the Stein primitives, resolved as for every op (backends.resolve: "auto"
+    picks triton, cuda, torch on CUDA tensors and cpu, torch on CPU tensors; a name runs or raises).
+    Every backend has stein_form; stein_moments all but torch; stein_thin only cpu."""
     return backends.primitives(backends.resolve(backend, device))
 
 
