@@ -702,53 +702,22 @@ __device__ __forceinline__ void stage_column_chunk(acc_t* Cj, acc_t* Ci, const T
   }
 }
 
-template <typename T, typename acc_t, Family F, bool ROWS, bool GRAD>
-__device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const DeviceKernel<acc_t>& kern,
-                                          int64_t I, int64_t J, const QuadOut& out, acc_t* smem) {
+// Phase 2 of a quad_form tile: from the tile's pair values v_ij in Ps ([BM][LDP]),
+// over column chunks of w staged in Cj / Ci ([BN][kQC + kPad]) with Red ([16][kQC]):
+//   q_p += mult sum_i w_ip sum_j v_ij w_jp   (the row part in acc_t, fixed order; mult 2 off the diagonal)
+//   ROWS: S row copy += sum_j v_ij w_j; off the diagonal S column copy += sum_i v_ij w_i.
+// Ends with __syncthreads(): Ps, Cj, Ci, Red may be rewritten next.
+template <typename T, typename acc_t, bool ROWS>
+__device__ __forceinline__ void quad_tile_form(const T* __restrict__ w, int64_t N, int64_t P, int64_t row0,
+                                               int64_t col0, bool diag, const acc_t* Ps, acc_t* Cj, acc_t* Ci,
+                                               acc_t* Red, const QuadOut& out) {
   using TL = Tile<acc_t>;
   constexpr int TM = TL::TM, TN = TL::TN, BM = TL::BM, BN = TL::BN, LDP = TL::LDP;
   constexpr int LDC = kQC + kPad;
-  acc_t* Ps = smem;                    // [BM][LDP] k, then g_ij (a_i . w_j)  (operand staging overlaps Ps, P2s)
-  acc_t* P2s = Ps + BM * LDP;          // [BM][LDP] g_ij (a_j . w_i)
-  acc_t* Cj = P2s + BM * LDP;          // [BN][LDC] chunk of rows of J (w, then z)
-  acc_t* Ci = Cj + BN * LDC;           // [BM][LDC] chunk of rows of I
-  acc_t* Red = Ci + BM * LDC;          // [16][kQC]
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t N = A.N, P = A.P, d = A.d;
-  const bool diag = I == J;
-  const int64_t row0 = I * BM, col0 = J * BN;
-
-  // Phase 1: r2 (or z_i . z_j for DOT), k (and g or h) of the tile's pairs.
-  acc_t r2[TM][TN];
-  tile_arg<F, T, acc_t>(r2, smem, kern, A.z, N, row0, A.znorm, A.zmax, A.vec_z, A.z, N, col0, A.znorm, A.zmax,
-                        A.vec_z, d);
-  acc_t greg[TM][TN];
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    const int64_t i = row0 + ty + kThreadsY * r;
-#pragma unroll
-    for (int c = 0; c < TN; ++c) {
-      const int64_t j = col0 + tx + kThreadsX * c;
-      acc_t kv = acc_t(0), gv = acc_t(0);
-      if (i < N && j < N && !(A.exclude_diagonal && i == j)) {
-        // distance kernels: r2 = 0 for i == j whatever the rounding; DOT: the computed z_i . z_i
-        const acc_t d2 = (F != Family::DOT && i == j) ? acc_t(0) : r2[r][c];
-        if constexpr (GRAD) {
-          k_and_g_of<F>(kern, d2, kv, gv);
-        } else {
-          kv = k_of<F>(kern, d2);
-        }
-      }
-      Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = kv;
-      greg[r][c] = gv;
-    }
-  }
-  __syncthreads();
-
-  // Phase 2: q (and S) over column chunks of w.
   const double mult = diag ? 1.0 : 2.0;  // a power of two: mult * partial is exact
   for (int64_t c0 = 0; c0 < P; c0 += kQC) {
-    stage_column_chunk<T, acc_t, BN, LDC>(Cj, Ci, A.w, N, P, c0, row0, col0);
+    stage_column_chunk<T, acc_t, BN, LDC>(Cj, Ci, w, N, P, c0, row0, col0);
     __syncthreads();
     const int64_t col = c0 + tx;
     // row part: (K W_J)_i for the thread's rows i = ty + 16 r, column col
@@ -802,6 +771,53 @@ __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const Dev
     }
     __syncthreads();  // Cj, Ci, Red are rewritten by the next chunk; Ps by the next tile or phase
   }
+}
+
+template <typename T, typename acc_t, Family F, bool ROWS, bool GRAD>
+__device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const DeviceKernel<acc_t>& kern,
+                                          int64_t I, int64_t J, const QuadOut& out, acc_t* smem) {
+  using TL = Tile<acc_t>;
+  constexpr int TM = TL::TM, TN = TL::TN, BM = TL::BM, BN = TL::BN, LDP = TL::LDP;
+  constexpr int LDC = kQC + kPad;
+  acc_t* Ps = smem;                    // [BM][LDP] k, then g_ij (a_i . w_j)  (operand staging overlaps Ps, P2s)
+  acc_t* P2s = Ps + BM * LDP;          // [BM][LDP] g_ij (a_j . w_i)
+  acc_t* Cj = P2s + BM * LDP;          // [BN][LDC] chunk of rows of J (w, then z)
+  acc_t* Ci = Cj + BN * LDC;           // [BM][LDC] chunk of rows of I
+  acc_t* Red = Ci + BM * LDC;          // [16][kQC]
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t N = A.N, P = A.P, d = A.d;
+  const bool diag = I == J;
+  const int64_t row0 = I * BM, col0 = J * BN;
+
+  // Phase 1: r2 (or z_i . z_j for DOT), k (and g or h) of the tile's pairs.
+  acc_t r2[TM][TN];
+  tile_arg<F, T, acc_t>(r2, smem, kern, A.z, N, row0, A.znorm, A.zmax, A.vec_z, A.z, N, col0, A.znorm, A.zmax,
+                        A.vec_z, d);
+  acc_t greg[TM][TN];
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    const int64_t i = row0 + ty + kThreadsY * r;
+#pragma unroll
+    for (int c = 0; c < TN; ++c) {
+      const int64_t j = col0 + tx + kThreadsX * c;
+      acc_t kv = acc_t(0), gv = acc_t(0);
+      if (i < N && j < N && !(A.exclude_diagonal && i == j)) {
+        // distance kernels: r2 = 0 for i == j whatever the rounding; DOT: the computed z_i . z_i
+        const acc_t d2 = (F != Family::DOT && i == j) ? acc_t(0) : r2[r][c];
+        if constexpr (GRAD) {
+          k_and_g_of<F>(kern, d2, kv, gv);
+        } else {
+          kv = k_of<F>(kern, d2);
+        }
+      }
+      Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = kv;
+      greg[r][c] = gv;
+    }
+  }
+  __syncthreads();
+
+  // Phase 2: q (and S) over column chunks of w.
+  quad_tile_form<T, acc_t, ROWS>(A.w, N, P, row0, col0, diag, Ps, Cj, Ci, Red, out);
 
   if constexpr (GRAD) {
     // Phase 3: G. Q_ij = g_ij (a_i . w_j) -> Ps; off the diagonal Q'_ij = g_ij (w_i . a_j) -> P2s.
