@@ -46,7 +46,8 @@ INFOVAE_DECLARE_OPS(cpu)
 
 // stein_form(x (N,d), s (N,d), w (N,P), params [beta, c, sigma_1..], kernel "imq" | "rbf", exclude_diagonal)
 //     -> q (P,) float64, q_p = sum_ij w_ip u(x_i, x_j) w_jp, u the Langevin Stein kernel of the base
-//        (csrc/cpu/stein.cpp; reference: kernels.stein_kernel). CPU only so far.
+//        (csrc/cpu/stein.cpp; reference: kernels.stein_kernel). CPU (params on the CPU) and CUDA (params
+//        on the points' device; csrc/cuda/pair_kernels.cuh).
 namespace cpu {
 at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
                       c10::string_view kernel, bool exclude_diagonal);
@@ -59,6 +60,10 @@ at::Tensor stein_moments(const at::Tensor& x, const at::Tensor& s, const at::Ten
 }
 #ifdef INFOVAE_WITH_CUDA
 INFOVAE_DECLARE_OPS(cuda)
+namespace cuda {
+at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
+                      c10::string_view kernel, bool exclude_diagonal);
+}
 #endif
 
 #undef INFOVAE_DECLARE_OPS
