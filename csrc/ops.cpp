@@ -31,5 +31,6 @@ TORCH_LIBRARY_IMPL(infovae, CUDA, m) {
   m.impl("pair_reduce", &infovae::cuda::pair_reduce);
   m.impl("quad_form", &infovae::cuda::quad_form);
   m.impl("stein_form", &infovae::cuda::stein_form);
+  m.impl("stein_moments", &infovae::cuda::stein_moments);
 }
 #endif

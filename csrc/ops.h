@@ -55,6 +55,7 @@ at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor
 //     R[i][k] = sum_j M^k_ij [w_j, w_j x_j, w_j s_j] in the columns the gradient reads (stein.cpp;
 //     the others 0), M^k = U, phi, phi', A: what the gradient
 //     of w^T U w in x, s and w is made of (infovae_kernels/ops/ksd.py combines them).
+//     CPU and CUDA (as stein_form).
 at::Tensor stein_moments(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
                          c10::string_view kernel, bool exclude_diagonal);
 }
@@ -63,6 +64,8 @@ INFOVAE_DECLARE_OPS(cuda)
 namespace cuda {
 at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
                       c10::string_view kernel, bool exclude_diagonal);
+at::Tensor stein_moments(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
+                         c10::string_view kernel, bool exclude_diagonal);
 }
 #endif
 

@@ -21,8 +21,8 @@
 // Sums. Per tile, partial sums in acc_t; across tiles, float64 in a fixed order owned by one block; slabs
 //   summed by fixed-order kernels. No atomics; no grid choice depends on the device (only on the
 //   problem size): bitwise reproducible run to run, process to process and GPU to GPU.
-// Stein primitives (stein_form): quad_form's symmetric schedule with the Stein kernel's values, r2 and the
-//   cross term from coordinate differences (pair_math.h, "Stein kernels").
+// Stein primitives: stein_form on quad_form's symmetric schedule, stein_moments on pair_reduce's full one;
+//   r2 and the cross term from coordinate differences (pair_math.h, "Stein kernels").
 #pragma once
 
 #include <cuda_bf16.h>  // tests/cpp/emu/ holds host stand-ins of these three for the emulation
@@ -954,7 +954,8 @@ struct SteinArgs {
   const double* params;  // [beta, c, sigma_1, ...] on the device
   int n_params;
   bool exclude_diagonal, vec_x, vec_s;
-  // plan_quad_form's nb / tps / chunks, slab = qslab [nb * chunks][P] zero-initialised
+  // stein_form: plan_quad_form's nb / tps / chunks, slab = qslab [nb * chunks][P] zero-initialised;
+  // stein_moments: run_stein_moments'
   int64_t nb, tps, chunks;
   double* slab;
 };
@@ -1066,6 +1067,107 @@ __global__ void __launch_bounds__(kThreads, 2) stein_form_kernel(SteinArgs<T> A)
   load_stein(sp, A.base, A.params, A.n_params);
   const QuadOut out{A.slab + (I * A.chunks + k) * A.P, nullptr, nullptr, nullptr, nullptr};
   for (int64_t t = t_begin; t < t_end; ++t) stein_tile<T, acc_t>(A, sp, I, (I + t) % A.nb, out, smem);
+}
+
+// ---- stein_moments: pair_reduce's full sweep with the four Stein matrices ----
+//
+// R[i][k][c] = sum_j M^k_ij Rhs_jc, M^k = U, phi, phi', A (pair_math.h, "Stein kernels"), Rhs_j = [w_j,
+// w_j x_j, w_j s_j] (Q = 1 + 2d columns), in the columns [first_k, end_k) the gradient reads (U: w; phi:
+// w s; phi': all; A: w and w x; the others stay 0): csrc/cpu/stein.cpp's run_moments. Block (I, split)
+// sweeps the column tiles of its split (plan_pair_reduce's schedule): per tile the four matrices in
+// registers, then one at a time through Ps against column chunks of Rhs staged in Cs (built from w, x, s),
+// each tile's row part (acc_t) added in float64 to the block's rows of its own slab; slabs summed in split
+// order. Every pair is evaluated from both sides (no column parts: no transposed products to schedule).
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads, 2) stein_moments_kernel(SteinArgs<T> A) {
+  using TL = Tile<acc_t>;
+  constexpr int TM = TL::TM, TN = TL::TN, TC = TL::TC, BM = TL::BM, BN = TL::BN, BC = TL::BC, LDP = TL::LDP;
+  constexpr int LDC = BC + kPad;
+  static_assert(4 * kBK * (BM + kPad) * int(sizeof(acc_t)) <= TL::kSmemBytes, "operand staging fits the smem");
+  __shared__ __align__(16) unsigned char smem_raw[TL::kSmemBytes];
+  __shared__ SteinParams<acc_t> sp;
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* Ps = smem;                 // [BM][LDP] one of the four matrices (pair_reduce's layout)
+  acc_t* Cs = smem + 2 * BM * LDP;  // [BN][LDC] chunk of Rhs
+  load_stein(sp, A.base, A.params, A.n_params);
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t N = A.N, d = A.d, Q = 1 + 2 * d;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM, split = blockIdx.y;
+  const int64_t col_begin = split * A.tps * BN;
+  const int64_t col_end = col_begin + A.tps * BN < N ? col_begin + A.tps * BN : N;
+  double* R = A.slab + split * N * 4 * Q;
+  const acc_t two_d = static_cast<acc_t>(2 * d);
+  for (int64_t col0 = col_begin; col0 < col_end; col0 += BN) {
+    acc_t r2[TM][TN], ss[TM][TN], cross[TM][TN];
+    stein_tile_products<T, acc_t>(r2, ss, cross, smem, A, row0, col0);
+    acc_t m[4][TM][TN];
+#pragma unroll
+    for (int r = 0; r < TM; ++r) {
+      const int64_t i = row0 + ty + kThreadsY * r;
+#pragma unroll
+      for (int c = 0; c < TN; ++c) {
+        const int64_t j = col0 + tx + kThreadsX * c;
+        m[0][r][c] = m[1][r][c] = m[2][r][c] = m[3][r][c] = acc_t(0);
+        if (i < N && j < N && !(A.exclude_diagonal && i == j)) {
+          acc_t rad[4];
+          stein_radial<3>(sp, r2[r][c], CudaExp{}, rad);
+          m[0][r][c] = stein_value(rad, r2[r][c], ss[r][c], cross[r][c], two_d);
+          m[1][r][c] = rad[0];
+          m[2][r][c] = rad[1];
+          m[3][r][c] = stein_moment_weight(rad, r2[r][c], ss[r][c], cross[r][c], two_d);
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+#pragma unroll
+      for (int r = 0; r < TM; ++r)
+#pragma unroll
+        for (int c = 0; c < TN; ++c) Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = m[k][r][c];
+      const int64_t first = k == 1 ? 1 + d : 0, end = k == 0 ? 1 : k == 3 ? 1 + d : Q;
+      for (int64_t c0 = first; c0 < end; c0 += BC) {
+        for (int t = ty * kThreadsX + tx; t < BN * BC; t += kThreads) {
+          const int jj = t / BC, cc = t % BC;
+          const int64_t j = col0 + jj, col = c0 + cc;
+          acc_t v = acc_t(0);
+          if (j < N && col < end) {
+            const acc_t f = col == 0 ? acc_t(1) : to_acc<acc_t>(col <= d ? A.x[j * d + col - 1] : A.s[j * d + col - 1 - d]);
+            v = to_acc<acc_t>(A.w[j]) * f;
+          }
+          Cs[jj * LDC + cc] = v;
+        }
+        __syncthreads();  // also orders the writes of Ps before the first chunk
+        acc_t part[TM][TC];
+#pragma unroll
+        for (int r = 0; r < TM; ++r)
+#pragma unroll
+          for (int c = 0; c < TC; ++c) part[r][c] = acc_t(0);
+#pragma unroll 4
+        for (int jj = 0; jj < BN; ++jj) {
+          acc_t pv[TM], cv[TC];
+#pragma unroll
+          for (int r = 0; r < TM; ++r) pv[r] = Ps[(ty + kThreadsY * r) * LDP + jj];
+#pragma unroll
+          for (int c = 0; c < TC; ++c) cv[c] = Cs[jj * LDC + tx + kThreadsX * c];
+#pragma unroll
+          for (int r = 0; r < TM; ++r)
+#pragma unroll
+            for (int c = 0; c < TC; ++c) part[r][c] = fma(pv[r], cv[c], part[r][c]);
+        }
+#pragma unroll
+        for (int r = 0; r < TM; ++r) {
+          const int64_t i = row0 + ty + kThreadsY * r;
+          if (i >= N) continue;
+#pragma unroll
+          for (int c = 0; c < TC; ++c) {
+            const int64_t col = c0 + tx + kThreadsX * c;
+            if (col < end) R[(i * 4 + k) * Q + col] += static_cast<double>(part[r][c]);
+          }
+        }
+        __syncthreads();  // Cs is rewritten by the next chunk, Ps by the next matrix or tile
+      }
+    }
+  }
 }
 
 // out[e] = sum_s slabs[s * n + e] for e < n, s ascending. (Templates, like every kernel here, so that
@@ -1288,6 +1390,19 @@ void run_stein_form(const SteinArgs<T>& A, double* q, cudaStream_t s) {
   run_sum_slabs(A.slab, A.nb * A.chunks, A.P, q, s);
 }
 
+
+// A holds plan_pair_reduce<acc_t>(N, N, 0, 4 (1 + 2d), false)'s blocks / tps / splits as nb / tps / chunks,
+// and, when splits > 1, A.slab: [splits][N][4][1 + 2d] zero-initialised. R (N, 4, 1 + 2d) zero-initialised.
+template <typename T, typename acc_t>
+void run_stein_moments(const SteinArgs<T>& A, double* R, cudaStream_t s) {
+  if (A.N == 0) return;
+  SteinArgs<T> B = A;
+  if (A.chunks == 1) B.slab = R;
+  launch(&stein_moments_kernel<T, acc_t>, dim3(static_cast<unsigned>(A.nb), static_cast<unsigned>(A.chunks)),
+         tile_block(), s, B);
+  if (A.chunks > 1) run_sum_slabs(A.slab, A.chunks, A.N * 4 * (1 + 2 * A.d), R, s);
+}
+
 }  // namespace cuda_kernels
 }  // namespace infovae
 
@@ -1303,6 +1418,7 @@ void run_stein_form(const SteinArgs<T>& A, double* q, cudaStream_t s) {
   PREFIX template void run_quad_form<T, A>(const QuadArgs<T, A>&, const QuadPlan&, A*, A*, double*, double*,  \
                                            double*, cudaStream_t);                                            \
   PREFIX template void run_stein_form<T, A>(const SteinArgs<T>&, double*, cudaStream_t);                    \
+  PREFIX template void run_stein_moments<T, A>(const SteinArgs<T>&, double*, cudaStream_t);                 \
   }                                                                                                           \
   }
 

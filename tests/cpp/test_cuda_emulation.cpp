@@ -506,6 +506,65 @@ static void stein_case(const char* tn, int64_t N, int64_t d, int64_t P, const Re
   report(finite && (scale == 0 ? err == 0 : err <= tol * scale), label, err, scale);
 }
 
+// R (N, 4, 1 + 2d) of stein_moments through run_stein_moments (slabs when the plan has several splits).
+template <typename T, typename acc_t>
+static std::vector<double> stein_moments(const Mat<T>& x, const Mat<T>& s, const Mat<T>& w, const RefStein& rs,
+                                         bool excl, int64_t* splits) {
+  const int64_t N = x.rows, d = x.cols, Q = 1 + 2 * d;
+  const auto pl = K::plan_pair_reduce<acc_t>(N, N, 0, 4 * Q, false);
+  *splits = pl.splits;
+  const std::vector<double> pv = rs.params();
+  std::vector<double> slabs(pl.splits > 1 ? pl.splits * N * 4 * Q : 0, 0.0), R(N * 4 * Q, 0.0);
+  K::SteinArgs<T> A{};
+  A.x = x.p(), A.s = s.p(), A.w = w.p();
+  A.N = N, A.d = d, A.P = 1;
+  A.base = rs.base, A.params = pv.data(), A.n_params = int(pv.size());
+  A.exclude_diagonal = excl, A.vec_x = vec_ok(A.x, d), A.vec_s = vec_ok(A.s, d);
+  A.nb = pl.blocks, A.tps = pl.tps, A.chunks = pl.splits;
+  A.slab = slabs.empty() ? nullptr : slabs.data();
+  K::run_stein_moments<T, acc_t>(A, R.data(), nullptr);
+  return R;
+}
+
+// R[i][k] = sum_j M^k_ij [w_j, w_j x_j, w_j s_j] in the columns the gradient reads (U: w; phi: w s; phi': all;
+// A: w, w x; the others 0) vs float64 (RefStein::matrices); error relative to max |R|.
+template <typename T, typename acc_t>
+static void stein_moments_case(const char* tn, int64_t N, int64_t d, const RefStein& rs, bool excl, double tol,
+                               unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<double> xv = randn(rng, N * d, 0.6), sv = randn(rng, N * d, 0.3);
+  for (int64_t e = 0; e < N * d; ++e) sv[e] -= xv[e];
+  const Mat<T> x(N, d, xv), s(N, d, sv), w(N, 1, randn(rng, N, 1.0, 0.5));
+  const int64_t Q = 1 + 2 * d;
+  const int64_t first[4] = {0, 1 + d, 0, 0}, end[4] = {1, Q, Q, 1 + d};
+  std::vector<double> ref(N * 4 * Q, 0.0);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      if (excl && i == j) continue;
+      double m[4];
+      rs.matrices(x.r, s.r, i, j, d, m);
+      for (int k = 0; k < 4; ++k)
+        for (int64_t c = first[k]; c < end[k]; ++c) {
+          const double f = c == 0 ? 1.0 : c <= d ? x.r[j * d + c - 1] : s.r[j * d + c - 1 - d];
+          ref[(i * 4 + k) * Q + c] += m[k] * w.r[j] * f;
+        }
+    }
+  int64_t splits;
+  const std::vector<double> R = stein_moments<T, acc_t>(x, s, w, rs, excl, &splits);
+  double err = 0, scale = 0;
+  bool finite = R.size() == ref.size();
+  for (size_t e = 0; e < ref.size() && finite; ++e) {
+    finite = std::isfinite(R[e]);
+    err = std::max(err, std::fabs(R[e] - ref[e]));
+    scale = std::max(scale, std::fabs(ref[e]));
+  }
+  char label[200];
+  std::snprintf(label, sizeof label, "stein_moments %s %s N=%lld d=%lld sigmas=%zu excl=%d splits=%lld rel %.1e", tn,
+                rs.label().c_str(), (long long)N, (long long)d, rs.sigmas.size(), int(excl), (long long)splits,
+                scale > 0 ? err / scale : err);
+  report(finite && (scale == 0 ? err == 0 : err <= tol * scale), label, err, scale);
+}
+
 // The lossy case, as the op layer prepares it: x = 100 randn(n, 3), y = x + 0.01 randn (float32
 // data), sigma 0.01. Points centred on the pooled mean and divided by a power of two in float32; the
 // biased MMD^2 = w^T K w with w = [1/n; -1/n] by quad_form vs float64 on the same float32 data.
@@ -755,6 +814,17 @@ int main() {
   stein_case<double, double>("f64", 250, 3, 1, rbf_1, true, 1e-10, 217);
   stein_case<__half, float>("f16", 70, 5, 1, imq_p, false, 1e-5, 221);
   stein_case<__nv_bfloat16, float>("bf16", 65, 3, 3, rbf_3, true, 1e-5, 222);
+
+  // stein_moments: nb = 1 (N = 1, 2, 37), 3 (f32 N = 130), 5 (f64 N = 130: two splits)
+  for (bool excl : {false, true}) {
+    stein_moments_case<float, float>("f32", 1, 3, imq_h, excl, 1e-5, 231);
+    stein_moments_case<float, float>("f32", 37, 17, imq_p3, excl, 1e-5, 232);
+    stein_moments_case<float, float>("f32", 130, 1, rbf_3, excl, 1e-5, 233);
+    stein_moments_case<double, double>("f64", 2, 1, rbf_1, excl, 1e-10, 241);
+    stein_moments_case<double, double>("f64", 37, 3, imq_h3, excl, 1e-10, 242);
+    stein_moments_case<double, double>("f64", 130, 17, imq_p, excl, 1e-10, 243);
+  }
+  stein_moments_case<__half, float>("f16", 70, 5, rbf_1, false, 1e-5, 251);
 
   std::printf("%d checks, %d failures\n", g_checks, g_fail);
   return g_fail == 0 ? 0 : 1;
