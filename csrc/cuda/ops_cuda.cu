@@ -222,8 +222,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z_in,
   return {q, S, G};
 }
 
-at::Tensor stein_form(const at::Tensor& x_in, const at::Tensor& s_in, const at::Tensor& w_in, const at::Tensor& params_in,
-                      c10::string_view kernel, bool exclude_diagonal) {
+at::Tensor stein_form(const at::Tensor& x_in, const at::Tensor& s_in, const at::Tensor& w_in,
+                      const at::Tensor& params_in, c10::string_view kernel, bool exclude_diagonal) {
   const SteinBase base =
       checks::stein_args("stein_form", x_in, s_in, w_in, 2, params_in, kernel, c10::DeviceType::CUDA);
   const int64_t N = x_in.size(0), d = x_in.size(1), P = w_in.size(1);

@@ -1131,7 +1131,8 @@ __global__ void __launch_bounds__(kThreads, 2) stein_moments_kernel(SteinArgs<T>
           const int64_t j = col0 + jj, col = c0 + cc;
           acc_t v = acc_t(0);
           if (j < N && col < end) {
-            const acc_t f = col == 0 ? acc_t(1) : to_acc<acc_t>(col <= d ? A.x[j * d + col - 1] : A.s[j * d + col - 1 - d]);
+            acc_t f = acc_t(1);
+            if (col > 0) f = to_acc<acc_t>(col <= d ? A.x[j * d + col - 1] : A.s[j * d + col - 1 - d]);
             v = to_acc<acc_t>(A.w[j]) * f;
           }
           Cs[jj * LDC + cc] = v;

@@ -499,9 +499,9 @@ static void stein_case(const char* tn, int64_t N, int64_t d, int64_t P, const Re
     scale = std::max(scale, std::fabs(ref[p]));
   }
   char label[200];
-  std::snprintf(label, sizeof label, "stein_form %s %s N=%lld d=%lld P=%lld sigmas=%zu excl=%d chunks=%lld rel %.1e", tn,
-                rs.label().c_str(), (long long)N, (long long)d, (long long)P, rs.sigmas.size(), int(excl), (long long)chunks,
-                scale > 0 ? err / scale : err);
+  std::snprintf(label, sizeof label, "stein_form %s %s N=%lld d=%lld P=%lld sigmas=%zu excl=%d chunks=%lld rel %.1e",
+                tn, rs.label().c_str(), (long long)N, (long long)d, (long long)P, rs.sigmas.size(), int(excl),
+                (long long)chunks, scale > 0 ? err / scale : err);
   // N = 1 with exclude_diagonal: no pair, q == 0 exactly
   report(finite && (scale == 0 ? err == 0 : err <= tol * scale), label, err, scale);
 }
