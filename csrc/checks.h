@@ -104,6 +104,31 @@ inline KernelKind pair_reduce_args(const at::Tensor& x, const at::Tensor& y, con
   return kind;
 }
 
+// stein_form (w (N, P)) and stein_moments (w (N,): w_dim 1): x and s (N, d), w, one floating dtype and
+// device; params float64 [beta, c, sigma_1, ...] (1..kMaxScales sigmas) on the points' device; kernel
+// "imq" or "rbf". The values (beta in (-1, 0), c > 0, sigmas > 0) are the op layer's to check
+// (infovae_kernels/ops/ksd.py): a device implementation reads them on the device only.
+inline SteinBase stein_args(const char* op, const at::Tensor& x, const at::Tensor& s, const at::Tensor& w,
+                            int64_t w_dim, const at::Tensor& p, c10::string_view k, c10::DeviceType device) {
+  matrix(op, "x", x, "(N, d)", device);
+  matrix(op, "s", s, "(N, d)", device);
+  same_as(op, "s", s, "x", x);
+  TORCH_CHECK(s.sizes() == x.sizes(), "infovae::", op, ": s must have the shape of x ", x.sizes(), ", got ",
+              s.sizes());
+  TORCH_CHECK(w.dim() == w_dim, "infovae::", op, ": w must be ", w_dim == 2 ? "(N, P)" : "(N,)", ", got shape ",
+              w.sizes());
+  same_as(op, "w", w, "x", x);
+  size(op, "w", w, 0, x.size(0), "one row per row of x");
+  TORCH_CHECK(k == "imq" || k == "rbf", "infovae::", op, ": kernel must be \"imq\" or \"rbf\" (the Stein base), got \"",
+              std::string(k.data(), k.size()), "\"");
+  TORCH_CHECK(p.dim() == 1 && p.scalar_type() == at::kDouble && valid_stein_param_count(p.size(0)), "infovae::", op,
+              ": params must be float64 [beta, c, sigma_1, ...] with 1 to ", kMaxScales, " sigmas, got ",
+              p.scalar_type(), " of shape ", p.sizes());
+  TORCH_CHECK(p.device() == x.device(), "infovae::", op, ": params must be on the device of the points (", x.device(),
+              "), got ", p.device());
+  return k == "rbf" ? SteinBase::RBF : SteinBase::IMQ;
+}
+
 inline KernelKind quad_form_args(const at::Tensor& z, const at::Tensor& w, const std::optional<at::Tensor>& a,
                                  const at::Tensor& p, c10::string_view k, c10::DeviceType device) {
   const char* op = "quad_form";

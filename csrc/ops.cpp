@@ -32,5 +32,7 @@ TORCH_LIBRARY_IMPL(infovae, CUDA, m) {
   m.impl("gram", &infovae::cuda::gram);
   m.impl("pair_reduce", &infovae::cuda::pair_reduce);
   m.impl("quad_form", &infovae::cuda::quad_form);
+  m.impl("stein_form", &infovae::cuda::stein_form);
+  m.impl("stein_moments", &infovae::cuda::stein_moments);
 }
 #endif

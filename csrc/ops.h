@@ -46,7 +46,8 @@ INFOVAE_DECLARE_OPS(cpu)
 
 // stein_form(x (N,d), s (N,d), w (N,P), params [beta, c, sigma_1..], kernel "imq" | "rbf", exclude_diagonal)
 //     -> q (P,) float64, q_p = sum_ij w_ip u(x_i, x_j) w_jp, u the Langevin Stein kernel of the base
-//        (csrc/cpu/stein.cpp; reference: kernels.stein_kernel). CPU only so far.
+//        (csrc/cpu/stein.cpp; reference: kernels.stein_kernel). CPU (params on the CPU) and CUDA (params
+//        on the points' device; csrc/cuda/pair_kernels.cuh).
 namespace cpu {
 at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
                       c10::string_view kernel, bool exclude_diagonal);
@@ -54,6 +55,7 @@ at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor
 //     R[i][k] = sum_j M^k_ij [w_j, w_j x_j, w_j s_j] in the columns the gradient reads (stein.cpp;
 //     the others 0), M^k = U, phi, phi', A: what the gradient
 //     of w^T U w in x, s and w is made of (infovae_kernels/ops/ksd.py combines them).
+//     CPU and CUDA (as stein_form).
 at::Tensor stein_moments(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
                          c10::string_view kernel, bool exclude_diagonal);
 // stein_thin(x, s, objective (N,), params, kernel, steps) -> (chosen (steps,) int64, objective (N,)):
@@ -64,6 +66,12 @@ std::tuple<at::Tensor, at::Tensor> stein_thin(const at::Tensor& x, const at::Ten
 }
 #ifdef INFOVAE_WITH_CUDA
 INFOVAE_DECLARE_OPS(cuda)
+namespace cuda {
+at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
+                      c10::string_view kernel, bool exclude_diagonal);
+at::Tensor stein_moments(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const at::Tensor& params,
+                         c10::string_view kernel, bool exclude_diagonal);
+}
 #endif
 
 #undef INFOVAE_DECLARE_OPS

@@ -1,8 +1,8 @@
 // CUDA implementations of the infovae:: primitives (contract in csrc/ops.h, schemas in csrc/ops.cpp).
 // This file: argument checks (one set of helpers for the three ops), contiguity, device guard, current
 // stream, dtype dispatch and the allocation of outputs and scratch; the launch sequences and kernels
-// are torch-free, in pair_kernels.cuh (run_gram, run_pair_reduce, run_quad_form), instantiated per element
-// type in kernels_<type>.cu.
+// are torch-free, in pair_kernels.cuh (run_gram, run_pair_reduce, run_quad_form, run_stein_form,
+// run_stein_moments), instantiated per element type in kernels_<type>.cu.
 //
 // params stays on the device: the kernels read the float64 array themselves (pair_kernels.cuh,
 // load_kernel), so no op needs a host copy of it or a stream sync.
@@ -220,6 +220,78 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z_in,
                                has_a ? G.mutable_data_ptr<double>() : nullptr, stream);
   });
   return {q, S, G};
+}
+
+at::Tensor stein_form(const at::Tensor& x_in, const at::Tensor& s_in, const at::Tensor& w_in,
+                      const at::Tensor& params_in, c10::string_view kernel, bool exclude_diagonal) {
+  const SteinBase base =
+      checks::stein_args("stein_form", x_in, s_in, w_in, 2, params_in, kernel, c10::DeviceType::CUDA);
+  const int64_t N = x_in.size(0), d = x_in.size(1), P = w_in.size(1);
+
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), s = s_in.contiguous(), w = w_in.contiguous(), params = params_in.contiguous();
+  const auto f64 = x.options().dtype(at::kDouble);
+  at::Tensor q = at::zeros({P}, f64);
+  if (N == 0 || P == 0) return q;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  dispatch(x.scalar_type(), [&](auto t_tag, auto acc_tag) {
+    using T = typename decltype(t_tag)::type;
+    using acc_t = typename decltype(acc_tag)::type;
+    // quad_form's value-only schedule (pair_kernels.cuh, stein_form)
+    const K::QuadPlan pl = K::plan_quad_form<acc_t>(N, d, P, false, false);
+    TORCH_CHECK(pl.nb <= std::numeric_limits<int32_t>::max(), "infovae::stein_form: too many rows");
+    at::Tensor qslab = at::zeros({pl.nb * pl.chunks, P}, f64);
+    K::SteinArgs<T> A{};
+    A.x = ptr<T>(x);
+    A.s = ptr<T>(s);
+    A.w = ptr<T>(w);
+    A.N = N, A.d = d, A.P = P;
+    A.base = base;
+    A.params = params.const_data_ptr<double>();
+    A.n_params = static_cast<int>(params.size(0));
+    A.exclude_diagonal = exclude_diagonal;
+    A.vec_x = vec_ok(A.x, d), A.vec_s = vec_ok(A.s, d);
+    A.nb = pl.nb, A.tps = pl.tps, A.chunks = pl.chunks;
+    A.slab = qslab.mutable_data_ptr<double>();
+    K::run_stein_form<T, acc_t>(A, q.mutable_data_ptr<double>(), stream);
+  });
+  return q;
+}
+
+at::Tensor stein_moments(const at::Tensor& x_in, const at::Tensor& s_in, const at::Tensor& w_in,
+                         const at::Tensor& params_in, c10::string_view kernel, bool exclude_diagonal) {
+  const SteinBase base =
+      checks::stein_args("stein_moments", x_in, s_in, w_in, 1, params_in, kernel, c10::DeviceType::CUDA);
+  const int64_t N = x_in.size(0), d = x_in.size(1), Q = 1 + 2 * d;
+
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), s = s_in.contiguous(), w = w_in.contiguous(), params = params_in.contiguous();
+  const auto f64 = x.options().dtype(at::kDouble);
+  at::Tensor R = at::zeros({N, 4, Q}, f64);
+  if (N == 0) return R;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  dispatch(x.scalar_type(), [&](auto t_tag, auto acc_tag) {
+    using T = typename decltype(t_tag)::type;
+    using acc_t = typename decltype(acc_tag)::type;
+    // pair_reduce's schedule for 4 Q float64 outputs per row (pair_kernels.cuh, stein_moments)
+    const K::PairReducePlan pl = K::plan_pair_reduce<acc_t>(N, N, 0, 4 * Q, false);
+    TORCH_CHECK(pl.blocks <= std::numeric_limits<int32_t>::max(), "infovae::stein_moments: too many rows");
+    at::Tensor slabs = pl.splits > 1 ? at::zeros({pl.splits, N, 4, Q}, f64) : at::Tensor();
+    K::SteinArgs<T> A{};
+    A.x = ptr<T>(x);
+    A.s = ptr<T>(s);
+    A.w = ptr<T>(w);
+    A.N = N, A.d = d, A.P = 1;
+    A.base = base;
+    A.params = params.const_data_ptr<double>();
+    A.n_params = static_cast<int>(params.size(0));
+    A.exclude_diagonal = exclude_diagonal;
+    A.vec_x = vec_ok(A.x, d), A.vec_s = vec_ok(A.s, d);
+    A.nb = pl.blocks, A.tps = pl.tps, A.chunks = pl.splits;
+    A.slab = slabs.defined() ? slabs.mutable_data_ptr<double>() : nullptr;
+    K::run_stein_moments<T, acc_t>(A, R.mutable_data_ptr<double>(), stream);
+  });
+  return R;
 }
 
 }  // namespace cuda

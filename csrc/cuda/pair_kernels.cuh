@@ -21,6 +21,8 @@
 // Sums. Per tile, partial sums in acc_t; across tiles, float64 in a fixed order owned by one block; slabs
 //   summed by fixed-order kernels. No atomics; no grid choice depends on the device (only on the
 //   problem size): bitwise reproducible run to run, process to process and GPU to GPU.
+// Stein primitives: stein_form on quad_form's symmetric schedule, stein_moments on pair_reduce's full one;
+//   r2 and the cross term from coordinate differences (pair_math.h, "Stein kernels").
 #pragma once
 
 #include <cuda_bf16.h>  // tests/cpp/emu/ holds host stand-ins of these three for the emulation
@@ -702,53 +704,22 @@ __device__ __forceinline__ void stage_column_chunk(acc_t* Cj, acc_t* Ci, const T
   }
 }
 
-template <typename T, typename acc_t, Family F, bool ROWS, bool GRAD>
-__device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const DeviceKernel<acc_t>& kern,
-                                          int64_t I, int64_t J, const QuadOut& out, acc_t* smem) {
+// Phase 2 of a quad_form tile (and of stein_form's): from the tile's pair values v_ij in Ps ([BM][LDP]),
+// over column chunks of w staged in Cj / Ci ([BN][kQC + kPad]) with Red ([16][kQC]):
+//   q_p += mult sum_i w_ip sum_j v_ij w_jp   (the row part in acc_t, fixed order; mult 2 off the diagonal)
+//   ROWS: S row copy += sum_j v_ij w_j; off the diagonal S column copy += sum_i v_ij w_i.
+// Ends with __syncthreads(): Ps, Cj, Ci, Red may be rewritten next.
+template <typename T, typename acc_t, bool ROWS>
+__device__ __forceinline__ void quad_tile_form(const T* __restrict__ w, int64_t N, int64_t P, int64_t row0,
+                                               int64_t col0, bool diag, const acc_t* Ps, acc_t* Cj, acc_t* Ci,
+                                               acc_t* Red, const QuadOut& out) {
   using TL = Tile<acc_t>;
   constexpr int TM = TL::TM, TN = TL::TN, BM = TL::BM, BN = TL::BN, LDP = TL::LDP;
   constexpr int LDC = kQC + kPad;
-  acc_t* Ps = smem;                    // [BM][LDP] k, then g_ij (a_i . w_j)  (operand staging overlaps Ps, P2s)
-  acc_t* P2s = Ps + BM * LDP;          // [BM][LDP] g_ij (a_j . w_i)
-  acc_t* Cj = P2s + BM * LDP;          // [BN][LDC] chunk of rows of J (w, then z)
-  acc_t* Ci = Cj + BN * LDC;           // [BM][LDC] chunk of rows of I
-  acc_t* Red = Ci + BM * LDC;          // [16][kQC]
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t N = A.N, P = A.P, d = A.d;
-  const bool diag = I == J;
-  const int64_t row0 = I * BM, col0 = J * BN;
-
-  // Phase 1: r2 (or z_i . z_j for DOT), k (and g or h) of the tile's pairs.
-  acc_t r2[TM][TN];
-  tile_arg<F, T, acc_t>(r2, smem, kern, A.z, N, row0, A.znorm, A.zmax, A.vec_z, A.z, N, col0, A.znorm, A.zmax,
-                        A.vec_z, d);
-  acc_t greg[TM][TN];
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    const int64_t i = row0 + ty + kThreadsY * r;
-#pragma unroll
-    for (int c = 0; c < TN; ++c) {
-      const int64_t j = col0 + tx + kThreadsX * c;
-      acc_t kv = acc_t(0), gv = acc_t(0);
-      if (i < N && j < N && !(A.exclude_diagonal && i == j)) {
-        // distance kernels: r2 = 0 for i == j whatever the rounding; DOT: the computed z_i . z_i
-        const acc_t d2 = (F != Family::DOT && i == j) ? acc_t(0) : r2[r][c];
-        if constexpr (GRAD) {
-          k_and_g_of<F>(kern, d2, kv, gv);
-        } else {
-          kv = k_of<F>(kern, d2);
-        }
-      }
-      Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = kv;
-      greg[r][c] = gv;
-    }
-  }
-  __syncthreads();
-
-  // Phase 2: q (and S) over column chunks of w.
   const double mult = diag ? 1.0 : 2.0;  // a power of two: mult * partial is exact
   for (int64_t c0 = 0; c0 < P; c0 += kQC) {
-    stage_column_chunk<T, acc_t, BN, LDC>(Cj, Ci, A.w, N, P, c0, row0, col0);
+    stage_column_chunk<T, acc_t, BN, LDC>(Cj, Ci, w, N, P, c0, row0, col0);
     __syncthreads();
     const int64_t col = c0 + tx;
     // row part: (K W_J)_i for the thread's rows i = ty + 16 r, column col
@@ -802,6 +773,53 @@ __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const Dev
     }
     __syncthreads();  // Cj, Ci, Red are rewritten by the next chunk; Ps by the next tile or phase
   }
+}
+
+template <typename T, typename acc_t, Family F, bool ROWS, bool GRAD>
+__device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const DeviceKernel<acc_t>& kern,
+                                          int64_t I, int64_t J, const QuadOut& out, acc_t* smem) {
+  using TL = Tile<acc_t>;
+  constexpr int TM = TL::TM, TN = TL::TN, BM = TL::BM, BN = TL::BN, LDP = TL::LDP;
+  constexpr int LDC = kQC + kPad;
+  acc_t* Ps = smem;                    // [BM][LDP] k, then g_ij (a_i . w_j)  (operand staging overlaps Ps, P2s)
+  acc_t* P2s = Ps + BM * LDP;          // [BM][LDP] g_ij (a_j . w_i)
+  acc_t* Cj = P2s + BM * LDP;          // [BN][LDC] chunk of rows of J (w, then z)
+  acc_t* Ci = Cj + BN * LDC;           // [BM][LDC] chunk of rows of I
+  acc_t* Red = Ci + BM * LDC;          // [16][kQC]
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t N = A.N, P = A.P, d = A.d;
+  const bool diag = I == J;
+  const int64_t row0 = I * BM, col0 = J * BN;
+
+  // Phase 1: r2 (or z_i . z_j for DOT), k (and g or h) of the tile's pairs.
+  acc_t r2[TM][TN];
+  tile_arg<F, T, acc_t>(r2, smem, kern, A.z, N, row0, A.znorm, A.zmax, A.vec_z, A.z, N, col0, A.znorm, A.zmax,
+                        A.vec_z, d);
+  acc_t greg[TM][TN];
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    const int64_t i = row0 + ty + kThreadsY * r;
+#pragma unroll
+    for (int c = 0; c < TN; ++c) {
+      const int64_t j = col0 + tx + kThreadsX * c;
+      acc_t kv = acc_t(0), gv = acc_t(0);
+      if (i < N && j < N && !(A.exclude_diagonal && i == j)) {
+        // distance kernels: r2 = 0 for i == j whatever the rounding; DOT: the computed z_i . z_i
+        const acc_t d2 = (F != Family::DOT && i == j) ? acc_t(0) : r2[r][c];
+        if constexpr (GRAD) {
+          k_and_g_of<F>(kern, d2, kv, gv);
+        } else {
+          kv = k_of<F>(kern, d2);
+        }
+      }
+      Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = kv;
+      greg[r][c] = gv;
+    }
+  }
+  __syncthreads();
+
+  // Phase 2: q (and S) over column chunks of w.
+  quad_tile_form<T, acc_t, ROWS>(A.w, N, P, row0, col0, diag, Ps, Cj, Ci, Red, out);
 
   if constexpr (GRAD) {
     // Phase 3: G. Q_ij = g_ij (a_i . w_j) -> Ps; off the diagonal Q'_ij = g_ij (w_i . a_j) -> P2s.
@@ -916,6 +934,241 @@ __global__ void __launch_bounds__(kThreads, 2)
     out.Gcol = A.Gbuf + (C + copy) * N * A.d;
   }
   quad_tile<T, acc_t, F, ROWS, GRAD>(A, kern, I, (I + t) % A.nb, out, smem);
+}
+
+// ---- stein_form: quad_form's symmetric sweep with the Stein kernel's values ----
+//
+// q_p = sum_ij w_ip u_ij w_jp, u the Langevin Stein kernel of the points x with their scores s
+// (pair_math.h, "Stein kernels"; u is symmetric). The schedule, slabs and final sum are quad_form's
+// value-only ones (plan_quad_form, the rounds of row block I, grid (nb, chunks), qslab, sum_slabs); per tile
+// (I, J) one pass over the features of x and s gives r2, s_i.s_j and the cross term of every pair
+// (stein_tile_products), the pair's u goes to Ps, and quad_tile_form adds the tile's q.
+
+template <typename T>
+struct SteinArgs {
+  const T* x;
+  const T* s;
+  const T* w;
+  int64_t N, d, P;
+  SteinBase base;
+  const double* params;  // [beta, c, sigma_1, ...] on the device
+  int n_params;
+  bool exclude_diagonal, vec_x, vec_s;
+  // stein_form: plan_quad_form's nb / tps / chunks, slab = qslab [nb * chunks][P] zero-initialised;
+  // stein_moments: run_stein_moments'
+  int64_t nb, tps, chunks;
+  double* slab;
+};
+
+// For the thread's TM x TN pairs (i = row0 + ty + 16 r, j = col0 + tx + 16 c), over features k ascending in
+// acc_t: r2 = sum_k (x_ik - x_jk)^2, ss = sum_k s_ik s_jk, cross = sum_k (s_jk - s_ik)(x_ik - x_jk).
+// Coordinate differences: r2 and cross are exactly 0 for i == j and carry no cancellation (no norms, no
+// lossy rule). Stages four k-major operands at smem (4 kBK (BM + kPad) acc_t); ends with __syncthreads().
+template <typename T, typename acc_t>
+__device__ __forceinline__ void stein_tile_products(acc_t (&r2)[Tile<acc_t>::TM][Tile<acc_t>::TN],
+                                                    acc_t (&ss)[Tile<acc_t>::TM][Tile<acc_t>::TN],
+                                                    acc_t (&cross)[Tile<acc_t>::TM][Tile<acc_t>::TN], acc_t* smem,
+                                                    const SteinArgs<T>& A, int64_t row0, int64_t col0) {
+  using TL = Tile<acc_t>;
+  constexpr int TM = TL::TM, TN = TL::TN, BM = TL::BM, BN = TL::BN;
+  constexpr int LDA = BM + kPad, LDB = BN + kPad;
+  acc_t* Xi = smem;
+  acc_t* Si = Xi + kBK * LDA;
+  acc_t* Xj = Si + kBK * LDA;
+  acc_t* Sj = Xj + kBK * LDB;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+#pragma unroll
+  for (int r = 0; r < TM; ++r)
+#pragma unroll
+    for (int c = 0; c < TN; ++c) r2[r][c] = ss[r][c] = cross[r][c] = acc_t(0);
+  for (int64_t k0 = 0; k0 < A.d; k0 += kBK) {
+    load_tile_kmajor<T, acc_t, BM>(Xi, A.x, A.N, A.d, row0, k0, A.vec_x);
+    load_tile_kmajor<T, acc_t, BM>(Si, A.s, A.N, A.d, row0, k0, A.vec_s);
+    load_tile_kmajor<T, acc_t, BN>(Xj, A.x, A.N, A.d, col0, k0, A.vec_x);
+    load_tile_kmajor<T, acc_t, BN>(Sj, A.s, A.N, A.d, col0, k0, A.vec_s);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kBK; ++kk) {
+      if (k0 + kk >= A.d) break;  // uniform
+      acc_t xi[TM], si[TM], xj[TN], sj[TN];
+#pragma unroll
+      for (int r = 0; r < TM; ++r) xi[r] = Xi[kk * LDA + ty + kThreadsY * r], si[r] = Si[kk * LDA + ty + kThreadsY * r];
+#pragma unroll
+      for (int c = 0; c < TN; ++c) xj[c] = Xj[kk * LDB + tx + kThreadsX * c], sj[c] = Sj[kk * LDB + tx + kThreadsX * c];
+#pragma unroll
+      for (int r = 0; r < TM; ++r)
+#pragma unroll
+        for (int c = 0; c < TN; ++c) {
+          const acc_t t = xi[r] - xj[c];
+          r2[r][c] = fma(t, t, r2[r][c]);
+          ss[r][c] = fma(si[r], sj[c], ss[r][c]);
+          cross[r][c] = fma(sj[c] - si[r], t, cross[r][c]);
+        }
+    }
+    __syncthreads();
+  }
+}
+
+// The Stein parameters of a launch, built by thread 0 of every block from the float64 params on the device
+// (as load_kernel). Every thread of the block must call it (it ends with a barrier).
+template <typename acc_t>
+__device__ __forceinline__ void load_stein(SteinParams<acc_t>& sp, SteinBase base, const double* __restrict__ params,
+                                           int n_params) {
+  if (threadIdx.x == 0 && threadIdx.y == 0) sp = make_stein_params<acc_t>(base, params, n_params);
+  __syncthreads();
+}
+
+template <typename T, typename acc_t>
+__device__ __forceinline__ void stein_tile(const SteinArgs<T>& A, const SteinParams<acc_t>& sp, int64_t I, int64_t J,
+                                           const QuadOut& out, acc_t* smem) {
+  using TL = Tile<acc_t>;
+  constexpr int TM = TL::TM, TN = TL::TN, BM = TL::BM, BN = TL::BN, LDP = TL::LDP;
+  constexpr int LDC = kQC + kPad;
+  static_assert(4 * kBK * (BM + kPad) * int(sizeof(acc_t)) <= TL::kQuadBytes, "operand staging fits the tile's smem");
+  acc_t* Ps = smem;                  // [BM][LDP] u (operand staging overlaps Ps and what follows)
+  acc_t* Cj = Ps + 2 * BM * LDP;     // quad_tile's layout
+  acc_t* Ci = Cj + BN * LDC;
+  acc_t* Red = Ci + BM * LDC;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t N = A.N, row0 = I * BM, col0 = J * BN;
+  acc_t r2[TM][TN], ss[TM][TN], cross[TM][TN];
+  stein_tile_products<T, acc_t>(r2, ss, cross, smem, A, row0, col0);
+  const acc_t two_d = static_cast<acc_t>(2 * A.d);
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    const int64_t i = row0 + ty + kThreadsY * r;
+#pragma unroll
+    for (int c = 0; c < TN; ++c) {
+      const int64_t j = col0 + tx + kThreadsX * c;
+      acc_t u = acc_t(0);
+      if (i < N && j < N && !(A.exclude_diagonal && i == j)) {
+        acc_t rad[3];
+        stein_radial<2>(sp, r2[r][c], CudaExp{}, rad);
+        u = stein_value(rad, r2[r][c], ss[r][c], cross[r][c], two_d);
+      }
+      Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = u;
+    }
+  }
+  __syncthreads();
+  quad_tile_form<T, acc_t, false>(A.w, N, A.P, row0, col0, I == J, Ps, Cj, Ci, Red, out);
+}
+
+// grid (nb, chunks); block (I, k) takes the rounds t in [k * tps, (k + 1) * tps) of I (quad_form_value_kernel).
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads, 2) stein_form_kernel(SteinArgs<T> A) {
+  __shared__ __align__(16) unsigned char smem_raw[Tile<acc_t>::kQuadBytes];
+  __shared__ SteinParams<acc_t> sp;
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  const int64_t I = blockIdx.x, k = blockIdx.y;
+  const int64_t t_begin = k * A.tps;
+  const int64_t t_last = quad_rounds_of(A.nb, I);
+  const int64_t t_end = t_begin + A.tps < t_last ? t_begin + A.tps : t_last;
+  if (t_begin >= t_end) return;  // uniform over the block
+  load_stein(sp, A.base, A.params, A.n_params);
+  const QuadOut out{A.slab + (I * A.chunks + k) * A.P, nullptr, nullptr, nullptr, nullptr};
+  for (int64_t t = t_begin; t < t_end; ++t) stein_tile<T, acc_t>(A, sp, I, (I + t) % A.nb, out, smem);
+}
+
+// ---- stein_moments: pair_reduce's full sweep with the four Stein matrices ----
+//
+// R[i][k][c] = sum_j M^k_ij Rhs_jc, M^k = U, phi, phi', A (pair_math.h, "Stein kernels"), Rhs_j = [w_j,
+// w_j x_j, w_j s_j] (Q = 1 + 2d columns), in the columns [first_k, end_k) the gradient reads (U: w; phi:
+// w s; phi': all; A: w and w x; the others stay 0): csrc/cpu/stein.cpp's run_moments. Block (I, split)
+// sweeps the column tiles of its split (plan_pair_reduce's schedule): per tile the four matrices in
+// registers, then one at a time through Ps against column chunks of Rhs staged in Cs (built from w, x, s),
+// each tile's row part (acc_t) added in float64 to the block's rows of its own slab; slabs summed in split
+// order. Every pair is evaluated from both sides (no column parts: no transposed products to schedule).
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads, 2) stein_moments_kernel(SteinArgs<T> A) {
+  using TL = Tile<acc_t>;
+  constexpr int TM = TL::TM, TN = TL::TN, TC = TL::TC, BM = TL::BM, BN = TL::BN, BC = TL::BC, LDP = TL::LDP;
+  constexpr int LDC = BC + kPad;
+  static_assert(4 * kBK * (BM + kPad) * int(sizeof(acc_t)) <= TL::kSmemBytes, "operand staging fits the smem");
+  __shared__ __align__(16) unsigned char smem_raw[TL::kSmemBytes];
+  __shared__ SteinParams<acc_t> sp;
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* Ps = smem;                 // [BM][LDP] one of the four matrices (pair_reduce's layout)
+  acc_t* Cs = smem + 2 * BM * LDP;  // [BN][LDC] chunk of Rhs
+  load_stein(sp, A.base, A.params, A.n_params);
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t N = A.N, d = A.d, Q = 1 + 2 * d;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM, split = blockIdx.y;
+  const int64_t col_begin = split * A.tps * BN;
+  const int64_t col_end = col_begin + A.tps * BN < N ? col_begin + A.tps * BN : N;
+  double* R = A.slab + split * N * 4 * Q;
+  const acc_t two_d = static_cast<acc_t>(2 * d);
+  for (int64_t col0 = col_begin; col0 < col_end; col0 += BN) {
+    acc_t r2[TM][TN], ss[TM][TN], cross[TM][TN];
+    stein_tile_products<T, acc_t>(r2, ss, cross, smem, A, row0, col0);
+    acc_t m[4][TM][TN];
+#pragma unroll
+    for (int r = 0; r < TM; ++r) {
+      const int64_t i = row0 + ty + kThreadsY * r;
+#pragma unroll
+      for (int c = 0; c < TN; ++c) {
+        const int64_t j = col0 + tx + kThreadsX * c;
+        m[0][r][c] = m[1][r][c] = m[2][r][c] = m[3][r][c] = acc_t(0);
+        if (i < N && j < N && !(A.exclude_diagonal && i == j)) {
+          acc_t rad[4];
+          stein_radial<3>(sp, r2[r][c], CudaExp{}, rad);
+          m[0][r][c] = stein_value(rad, r2[r][c], ss[r][c], cross[r][c], two_d);
+          m[1][r][c] = rad[0];
+          m[2][r][c] = rad[1];
+          m[3][r][c] = stein_moment_weight(rad, r2[r][c], ss[r][c], cross[r][c], two_d);
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+#pragma unroll
+      for (int r = 0; r < TM; ++r)
+#pragma unroll
+        for (int c = 0; c < TN; ++c) Ps[(ty + kThreadsY * r) * LDP + tx + kThreadsX * c] = m[k][r][c];
+      const int64_t first = k == 1 ? 1 + d : 0, end = k == 0 ? 1 : k == 3 ? 1 + d : Q;
+      for (int64_t c0 = first; c0 < end; c0 += BC) {
+        for (int t = ty * kThreadsX + tx; t < BN * BC; t += kThreads) {
+          const int jj = t / BC, cc = t % BC;
+          const int64_t j = col0 + jj, col = c0 + cc;
+          acc_t v = acc_t(0);
+          if (j < N && col < end) {
+            acc_t f = acc_t(1);
+            if (col > 0) f = to_acc<acc_t>(col <= d ? A.x[j * d + col - 1] : A.s[j * d + col - 1 - d]);
+            v = to_acc<acc_t>(A.w[j]) * f;
+          }
+          Cs[jj * LDC + cc] = v;
+        }
+        __syncthreads();  // also orders the writes of Ps before the first chunk
+        acc_t part[TM][TC];
+#pragma unroll
+        for (int r = 0; r < TM; ++r)
+#pragma unroll
+          for (int c = 0; c < TC; ++c) part[r][c] = acc_t(0);
+#pragma unroll 4
+        for (int jj = 0; jj < BN; ++jj) {
+          acc_t pv[TM], cv[TC];
+#pragma unroll
+          for (int r = 0; r < TM; ++r) pv[r] = Ps[(ty + kThreadsY * r) * LDP + jj];
+#pragma unroll
+          for (int c = 0; c < TC; ++c) cv[c] = Cs[jj * LDC + tx + kThreadsX * c];
+#pragma unroll
+          for (int r = 0; r < TM; ++r)
+#pragma unroll
+            for (int c = 0; c < TC; ++c) part[r][c] = fma(pv[r], cv[c], part[r][c]);
+        }
+#pragma unroll
+        for (int r = 0; r < TM; ++r) {
+          const int64_t i = row0 + ty + kThreadsY * r;
+          if (i >= N) continue;
+#pragma unroll
+          for (int c = 0; c < TC; ++c) {
+            const int64_t col = c0 + tx + kThreadsX * c;
+            if (col < end) R[(i * 4 + k) * Q + col] += static_cast<double>(part[r][c]);
+          }
+        }
+        __syncthreads();  // Cs is rewritten by the next chunk, Ps by the next matrix or tile
+      }
+    }
+  }
 }
 
 // out[e] = sum_s slabs[s * n + e] for e < n, s ascending. (Templates, like every kernel here, so that
@@ -1128,6 +1381,29 @@ void run_quad_form(const QuadArgs<T, acc_t>& A, const QuadPlan& pl, acc_t* znorm
   run_sum_slabs(A.qslab, A.nb * A.chunks, A.P, q, s);
 }
 
+// A holds plan_quad_form<acc_t>(N, d, P, false, false)'s nb / tps / chunks and a zero-initialised qslab
+// (A.slab). Result: q (P).
+template <typename T, typename acc_t>
+void run_stein_form(const SteinArgs<T>& A, double* q, cudaStream_t s) {
+  if (A.N == 0 || A.P == 0) return;
+  launch(&stein_form_kernel<T, acc_t>, dim3(static_cast<unsigned>(A.nb), static_cast<unsigned>(A.chunks)),
+         tile_block(), s, A);
+  run_sum_slabs(A.slab, A.nb * A.chunks, A.P, q, s);
+}
+
+
+// A holds plan_pair_reduce<acc_t>(N, N, 0, 4 (1 + 2d), false)'s blocks / tps / splits as nb / tps / chunks,
+// and, when splits > 1, A.slab: [splits][N][4][1 + 2d] zero-initialised. R (N, 4, 1 + 2d) zero-initialised.
+template <typename T, typename acc_t>
+void run_stein_moments(const SteinArgs<T>& A, double* R, cudaStream_t s) {
+  if (A.N == 0) return;
+  SteinArgs<T> B = A;
+  if (A.chunks == 1) B.slab = R;
+  launch(&stein_moments_kernel<T, acc_t>, dim3(static_cast<unsigned>(A.nb), static_cast<unsigned>(A.chunks)),
+         tile_block(), s, B);
+  if (A.chunks > 1) run_sum_slabs(A.slab, A.chunks, A.N * 4 * (1 + 2 * A.d), R, s);
+}
+
 }  // namespace cuda_kernels
 }  // namespace infovae
 
@@ -1142,6 +1418,8 @@ void run_quad_form(const QuadArgs<T, acc_t>& A, const QuadPlan& pl, acc_t* znorm
                                              double*, cudaStream_t);                                          \
   PREFIX template void run_quad_form<T, A>(const QuadArgs<T, A>&, const QuadPlan&, A*, A*, double*, double*,  \
                                            double*, cudaStream_t);                                            \
+  PREFIX template void run_stein_form<T, A>(const SteinArgs<T>&, double*, cudaStream_t);                    \
+  PREFIX template void run_stein_moments<T, A>(const SteinArgs<T>&, double*, cudaStream_t);                 \
   }                                                                                                           \
   }
 

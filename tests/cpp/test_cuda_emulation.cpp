@@ -1,7 +1,7 @@
 // Runs the CUDA primitives of csrc/cuda/pair_kernels.cuh on the CPU through a host emulation of the CUDA
 // thread model (tests/cpp/emu/: one std::thread per CUDA thread, std::barrier for __syncthreads), by the
-// same torch-free drivers ops_cuda.cu calls (run_gram, run_pair_reduce, run_quad_form: norms, grids,
-// circulant rounds, slabs, final sums), and compares them with a float64 reference of reference.py's
+// same torch-free drivers ops_cuda.cu calls (run_gram, run_pair_reduce, run_quad_form, run_stein_form:
+// norms, grids, circulant rounds, slabs, final sums), and compares them with a float64 reference of reference.py's
 // semantics written here independently (r2 from coordinate differences, the kernel formulas spelled out).
 // Catches indexing, masking, barrier, scheduling and reduction-order bugs without a GPU; says nothing
 // about speed, nor about device-only behaviour (the CUDA math library's exp, warp scheduling, memory
@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "../../csrc/cuda/pair_kernels.cuh"
@@ -400,6 +401,170 @@ static void quad_case(const char* tn, int64_t N, int64_t d, int64_t P, KernelKin
   quad_case<T, acc_t>(tn, N, d, P, RefKernel{kind, params_of(kind, sigmas, d)}, excl, tol, seed, all_modes);
 }
 
+// ---- Stein primitives ----
+// The Langevin Stein kernel of kernels.py's stein_kernel, spelled out in float64: r2 and the cross term
+// (s_j - s_i).(x_i - x_j) from coordinate differences, phi and its r2-derivatives by pow / exp per scale.
+struct RefStein {
+  SteinBase base;
+  double beta, c;
+  std::vector<double> sigmas;
+  std::vector<double> params() const {
+    std::vector<double> p = {beta, c};
+    p.insert(p.end(), sigmas.begin(), sigmas.end());
+    return p;
+  }
+  double u(const std::vector<double>& x, const std::vector<double>& s, int64_t i, int64_t j, int64_t d) const {
+    double m[4];
+    matrices(x, s, i, j, d, m);
+    return m[0];
+  }
+  // m = (u, phi, phi', A) of the pair, A = phi' ss + 2 phi'' cross - 2 d phi'' - 4 phi''' r2 - 4 phi''.
+  void matrices(const std::vector<double>& x, const std::vector<double>& s, int64_t i, int64_t j, int64_t d,
+                double m[4]) const {
+    double r2 = 0, ss = 0, cross = 0;
+    for (int64_t k = 0; k < d; ++k) {
+      const double dx = x[i * d + k] - x[j * d + k];
+      r2 += dx * dx;
+      ss += s[i * d + k] * s[j * d + k];
+      cross += (s[j * d + k] - s[i * d + k]) * dx;
+    }
+    double phi = 0, d1 = 0, d2 = 0, d3 = 0;
+    for (double sg : sigmas) {
+      const double inv = 1.0 / (sg * sg);
+      if (base == SteinBase::RBF) {
+        const double a = 0.5 * inv, e = std::exp(-a * r2);
+        phi += e, d1 += -a * e, d2 += a * a * e, d3 += -a * a * a * e;
+      } else {
+        const double b = c * c + r2 * inv;
+        phi += std::pow(b, beta);
+        d1 += beta * inv * std::pow(b, beta - 1);
+        d2 += beta * (beta - 1) * inv * inv * std::pow(b, beta - 2);
+        d3 += beta * (beta - 1) * (beta - 2) * inv * inv * inv * std::pow(b, beta - 3);
+      }
+    }
+    m[0] = phi * ss + 2 * d1 * cross - 2 * double(d) * d1 - 4 * d2 * r2;
+    m[1] = phi;
+    m[2] = d1;
+    m[3] = d1 * ss + 2 * d2 * cross - 2 * double(d) * d2 - 4 * d3 * r2 - 4 * d2;
+  }
+  std::string label() const {
+    if (base == SteinBase::RBF) return "rbf";
+    char b[40];
+    std::snprintf(b, sizeof b, "imq(beta=%g,c=%g)", beta, c);
+    return b;
+  }
+};
+
+template <typename T, typename acc_t>
+static std::vector<double> stein_form(const Mat<T>& x, const Mat<T>& s, const Mat<T>& w, const RefStein& rs,
+                                      bool excl, int64_t* chunks) {
+  const int64_t N = x.rows, d = x.cols, P = w.cols;
+  const auto pl = K::plan_quad_form<acc_t>(N, d, P, false, false);
+  *chunks = pl.chunks;
+  const std::vector<double> pv = rs.params();
+  std::vector<double> qslab(pl.nb * pl.chunks * P, 0.0), q(P, 0.0);
+  K::SteinArgs<T> A{};
+  A.x = x.p(), A.s = s.p(), A.w = w.p();
+  A.N = N, A.d = d, A.P = P;
+  A.base = rs.base, A.params = pv.data(), A.n_params = int(pv.size());
+  A.exclude_diagonal = excl, A.vec_x = vec_ok(A.x, d), A.vec_s = vec_ok(A.s, d);
+  A.nb = pl.nb, A.tps = pl.tps, A.chunks = pl.chunks;
+  A.slab = qslab.data();
+  K::run_stein_form<T, acc_t>(A, q.data(), nullptr);
+  return q;
+}
+
+// q_p = sum_ij w_ip u_ij w_jp vs float64 on the same (rounded) data; error relative to max_p |q_p|.
+template <typename T, typename acc_t>
+static void stein_case(const char* tn, int64_t N, int64_t d, int64_t P, const RefStein& rs, bool excl, double tol,
+                       unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<double> xv = randn(rng, N * d, 0.6), sv = randn(rng, N * d, 0.3);
+  for (int64_t e = 0; e < N * d; ++e) sv[e] -= xv[e];  // a score like that of N(0, 1)
+  const Mat<T> x(N, d, xv), s(N, d, sv), w(N, P, randn(rng, N * P, 1.0, 0.5));
+  std::vector<double> ref(P, 0.0);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      if (excl && i == j) continue;
+      const double u = rs.u(x.r, s.r, i, j, d);
+      for (int64_t p = 0; p < P; ++p) ref[p] += w.r[i * P + p] * u * w.r[j * P + p];
+    }
+  int64_t chunks;
+  const std::vector<double> q = stein_form<T, acc_t>(x, s, w, rs, excl, &chunks);
+  double err = 0, scale = 0;
+  bool finite = true;
+  for (int64_t p = 0; p < P; ++p) {
+    finite = finite && std::isfinite(q[p]);
+    err = std::max(err, std::fabs(q[p] - ref[p]));
+    scale = std::max(scale, std::fabs(ref[p]));
+  }
+  char label[200];
+  std::snprintf(label, sizeof label, "stein_form %s %s N=%lld d=%lld P=%lld sigmas=%zu excl=%d chunks=%lld rel %.1e",
+                tn, rs.label().c_str(), (long long)N, (long long)d, (long long)P, rs.sigmas.size(), int(excl),
+                (long long)chunks, scale > 0 ? err / scale : err);
+  // N = 1 with exclude_diagonal: no pair, q == 0 exactly
+  report(finite && (scale == 0 ? err == 0 : err <= tol * scale), label, err, scale);
+}
+
+// R (N, 4, 1 + 2d) of stein_moments through run_stein_moments (slabs when the plan has several splits).
+template <typename T, typename acc_t>
+static std::vector<double> stein_moments(const Mat<T>& x, const Mat<T>& s, const Mat<T>& w, const RefStein& rs,
+                                         bool excl, int64_t* splits) {
+  const int64_t N = x.rows, d = x.cols, Q = 1 + 2 * d;
+  const auto pl = K::plan_pair_reduce<acc_t>(N, N, 0, 4 * Q, false);
+  *splits = pl.splits;
+  const std::vector<double> pv = rs.params();
+  std::vector<double> slabs(pl.splits > 1 ? pl.splits * N * 4 * Q : 0, 0.0), R(N * 4 * Q, 0.0);
+  K::SteinArgs<T> A{};
+  A.x = x.p(), A.s = s.p(), A.w = w.p();
+  A.N = N, A.d = d, A.P = 1;
+  A.base = rs.base, A.params = pv.data(), A.n_params = int(pv.size());
+  A.exclude_diagonal = excl, A.vec_x = vec_ok(A.x, d), A.vec_s = vec_ok(A.s, d);
+  A.nb = pl.blocks, A.tps = pl.tps, A.chunks = pl.splits;
+  A.slab = slabs.empty() ? nullptr : slabs.data();
+  K::run_stein_moments<T, acc_t>(A, R.data(), nullptr);
+  return R;
+}
+
+// R[i][k] = sum_j M^k_ij [w_j, w_j x_j, w_j s_j] in the columns the gradient reads (U: w; phi: w s; phi': all;
+// A: w, w x; the others 0) vs float64 (RefStein::matrices); error relative to max |R|.
+template <typename T, typename acc_t>
+static void stein_moments_case(const char* tn, int64_t N, int64_t d, const RefStein& rs, bool excl, double tol,
+                               unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<double> xv = randn(rng, N * d, 0.6), sv = randn(rng, N * d, 0.3);
+  for (int64_t e = 0; e < N * d; ++e) sv[e] -= xv[e];
+  const Mat<T> x(N, d, xv), s(N, d, sv), w(N, 1, randn(rng, N, 1.0, 0.5));
+  const int64_t Q = 1 + 2 * d;
+  const int64_t first[4] = {0, 1 + d, 0, 0}, end[4] = {1, Q, Q, 1 + d};
+  std::vector<double> ref(N * 4 * Q, 0.0);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      if (excl && i == j) continue;
+      double m[4];
+      rs.matrices(x.r, s.r, i, j, d, m);
+      for (int k = 0; k < 4; ++k)
+        for (int64_t c = first[k]; c < end[k]; ++c) {
+          const double f = c == 0 ? 1.0 : c <= d ? x.r[j * d + c - 1] : s.r[j * d + c - 1 - d];
+          ref[(i * 4 + k) * Q + c] += m[k] * w.r[j] * f;
+        }
+    }
+  int64_t splits;
+  const std::vector<double> R = stein_moments<T, acc_t>(x, s, w, rs, excl, &splits);
+  double err = 0, scale = 0;
+  bool finite = R.size() == ref.size();
+  for (size_t e = 0; e < ref.size() && finite; ++e) {
+    finite = std::isfinite(R[e]);
+    err = std::max(err, std::fabs(R[e] - ref[e]));
+    scale = std::max(scale, std::fabs(ref[e]));
+  }
+  char label[200];
+  std::snprintf(label, sizeof label, "stein_moments %s %s N=%lld d=%lld sigmas=%zu excl=%d splits=%lld rel %.1e", tn,
+                rs.label().c_str(), (long long)N, (long long)d, rs.sigmas.size(), int(excl), (long long)splits,
+                scale > 0 ? err / scale : err);
+  report(finite && (scale == 0 ? err == 0 : err <= tol * scale), label, err, scale);
+}
+
 // The lossy case, as the op layer prepares it: x = 100 randn(n, 3), y = x + 0.01 randn (float32
 // data), sigma 0.01. Points centred on the pooled mean and divided by a power of two in float32; the
 // biased MMD^2 = w^T K w with w = [1/n; -1/n] by quad_form vs float64 on the same float32 data.
@@ -625,6 +790,41 @@ int main() {
       expect_true(label, exact);
     }
   }
+
+  // stein_form: imq (beta -1/2 by rsqrt, -0.3 by pow; c != 1) and rbf, 1 and 3 scales, P = 1 and 3;
+  // nb = 1 (N = 1, 2, 37), 3 and 5 (N = 130), 9 (f32 N = 520) and 8 (f64 N = 250): two chunks of rounds
+  const RefStein imq_h{SteinBase::IMQ, -0.5, 1.0, {1.0}}, imq_h3{SteinBase::IMQ, -0.5, 0.7, {0.5, 1.0, 2.0}},
+      imq_p{SteinBase::IMQ, -0.3, 1.5, {0.8}}, imq_p3{SteinBase::IMQ, -0.3, 1.2, {0.6, 1.1, 2.5}},
+      rbf_1{SteinBase::RBF, -0.5, 1.0, {1.3}}, rbf_3{SteinBase::RBF, -0.5, 1.0, {0.5, 1.0, 4.0}};
+  for (bool excl : {false, true}) {
+    stein_case<float, float>("f32", 1, 3, 1, imq_h, excl, 1e-5, 201);
+    stein_case<float, float>("f32", 2, 1, 3, imq_p, excl, 1e-5, 202);
+    stein_case<float, float>("f32", 37, 17, 3, rbf_3, excl, 1e-5, 203);
+    stein_case<float, float>("f32", 130, 1, 3, imq_p3, excl, 1e-5, 205);
+    stein_case<double, double>("f64", 1, 17, 3, rbf_1, excl, 1e-10, 211);
+    stein_case<double, double>("f64", 2, 3, 1, imq_h3, excl, 1e-10, 212);
+    stein_case<double, double>("f64", 37, 3, 1, imq_p, excl, 1e-10, 213);
+    stein_case<double, double>("f64", 130, 3, 3, rbf_3, excl, 1e-10, 214);
+  }
+  stein_case<float, float>("f32", 37, 3, 1, imq_h3, true, 1e-5, 204);
+  stein_case<float, float>("f32", 130, 17, 1, rbf_1, false, 1e-5, 206);
+  stein_case<float, float>("f32", 520, 3, 3, imq_h, true, 1e-5, 207);
+  stein_case<double, double>("f64", 130, 1, 1, imq_h, false, 1e-10, 215);
+  stein_case<double, double>("f64", 250, 17, 3, imq_p3, false, 1e-10, 216);
+  stein_case<double, double>("f64", 250, 3, 1, rbf_1, true, 1e-10, 217);
+  stein_case<__half, float>("f16", 70, 5, 1, imq_p, false, 1e-5, 221);
+  stein_case<__nv_bfloat16, float>("bf16", 65, 3, 3, rbf_3, true, 1e-5, 222);
+
+  // stein_moments: nb = 1 (N = 1, 2, 37), 3 (f32 N = 130), 5 (f64 N = 130: two splits)
+  for (bool excl : {false, true}) {
+    stein_moments_case<float, float>("f32", 1, 3, imq_h, excl, 1e-5, 231);
+    stein_moments_case<float, float>("f32", 37, 17, imq_p3, excl, 1e-5, 232);
+    stein_moments_case<float, float>("f32", 130, 1, rbf_3, excl, 1e-5, 233);
+    stein_moments_case<double, double>("f64", 2, 1, rbf_1, excl, 1e-10, 241);
+    stein_moments_case<double, double>("f64", 37, 3, imq_h3, excl, 1e-10, 242);
+    stein_moments_case<double, double>("f64", 130, 17, imq_p, excl, 1e-10, 243);
+  }
+  stein_moments_case<__half, float>("f16", 70, 5, rbf_1, false, 1e-5, 251);
 
   std::printf("%d checks, %d failures\n", g_checks, g_fail);
   return g_fail == 0 ? 0 : 1;

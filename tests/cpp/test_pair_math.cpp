@@ -3,7 +3,8 @@
 // g = -2 dk/dr2 against central finite differences, g(0) = 0, the clamping of squared_distance, the
 // difference form, the lossy-distance rule, the params conversion, and that the run-time-dispatch,
 // compile-time and SIMD-vector instantiations agree bitwise (the CPU engine uses the vector one, CUDA
-// the scalar one).
+// the scalar one); the Stein bases' phi, phi', phi'', phi''' against float64 formulas and finite
+// differences, u and A, vector against scalar.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -207,6 +208,86 @@ static void test_instantiations_agree() {
   }
 }
 
+// ---- Stein kernel bases ----
+struct SteinCase {
+  SteinBase base;
+  double beta, c;
+  std::vector<double> sigmas;
+  std::vector<double> params() const {
+    std::vector<double> p = {beta, c};
+    p.insert(p.end(), sigmas.begin(), sigmas.end());
+    return p;
+  }
+};
+
+static const SteinCase kSteinCases[] = {
+    {SteinBase::IMQ, -0.5, 1.0, {1.0}},
+    {SteinBase::IMQ, -0.5, 1.7, {0.7, 1.3, 2.5}},
+    {SteinBase::IMQ, -0.3, 0.6, {0.8}},
+    {SteinBase::IMQ, -0.3, 1.2, {0.5, 2.0, 4.0}},
+    {SteinBase::RBF, -0.5, 1.0, {1.0}},
+    {SteinBase::RBF, -0.5, 1.0, {0.4, 1.1, 3.0}},
+};
+
+// phi^(k)(r2), k = 0..3, from the float64 formulas (pow for every beta, exp for rbf).
+static void stein_radial_ref(const SteinCase& sc, double r2, double rad[4]) {
+  for (int k = 0; k < 4; ++k) rad[k] = 0;
+  for (double s : sc.sigmas) {
+    const double inv = 1.0 / (s * s);
+    if (sc.base == SteinBase::RBF) {
+      const double a = 0.5 * inv, e = std::exp(-a * r2);
+      rad[0] += e, rad[1] += -a * e, rad[2] += a * a * e, rad[3] += -a * a * a * e;
+    } else {
+      const double b = sc.c * sc.c + r2 * inv, bt = sc.beta;
+      rad[0] += std::pow(b, bt);
+      rad[1] += bt * inv * std::pow(b, bt - 1);
+      rad[2] += bt * (bt - 1) * inv * inv * std::pow(b, bt - 2);
+      rad[3] += bt * (bt - 1) * (bt - 2) * inv * inv * inv * std::pow(b, bt - 3);
+    }
+  }
+}
+
+// stein_radial against the formulas (float64 and float32), each derivative against central finite
+// differences of the one below, ORDER 2 against ORDER 3, stein_value / stein_moment_weight against the
+// spelled-out u and A.
+static void test_stein_radial() {
+  for (const SteinCase& sc : kSteinCases) {
+    const std::vector<double> pv = sc.params();
+    const auto pd = make_stein_params<double>(sc.base, pv.data(), int(pv.size()));
+    const auto pf = make_stein_params<float>(sc.base, pv.data(), int(pv.size()));
+    check_true(pd.n_scales == int(sc.sigmas.size()) && pd.base == sc.base, "stein params fields");
+    check_true(pd.rsqrt_beta == (sc.base == SteinBase::IMQ && sc.beta == -0.5), "stein params: rsqrt_beta");
+    for (double r2 : kR2) {
+      double ref[4], rad[4], rad2[3];
+      float radf[4];
+      stein_radial_ref(sc, r2, ref);
+      stein_radial<3>(pd, r2, StdExp{}, rad);
+      stein_radial<2>(pd, r2, StdExp{}, rad2);
+      stein_radial<3>(pf, float(r2), StdExp{}, radf);
+      const double atol = 1e-300;
+      for (int k = 0; k < 4; ++k) {
+        check_close(rad[k], ref[k], 1e-14, atol, "stein phi^(k) float64", r2);
+        check_close(radf[k], ref[k], 2e-6, 1e-37, "stein phi^(k) float32 (denormals: absolute 1e-37)", r2);
+        if (k < 3) check_close(rad2[k], ref[k], 1e-14, atol, "stein phi^(k) float64, ORDER 2", r2);
+      }
+      if (r2 >= 0.1 && r2 <= 30.0) {
+        const double h = 1e-5 * r2;
+        double lo[4], hi[4];
+        stein_radial<3>(pd, r2 - h, StdExp{}, lo);
+        stein_radial<3>(pd, r2 + h, StdExp{}, hi);
+        for (int k = 0; k < 3; ++k)
+          check_close((hi[k] - lo[k]) / (2 * h), rad[k + 1], 1e-6, 1e-9 * std::fabs(rad[k]), "stein phi^(k+1) vs fd",
+                      r2);
+      }
+      const double ss = 0.7, cross = -1.3, d = 3;
+      const double u = ref[0] * ss + 2 * ref[1] * cross - 2 * d * ref[1] - 4 * ref[2] * r2;
+      const double A = ref[1] * ss + 2 * ref[2] * cross - 2 * d * ref[2] - 4 * ref[3] * r2 - 4 * ref[2];
+      check_close(stein_value(rad, r2, ss, cross, 2 * d), u, 1e-13, 1e-13 * std::fabs(ref[0]), "stein u", r2);
+      check_close(stein_moment_weight(rad, r2, ss, cross, 2 * d), A, 1e-13, 1e-13 * std::fabs(ref[1]), "stein A", r2);
+    }
+  }
+}
+
 #if defined(__GNUC__)
 typedef float vf4 __attribute__((vector_size(16)));
 struct LaneExp {
@@ -245,6 +326,39 @@ static void test_vector_matches_scalar() {
     check_true(r2[0] == 0.0f && g[0] == 0.0f, "vector: g = 0 where r2 = 0");
   }
 }
+struct LanePow {
+  vf4 operator()(vf4 x, float y) const {
+    for (int i = 0; i < 4; ++i) x[i] = std::pow(x[i], y);
+    return x;
+  }
+};
+
+struct LaneRsqrt {
+  vf4 operator()(vf4 x) const {
+    for (int i = 0; i < 4; ++i) x[i] = 1.0f / std::sqrt(x[i]);
+    return x;
+  }
+};
+
+// The Stein functions on the CPU's vector type compute lane by lane what the scalar ones do.
+static void test_stein_vector_matches_scalar() {
+  for (const SteinCase& sc : kSteinCases) {
+    const std::vector<double> pv = sc.params();
+    const auto p = make_stein_params<float>(sc.base, pv.data(), int(pv.size()));
+    const vf4 r2 = {0.0f, 0.3f, 1.7f, 12.0f}, ss = {1.0f, -0.5f, 0.25f, 2.0f}, cross = {0.0f, 0.4f, -1.1f, 3.0f};
+    vf4 rad[4];
+    stein_radial<3>(p, r2, LaneExp{}, rad, LanePow{}, LaneRsqrt{});
+    const vf4 u = stein_value(rad, r2, ss, cross, 6.0f), A = stein_moment_weight(rad, r2, ss, cross, 6.0f);
+    for (int i = 0; i < 4; ++i) {
+      float rs[4];
+      stein_radial<3>(p, r2[i], StdExp{}, rs);
+      bool same = u[i] == stein_value(rs, r2[i], ss[i], cross[i], 6.0f) &&
+                  A[i] == stein_moment_weight(rs, r2[i], ss[i], cross[i], 6.0f);
+      for (int k = 0; k < 4; ++k) same = same && rad[k][i] == rs[k];
+      check_true(same, "stein: vector lane == scalar (bitwise)");
+    }
+  }
+}
 #endif
 
 int main() {
@@ -256,8 +370,10 @@ int main() {
   test_lossy_rule();
   test_params_conversion();
   test_instantiations_agree();
+  test_stein_radial();
 #if defined(__GNUC__)
   test_vector_matches_scalar();
+  test_stein_vector_matches_scalar();
 #endif
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;

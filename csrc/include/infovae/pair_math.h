@@ -31,6 +31,10 @@
 //       the same for the distance kernels, kind and scale count read at run time.
 //   V k = dot_kernel_value(p, dot);  dot_kernel_value_and_weight(p, dot, k, h);  // polynomial, dot = x.y
 //   is_dot_kernel(kind), always_differences(kind), valid_param_count(kind, n): see below.
+//   SteinParams<T> sp = make_stein_params<T>(base, params, n_params);  // params: [beta, c, sigma_1, ..]
+//   stein_radial<ORDER>(sp, r2, exp_fn, rad[, pow_fn, rsqrt_fn]);       // rad[k] = phi^(k)(r2), k <= ORDER
+//   V u = stein_value(rad, r2, ss, cross, 2 d);  V A = stein_moment_weight(rad, r2, ss, cross, 2 d);
+//       the Langevin Stein kernel of a radial base (imq, rbf): "Stein kernels" at the end.
 //   expansion_is_lossy<T>(max_norm2_x, max_norm2_y, lossy_kappa(kind, params, n_scales)):
 //       true when a tile must compute r2 from coordinate differences (the contract's rule:
 //       u * (max |x|^2 + max |y|^2) * kappa > 2^-12, u the unit roundoff of T). A backend may decide
@@ -296,6 +300,122 @@ INFOVAE_HD void dot_kernel_value_and_weight(const KernelParams<T>& p, const V& d
   const V pw = dot_kernel_power(p, dot, t);
   k = pw * t;
   h = pw * p.b[0];
+}
+
+// ---- Stein kernels (csrc/cpu/stein.cpp; Python twin: kernels.py stein_radial, stein_kernel) ----
+// A radial base phi(r2) summed over scales, params (float64) [beta, c, sigma_1, ..., sigma_S]:
+//   rbf: phi = sum_s exp(-a_s r2), a_s = 1 / (2 sigma_s^2)   phi^(k) = sum_s (-a_s)^k exp(-a_s r2)
+//   imq: phi = sum_s b_s^beta, b_s = c^2 + r2 / sigma_s^2     phi^(k) = sum_s beta (beta - 1) .. (beta - k + 1)
+//        (beta in (-1, 0))                                                 sigma_s^(-2k) b_s^(beta - k)
+// (phi^(k) = d^k phi / (dr2)^k; rbf ignores beta and c). The Langevin Stein kernel of two points with
+// their scores (x_i, s_i), (x_j, s_j) in d dimensions, ss = s_i.s_j, cross = (s_j - s_i).(x_i - x_j):
+//   u = phi ss + 2 phi' cross - 2 d phi' - 4 phi'' r2
+// and stein_moments' weight A = phi' ss + 2 phi'' cross - 2 d phi'' - 4 phi''' r2 - 4 phi'' (u with every
+// derivative one order higher, minus 4 phi''): du/dx_i = 2 (x_i - x_j) A + 2 phi' (s_j - s_i).
+enum class SteinBase : int32_t { RBF = 0, IMQ = 1 };
+
+// params holds beta, c and 1..kMaxScales sigmas.
+INFOVAE_HD bool valid_stein_param_count(int64_t n) { return valid_scale_count(n - 2); }
+
+// Per-scale constants in the compute type (trivially copyable, like KernelParams):
+//   rbf: a_s = -1 / (2 sigma_s^2) (exp argument r2 a_s),  coef[k-1][s] = a_s^k
+//   imq: a_s = 1 / sigma_s^2 (b_s = r2 a_s + c^2),        coef[k-1][s] = beta .. (beta - k + 1) a_s^k
+// rsqrt_beta: beta == -1/2 exactly (imq): b^(beta - k) = rsqrt(b)^(2k + 1), no pow.
+template <typename T>
+struct SteinParams {
+  SteinBase base;
+  int32_t n_scales;
+  bool rsqrt_beta;
+  T c2;    // imq: c^2
+  T e[3];  // imq: beta - 1, beta - 2, beta - 3 (pow exponents)
+  T a[kMaxScales];
+  T coef[3][kMaxScales];
+};
+
+template <typename T>
+INFOVAE_HD SteinParams<T> make_stein_params(SteinBase base, const double* params, int n_params) {
+  SteinParams<T> p;
+  const double beta = params[0], c = params[1];
+  p.base = base;
+  p.n_scales = n_params - 2;
+  p.rsqrt_beta = base == SteinBase::IMQ && beta == -0.5;
+  p.c2 = static_cast<T>(c * c);
+  for (int k = 0; k < 3; ++k) p.e[k] = static_cast<T>(beta - (k + 1));
+  for (int s = 0; s < kMaxScales; ++s) {
+    const double sigma = s < p.n_scales ? params[2 + s] : 1.0;
+    const double a = base == SteinBase::RBF ? -0.5 / (sigma * sigma) : 1.0 / (sigma * sigma);
+    double m = 1.0;
+    for (int k = 0; k < 3; ++k) {
+      m *= base == SteinBase::RBF ? a : (beta - k) * a;
+      p.coef[k][s] = static_cast<T>(m);
+    }
+    p.a[s] = static_cast<T>(a);
+  }
+  return p;
+}
+
+struct StdPow {
+  template <typename T>
+  INFOVAE_HD T operator()(T x, T y) const {
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+    return pow(x, y);
+#else
+    return std::pow(x, y);
+#endif
+  }
+};
+
+struct StdRsqrt {
+  template <typename T>
+  INFOVAE_HD T operator()(T x) const {
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+    return rsqrt(x);
+#else
+    return T(1) / std::sqrt(x);
+#endif
+  }
+};
+
+// rad[k] = phi^(k)(r2), k = 0..ORDER (2: for u; 3: for A). exp_fn: V -> V (rbf; arguments <= 0);
+// pow_fn: (V, T) -> V (imq with beta != -1/2; arguments >= c^2 > 0); rsqrt_fn: V -> V (imq, beta = -1/2).
+template <int ORDER, typename V, typename T, class Exp, class Pow = StdPow, class Rsqrt = StdRsqrt>
+INFOVAE_HD void stein_radial(const SteinParams<T>& p, const V& r2, const Exp& exp_fn, V (&rad)[ORDER + 1],
+                             const Pow& pow_fn = Pow{}, const Rsqrt& rsqrt_fn = Rsqrt{}) {
+  static_assert(ORDER == 2 || ORDER == 3, "phi'' (u) or phi''' (A)");
+  for (int k = 0; k <= ORDER; ++k) rad[k] = V{};
+  INFOVAE_UNROLL_SCALES
+  for (int s = 0; s < kMaxScales; ++s) {
+    if (s >= p.n_scales) break;
+    V f[ORDER + 1];  // rbf: exp(-a_s r2) for every k; imq: b_s^(beta - k)
+    if (p.base == SteinBase::RBF) {
+      const V e = exp_fn(r2 * p.a[s]);
+      for (int k = 0; k <= ORDER; ++k) f[k] = e;
+    } else {
+      const V b = r2 * p.a[s] + p.c2;
+      if (p.rsqrt_beta) {
+        const V r = rsqrt_fn(b), rr = r * r;
+        f[0] = r;
+        for (int k = 1; k <= ORDER; ++k) f[k] = f[k - 1] * rr;
+      } else {
+        f[ORDER] = pow_fn(b, p.e[ORDER - 1]);
+        for (int k = ORDER; k > 0; --k) f[k - 1] = f[k] * b;
+      }
+    }
+    rad[0] += f[0];
+    for (int k = 1; k <= ORDER; ++k) rad[k] += f[k] * p.coef[k - 1][s];
+  }
+}
+
+// u of one pair from rad = (phi, phi', phi''); two_d = 2 d.
+template <typename V, typename T>
+INFOVAE_HD V stein_value(const V* rad, const V& r2, const V& ss, const V& cross, T two_d) {
+  return rad[0] * ss + T(2) * rad[1] * cross - two_d * rad[1] - T(4) * rad[2] * r2;
+}
+
+// A of one pair from rad = (phi, phi', phi'', phi''').
+template <typename V, typename T>
+INFOVAE_HD V stein_moment_weight(const V* rad, const V& r2, const V& ss, const V& cross, T two_d) {
+  return stein_value(rad + 1, r2, ss, cross, two_d) - T(4) * rad[2];
 }
 
 }  // namespace infovae
