@@ -34,6 +34,7 @@
 #include "simd.h"
 #include "variant.h"
 #include "vmath.h"
+#include "infovae/pair_math.h"
 
 namespace infovae {
 namespace cpu {
@@ -50,50 +51,20 @@ using engine::vset;
 using engine::vstore;
 using namespace tiles;
 
-struct SteinParams {
-  bool rbf = false;
-  double beta = -0.5, c = 1.0;
-  std::vector<double> sigmas;
+// The checked params and base of a call; of<T>() is pair_math.h's per-scale constants in the compute type.
+struct SteinArgs {
+  SteinBase base;
+  std::vector<double> params;  // [beta, c, sigma_1, ...]
+  template <typename T>
+  SteinParams<T> of() const {
+    return make_stein_params<T>(base, params.data(), static_cast<int>(params.size()));
+  }
 };
 
-// phi, phi', phi'' (and phi''' when Third) of the base at r2 (a vector), summed over the scales.
-template <typename T, typename V, bool Third = false>
-inline void radial(const SteinParams& sp, V r2, V& phi, V& d1, V& d2, V* d3 = nullptr) {
-  constexpr int L = Dims<T>::L;
-  phi = V{};
-  d1 = V{};
-  d2 = V{};
-  if constexpr (Third) *d3 = V{};
-  for (double sigma : sp.sigmas) {
-    const T inv = static_cast<T>(1.0 / (sigma * sigma));
-    if (sp.rbf) {
-      const T a = static_cast<T>(0.5 / (sigma * sigma));
-      const V e = engine::vexp(r2 * -a);
-      phi += e;
-      d1 -= e * a;
-      d2 += e * (a * a);
-      if constexpr (Third) *d3 -= e * (a * a * a);
-    } else {
-      const V b = r2 * inv + static_cast<T>(sp.c * sp.c);
-      V p;  // b^(beta - 2), or b^(beta - 3) when Third
-      if (sp.beta == -0.5) {
-        const V r = vset<T>(1) / engine::vsqrt(b);
-        p = Third ? r / (b * b * b) : r / (b * b);
-      } else {
-        T lanes[L];
-        std::memcpy(lanes, &b, sizeof(b));
-        const T e = static_cast<T>(sp.beta - (Third ? 3.0 : 2.0));
-        for (int l = 0; l < L; ++l) lanes[l] = std::pow(lanes[l], e);
-        std::memcpy(&p, lanes, sizeof(p));
-      }
-      const T beta = static_cast<T>(sp.beta);
-      const V p2 = Third ? p * b : p;  // b^(beta - 2)
-      phi += p2 * b * b;
-      d1 += p2 * b * (beta * inv);
-      d2 += p2 * (beta * (beta - 1) * inv * inv);
-      if constexpr (Third) *d3 += p * (beta * (beta - 1) * (beta - 2) * inv * inv * inv);
-    }
-  }
+// rad[k] = phi^(k)(r2) on a vector, k <= ORDER (pair_math.h's stein_radial with the vector policies).
+template <int ORDER, typename T, typename V>
+inline void radial(const SteinParams<T>& sp, V r2, V (&rad)[ORDER + 1]) {
+  stein_radial<ORDER>(sp, r2, engine::VExp{}, rad, engine::VPow{}, engine::VRsqrt{});
 }
 
 // The per-pair values of a tile from its products Gxx (x_i.x_j), Gss (s_i.s_j) and Gc (x_i.s_j + s_i.x_j),
@@ -103,7 +74,7 @@ inline void radial(const SteinParams& sp, V r2, V& phi, V& d1, V& d2, V* d3 = nu
 // (stein_moments). Pairs i == j (diag tiles): r2 = 0, and every value 0 with exclude. Lanes j >= cols hold
 // garbage that no GEMM reads.
 template <typename T, bool Grad>
-__attribute__((noinline)) void pair_pass(const SteinParams& sp, int64_t d, const T* Gxx, const T* Gss, const T* Gc,
+__attribute__((noinline)) void pair_pass(const SteinParams<T>& sp, int64_t d, const T* Gxx, const T* Gss, const T* Gc,
                                          T* M, int64_t bstride, int64_t ld, int64_t rows, int64_t cols, const T* xn_i,
                                          const T* xs_i, const T* xn_j, const T* xs_j, bool diag, bool exclude) {
   using V = typename VecT<T>::V;
@@ -124,17 +95,17 @@ __attribute__((noinline)) void pair_pass(const SteinParams& sp, int64_t d, const
       V r2 = xni + vload(xn_j + j) - vload(Gxx + o) * T(2);
       r2 = r2 < zero ? zero : r2;
       r2 = self ? zero : r2;
-      V phi, d1, d2, d3;
-      radial<T, V, Grad>(sp, r2, phi, d1, d2, &d3);
+      V rad[Grad ? 4 : 3];
+      radial<Grad ? 3 : 2>(sp, r2, rad);
       const V ss = vload(Gss + o);
       const V cross = vload(Gc + o) - xsi - vload(xs_j + j);
-      const V u = phi * ss + T(2) * d1 * cross - two_d * d1 - T(4) * d2 * r2;
+      const V u = stein_value(rad, r2, ss, cross, two_d);
       const VI drop = exclude ? self : VI{};
       vstore(M + o, drop ? zero : u);
       if constexpr (Grad) {
-        const V a = d1 * ss + T(2) * d2 * cross - two_d * d2 - T(4) * d3 * r2 - T(4) * d2;
-        vstore(M + bstride + o, drop ? zero : phi);
-        vstore(M + 2 * bstride + o, drop ? zero : d1);
+        const V a = stein_moment_weight(rad, r2, ss, cross, two_d);
+        vstore(M + bstride + o, drop ? zero : rad[0]);
+        vstore(M + 2 * bstride + o, drop ? zero : rad[1]);
         vstore(M + 3 * bstride + o, drop ? zero : a);
       }
     }
@@ -165,7 +136,7 @@ struct Sweep {
 
   // The tile's values into M (U; with Grad also phi, phi', A at rows k * bstride); M may be the buffer.
   template <bool Grad>
-  Tile pairs(const SteinParams& sp, int64_t I, int64_t J, at::Tensor& buf, T* M, int64_t bstride, bool exclude) const {
+  Tile pairs(const SteinParams<T>& sp, int64_t I, int64_t J, at::Tensor& buf, T* M, int64_t bstride, bool exclude) const {
     const Tile t{I * B, J * B, std::min(B, n - I * B), std::min(B, n - J * B)};
     at::Tensor gxx = buf.narrow(0, 0, B), gss = buf.narrow(0, B, B), gc = buf.narrow(0, 2 * B, B);
     tile_dots(gxx, X, t.i0, t.ni, X, t.j0, t.nj);
@@ -180,7 +151,8 @@ struct Sweep {
 };
 
 template <typename T>
-at::Tensor run(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const SteinParams& sp, bool exclude) {
+at::Tensor run(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const SteinArgs& args, bool exclude) {
+  const SteinParams<T> sp = args.of<T>();
   const Sweep<T> sw(x, s);
   const int64_t nb = sw.nb, P = w.size(1);
   const at::Tensor W = rows_of<T>(w);
@@ -222,8 +194,9 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, co
 // tiles of a round share a block of either accumulator, and the rounds run in order (no atomics,
 // thread-count independent).
 template <typename T>
-at::Tensor run_moments(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const SteinParams& sp,
+at::Tensor run_moments(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, const SteinArgs& args,
                        bool exclude) {
+  const SteinParams<T> sp = args.of<T>();
   const Sweep<T> sw(x, s);
   const int64_t n = sw.n, d = sw.d, B = sw.B, nb = sw.nb, ld = sw.ld, Q = 1 + 2 * d;
   const at::Tensor Wv = rows_of<T>(w).reshape({n, 1});
@@ -265,7 +238,8 @@ at::Tensor run_moments(const at::Tensor& x, const at::Tensor& s, const at::Tenso
 // updates and an exact minimum: the selection does not depend on the thread count. Padding lanes hold +inf.
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> run_thin(const at::Tensor& x, const at::Tensor& s, const at::Tensor& start,
-                                            const SteinParams& sp, int64_t m) {
+                                            const SteinArgs& args, int64_t m) {
+  const SteinParams<T> sp = args.of<T>();
   using V = typename VecT<T>::V;
   using VI = typename VecT<T>::VI;
   using I = typename VecT<T>::I;
@@ -328,9 +302,9 @@ std::tuple<at::Tensor, at::Tensor> run_thin(const at::Tensor& x, const at::Tenso
           r2 = r2 < V{} ? V{} : r2;
           r2 = self ? V{} : r2;
           const V cross = self ? V{} : gc - vload(xs + i) - xsj;
-          V phi, d1, d2;
-          radial<T, V>(sp, r2, phi, d1, d2);
-          const V u = phi * gss + T(2) * d1 * cross - two_d * d1 - T(4) * d2 * r2;
+          V rad[3];
+          radial<2>(sp, r2, rad);
+          const V u = stein_value(rad, r2, gss, cross, two_d);
           const VI real = idx < static_cast<I>(n);
           const V o = real ? vload(obj + i) + T(2) * u : vload(obj + i);
           vstore(obj + i, o);
@@ -358,22 +332,20 @@ std::tuple<at::Tensor, at::Tensor> run_thin(const at::Tensor& x, const at::Tenso
   return {chosen, objective.narrow(0, 0, n)};
 }
 
-// [beta, c, sigma_1, ...] (float64, CPU) as SteinParams, the sigmas checked.
-SteinParams stein_params(const char* op, const at::Tensor& params, c10::string_view kernel) {
+// [beta, c, sigma_1, ...] (float64, CPU) and the kernel's name as SteinArgs, the sigmas checked.
+SteinArgs stein_params(const char* op, const at::Tensor& params, c10::string_view kernel) {
   TORCH_CHECK(kernel == "imq" || kernel == "rbf", "infovae::", op, ": kernel must be 'imq' or 'rbf', got '",
               std::string(kernel), "'");
-  TORCH_CHECK(params.dim() == 1 && params.size(0) >= 3 && params.scalar_type() == at::kDouble && params.device().is_cpu(),
-              "infovae::", op, ": params must be float64 [beta, c, sigma_1, ...], got ", params.sizes());
+  TORCH_CHECK(params.dim() == 1 && valid_stein_param_count(params.size(0)) && params.scalar_type() == at::kDouble &&
+                  params.device().is_cpu(),
+              "infovae::", op, ": params must be float64 [beta, c, sigma_1, ...] with 1 to ", kMaxScales,
+              " sigmas, got ", params.sizes());
   const at::Tensor pc = params.contiguous();
   const double* pv = pc.data_ptr<double>();
-  SteinParams sp;
-  sp.rbf = kernel == "rbf";
-  sp.beta = pv[0];
-  sp.c = pv[1];
-  sp.sigmas.assign(pv + 2, pv + pc.size(0));
-  for (double sigma : sp.sigmas)
-    TORCH_CHECK(std::isfinite(sigma) && sigma > 0, "infovae::", op, ": sigmas must be positive, got ", sigma);
-  return sp;
+  SteinArgs args{kernel == "rbf" ? SteinBase::RBF : SteinBase::IMQ, std::vector<double>(pv, pv + pc.size(0))};
+  for (int64_t k = 2; k < pc.size(0); ++k)
+    TORCH_CHECK(std::isfinite(pv[k]) && pv[k] > 0, "infovae::", op, ": sigmas must be positive, got ", pv[k]);
+  return args;
 }
 
 }  // namespace
@@ -386,7 +358,7 @@ at::Tensor stein_moments(const at::Tensor& x, const at::Tensor& s, const at::Ten
   TORCH_CHECK(x.scalar_type() == s.scalar_type() && x.scalar_type() == w.scalar_type() && x.is_floating_point() &&
                   x.device().is_cpu() && s.device().is_cpu() && w.device().is_cpu(),
               "infovae::stein_moments: x, s and w must be CPU tensors of one floating dtype");
-  const SteinParams sp = stein_params("stein_moments", params, kernel);
+  const SteinArgs sp = stein_params("stein_moments", params, kernel);
   if (x.size(0) == 0) return at::zeros({0, 4, 1 + 2 * x.size(1)}, x.options().dtype(at::kDouble));
   return x.scalar_type() == at::kDouble ? run_moments<double>(x, s, w, sp, exclude_diagonal)
                                         : run_moments<float>(x, s, w, sp, exclude_diagonal);
@@ -401,7 +373,7 @@ at::Tensor stein_form(const at::Tensor& x, const at::Tensor& s, const at::Tensor
               "infovae::stein_form: x, s and w must share one floating dtype");
   TORCH_CHECK(x.device().is_cpu() && s.device().is_cpu() && w.device().is_cpu() && params.device().is_cpu(),
               "infovae::stein_form: CPU tensors expected");
-  const SteinParams sp = stein_params("stein_form", params, kernel);
+  const SteinArgs sp = stein_params("stein_form", params, kernel);
   if (x.size(0) == 0 || w.size(1) == 0) return at::zeros({w.size(1)}, x.options().dtype(at::kDouble));
   return x.scalar_type() == at::kDouble ? run<double>(x, s, w, sp, exclude_diagonal)
                                         : run<float>(x, s, w, sp, exclude_diagonal);
@@ -417,7 +389,7 @@ std::tuple<at::Tensor, at::Tensor> stein_thin(const at::Tensor& x, const at::Ten
                   x.is_floating_point() && x.device().is_cpu() && s.device().is_cpu() && objective.device().is_cpu(),
               "infovae::stein_thin: x, s and objective must be CPU tensors of one floating dtype");
   TORCH_CHECK(steps >= 0, "infovae::stein_thin: steps must be >= 0, got ", steps);
-  const SteinParams sp = stein_params("stein_thin", params, kernel);
+  const SteinArgs sp = stein_params("stein_thin", params, kernel);
   return x.scalar_type() == at::kDouble ? run_thin<double>(x, s, objective, sp, steps)
                                         : run_thin<float>(x, s, objective, sp, steps);
 }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -117,6 +118,27 @@ struct VSqrt {
   template <class V>
   INFOVAE_AI V operator()(V x) const {
     return vsqrt(x);
+  }
+};
+
+// The rsqrt and pow policies of pair_math.h's Stein radial math (imq: beta = -1/2 by 1 / sqrt, another
+// beta by std::pow lane by lane).
+struct VRsqrt {
+  template <class V>
+  INFOVAE_AI V operator()(V x) const {
+    using T = std::remove_reference_t<decltype(x[0])>;
+    return T(1) / vsqrt(x);
+  }
+};
+struct VPow {
+  template <class V, typename T>
+  INFOVAE_AI V operator()(V x, T e) const {
+    constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
+    T a[L];
+    std::memcpy(a, &x, sizeof(x));
+    for (int i = 0; i < L; ++i) a[i] = std::pow(a[i], e);
+    std::memcpy(&x, a, sizeof(x));
+    return x;
   }
 };
 
