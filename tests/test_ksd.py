@@ -467,3 +467,31 @@ def test_prior_ksd_of_the_model_layer_separates_q_from_p():
     for bad in (0.2 * z, z + 0.5):
         value_bad, p_bad = prior_ksd(bad, sigma=2.0)
         assert p_bad < 0.01 and value_bad > 10 * abs(value)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gpu_stein_backends_equal_the_torch_blocks(backend, dtype):
+    """The fused GPU Stein kernels (value: stein_form; value and gradient: stein_moments) and the wild
+    bootstrap against the torch backend on the same device: float64 to 1e-10, float32 to 1e-5."""
+    device = torch.device("cuda")
+    if backend not in ik.backends.runnable(device):
+        pytest.fail(f"backend {backend!r} does not run on this GPU: {ik.backends.available()}")
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    x, s = sample(517, 5, seed=31)
+    x, s = x.to(device, dtype), s.to(device, dtype)
+    for kw in (dict(kernel="imq", sigma=[0.7, 2.0]), dict(kernel="imq", beta=-0.3, c=1.5), dict(kernel="rbf", sigma=1.1)):
+        for est in ("unbiased", "biased"):
+            got = ik.ksd(x, s, estimator=est, backend=backend, **kw)
+            want = ik.ksd(x, s, estimator=est, backend="torch", **kw)
+            torch.testing.assert_close(got, want, rtol=tol, atol=0)
+        grads = []
+        for b in (backend, "torch"):
+            xg, sg = x.clone().requires_grad_(), s.clone().requires_grad_()
+            value = ik.ksd(xg, sg, backend=b, **kw)
+            grads.append([value.detach(), *torch.autograd.grad(value, (xg, sg))])
+        for got, want in zip(*grads):
+            torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
+    tests = [ik.ksd_test(x, s, n_bootstrap=50, seed=1, backend=b) for b in (backend, "torch")]
+    assert tests[0].bootstrap_statistics == pytest.approx(tests[1].bootstrap_statistics, rel=tol, abs=1e-12)

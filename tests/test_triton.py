@@ -658,7 +658,7 @@ def test_schemas_equal_ops_cpp():
     defs = ["".join(re.findall(r'"([^"]*)"', m)) for m in re.findall(r'm\.def\(\s*((?:"[^"]*"\s*)+)\)', text)]
     cpp = {d.split("(")[0]: torch._C.parse_schema("infovae::" + d) for d in defs}
     shared = {"gram", "pair_reduce", "quad_form"}
-    assert set(cpp) == shared | {"stein_form", "stein_moments", "stein_thin"}  # the Stein primitives: cpu only so far
+    assert set(cpp) == shared | {"stein_form", "stein_moments", "stein_thin"}  # the Stein primitives (Triton has its own two)
     for name in shared:
         schema = cpp[name]
         tri = getattr(torch.ops.infovae_triton, name).default._schema

@@ -36,7 +36,7 @@ def stein_thin_fake(x, s, objective, params, kernel, steps):
 
 
 FAKES = {"gram": gram_fake, "pair_reduce": pair_reduce_fake, "quad_form": quad_form_fake}
-#: The Stein primitives (cpu only so far).
+#: The Stein primitives (cpu and cuda; stein_thin cpu only).
 STEIN_FAKES = {"stein_form": stein_form_fake, "stein_moments": stein_moments_fake, "stein_thin": stein_thin_fake}
 
 

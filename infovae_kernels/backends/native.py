@@ -142,6 +142,6 @@ if IMPORT_ERROR is None:
     gram = torch.ops.infovae.gram
     pair_reduce = torch.ops.infovae.pair_reduce
     quad_form = torch.ops.infovae.quad_form
-    stein_form = torch.ops.infovae.stein_form  # CPU only so far (csrc/cpu/stein.cpp)
+    stein_form = torch.ops.infovae.stein_form  # CPU and CUDA (csrc/cpu/stein.cpp, csrc/cuda/pair_kernels.cuh)
     stein_moments = torch.ops.infovae.stein_moments
     stein_thin = torch.ops.infovae.stein_thin
