@@ -93,6 +93,26 @@ struct DeviceKernel {
 };
 
 // Every thread of the block must call it (it ends with a barrier).
+// part[r][c] += sum_jj P[row r][jj] (+-) C[jj][col c] over a tile's BN pair columns, for this thread's TM x TC
+// outputs (rows ty + kThreadsY r, columns tx + kThreadsX c): P [BM][LDP] one per-pair matrix in shared memory,
+// C [BN][LDC] a chunk of right-hand-side columns. Phase 2 of pair_reduce (S and G) and of stein_moments.
+template <int TM, int TC, int BN, int LDP, int LDC, bool Negate = false, typename acc_t>
+__device__ __forceinline__ void add_tile_product(const acc_t* P, const acc_t* C, int ty, int tx,
+                                                 acc_t (&part)[TM][TC]) {
+#pragma unroll 4
+  for (int jj = 0; jj < BN; ++jj) {
+    acc_t pv[TM], cv[TC];
+#pragma unroll
+    for (int r = 0; r < TM; ++r) pv[r] = P[(ty + kThreadsY * r) * LDP + jj];
+#pragma unroll
+    for (int c = 0; c < TC; ++c) cv[c] = C[jj * LDC + tx + kThreadsX * c];
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < TC; ++c) part[r][c] = fma(pv[r], Negate ? -cv[c] : cv[c], part[r][c]);
+  }
+}
+
 template <typename acc_t>
 __device__ __forceinline__ void load_kernel(DeviceKernel<acc_t>& k, KernelKind kind, const double* __restrict__ params,
                                             int n_scales) {
@@ -523,31 +543,9 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
         for (int c = 0; c < TC; ++c) part[r][c] = acc_t(0);
       if (is_s) {
-#pragma unroll 4
-        for (int jj = 0; jj < BN; ++jj) {
-          acc_t pv[TM], cv[TC];
-#pragma unroll
-          for (int r = 0; r < TM; ++r) pv[r] = Ps[(ty + kThreadsY * r) * LDP + jj];
-#pragma unroll
-          for (int c = 0; c < TC; ++c) cv[c] = Cs[jj * LDC + tx + kThreadsX * c];
-#pragma unroll
-          for (int r = 0; r < TM; ++r)
-#pragma unroll
-            for (int c = 0; c < TC; ++c) part[r][c] = fma(pv[r], cv[c], part[r][c]);
-        }
+        add_tile_product<TM, TC, BN, LDP, LDC>(Ps, Cs, ty, tx, part);
       } else if constexpr (F == Family::DOT) {
-#pragma unroll 4
-        for (int jj = 0; jj < BN; ++jj) {
-          acc_t qv[TM], cv[TC];
-#pragma unroll
-          for (int r = 0; r < TM; ++r) qv[r] = Qs[(ty + kThreadsY * r) * LDP + jj];
-#pragma unroll
-          for (int c = 0; c < TC; ++c) cv[c] = Cs[jj * LDC + tx + kThreadsX * c];
-#pragma unroll
-          for (int r = 0; r < TM; ++r)
-#pragma unroll
-            for (int c = 0; c < TC; ++c) part[r][c] = fma(qv[r], -cv[c], part[r][c]);
-        }
+        add_tile_product<TM, TC, BN, LDP, LDC, true>(Qs, Cs, ty, tx, part);
       } else {
         acc_t xv[TM][TC];
 #pragma unroll
@@ -1143,18 +1141,7 @@ __global__ void __launch_bounds__(kThreads, 2) stein_moments_kernel(SteinArgs<T>
         for (int r = 0; r < TM; ++r)
 #pragma unroll
           for (int c = 0; c < TC; ++c) part[r][c] = acc_t(0);
-#pragma unroll 4
-        for (int jj = 0; jj < BN; ++jj) {
-          acc_t pv[TM], cv[TC];
-#pragma unroll
-          for (int r = 0; r < TM; ++r) pv[r] = Ps[(ty + kThreadsY * r) * LDP + jj];
-#pragma unroll
-          for (int c = 0; c < TC; ++c) cv[c] = Cs[jj * LDC + tx + kThreadsX * c];
-#pragma unroll
-          for (int r = 0; r < TM; ++r)
-#pragma unroll
-            for (int c = 0; c < TC; ++c) part[r][c] = fma(pv[r], cv[c], part[r][c]);
-        }
+        add_tile_product<TM, TC, BN, LDP, LDC>(Ps, Cs, ty, tx, part);
 #pragma unroll
         for (int r = 0; r < TM; ++r) {
           const int64_t i = row0 + ty + kThreadsY * r;
