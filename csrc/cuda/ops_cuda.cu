@@ -96,6 +96,23 @@ struct NormScratch {
   }
 };
 
+// The kernel arguments both Stein primitives share (the schedule's fields are the caller's).
+template <typename T>
+K::SteinArgs<T> stein_kernel_args(const at::Tensor& x, const at::Tensor& s, const at::Tensor& w, int64_t P,
+                                  SteinBase base, const at::Tensor& params, bool exclude_diagonal) {
+  K::SteinArgs<T> A{};
+  A.x = ptr<T>(x);
+  A.s = ptr<T>(s);
+  A.w = ptr<T>(w);
+  A.N = x.size(0), A.d = x.size(1), A.P = P;
+  A.base = base;
+  A.params = params.const_data_ptr<double>();
+  A.n_params = static_cast<int>(params.size(0));
+  A.exclude_diagonal = exclude_diagonal;
+  A.vec_x = vec_ok(A.x, A.d), A.vec_s = vec_ok(A.s, A.d);
+  return A;
+}
+
 // gram's grid.y (row blocks of x) is limited to 65535.
 void check_grid(const char* op, int64_t blocks_y) {
   TORCH_CHECK(blocks_y <= 65535, "infovae::", op, ": too many rows for one launch (", blocks_y,
@@ -241,16 +258,7 @@ at::Tensor stein_form(const at::Tensor& x_in, const at::Tensor& s_in, const at::
     const K::QuadPlan pl = K::plan_quad_form<acc_t>(N, d, P, false, false);
     TORCH_CHECK(pl.nb <= std::numeric_limits<int32_t>::max(), "infovae::stein_form: too many rows");
     at::Tensor qslab = at::zeros({pl.nb * pl.chunks, P}, f64);
-    K::SteinArgs<T> A{};
-    A.x = ptr<T>(x);
-    A.s = ptr<T>(s);
-    A.w = ptr<T>(w);
-    A.N = N, A.d = d, A.P = P;
-    A.base = base;
-    A.params = params.const_data_ptr<double>();
-    A.n_params = static_cast<int>(params.size(0));
-    A.exclude_diagonal = exclude_diagonal;
-    A.vec_x = vec_ok(A.x, d), A.vec_s = vec_ok(A.s, d);
+    K::SteinArgs<T> A = stein_kernel_args<T>(x, s, w, P, base, params, exclude_diagonal);
     A.nb = pl.nb, A.tps = pl.tps, A.chunks = pl.chunks;
     A.slab = qslab.mutable_data_ptr<double>();
     K::run_stein_form<T, acc_t>(A, q.mutable_data_ptr<double>(), stream);
@@ -277,16 +285,7 @@ at::Tensor stein_moments(const at::Tensor& x_in, const at::Tensor& s_in, const a
     const K::PairReducePlan pl = K::plan_pair_reduce<acc_t>(N, N, 0, 4 * Q, false);
     TORCH_CHECK(pl.blocks <= std::numeric_limits<int32_t>::max(), "infovae::stein_moments: too many rows");
     at::Tensor slabs = pl.splits > 1 ? at::zeros({pl.splits, N, 4, Q}, f64) : at::Tensor();
-    K::SteinArgs<T> A{};
-    A.x = ptr<T>(x);
-    A.s = ptr<T>(s);
-    A.w = ptr<T>(w);
-    A.N = N, A.d = d, A.P = 1;
-    A.base = base;
-    A.params = params.const_data_ptr<double>();
-    A.n_params = static_cast<int>(params.size(0));
-    A.exclude_diagonal = exclude_diagonal;
-    A.vec_x = vec_ok(A.x, d), A.vec_s = vec_ok(A.s, d);
+    K::SteinArgs<T> A = stein_kernel_args<T>(x, s, w, 1, base, params, exclude_diagonal);
     A.nb = pl.blocks, A.tps = pl.tps, A.chunks = pl.splits;
     A.slab = slabs.defined() ? slabs.mutable_data_ptr<double>() : nullptr;
     K::run_stein_moments<T, acc_t>(A, R.mutable_data_ptr<double>(), stream);
