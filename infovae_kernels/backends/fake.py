@@ -35,11 +35,12 @@ def stein_thin_fake(x, s, objective, params, kernel, steps):
     return x.new_empty((steps,), dtype=torch.int64), torch.empty_like(objective)
 
 
-FAKES = {"gram": gram_fake, "pair_reduce": pair_reduce_fake, "quad_form": quad_form_fake}
-#: The Stein primitives (cpu and cuda; stein_thin cpu only).
-STEIN_FAKES = {"stein_form": stein_form_fake, "stein_moments": stein_moments_fake, "stein_thin": stein_thin_fake}
+#: Every primitive's meta implementation: the three shared ones and the Stein ones (stein_thin: cpu only).
+FAKES = {"gram": gram_fake, "pair_reduce": pair_reduce_fake, "quad_form": quad_form_fake,
+         "stein_form": stein_form_fake, "stein_moments": stein_moments_fake, "stein_thin": stein_thin_fake}
 
 
-def register_fakes(namespace: str) -> None:
-    for name, fake in FAKES.items():
-        torch.library.register_fake(f"{namespace}::{name}")(fake)
+def register_fakes(namespace: str, names=tuple(FAKES)) -> None:
+    """Registers the fakes of `names` (the primitives `namespace` defines) for namespace::name."""
+    for name in names:
+        torch.library.register_fake(f"{namespace}::{name}")(FAKES[name])

@@ -136,8 +136,6 @@ if IMPORT_ERROR is None:
     from infovae_kernels.backends import fake
 
     fake.register_fakes("infovae")
-    for _name, _fake in fake.STEIN_FAKES.items():
-        torch.library.register_fake(f"infovae::{_name}")(_fake)
 
     gram = torch.ops.infovae.gram
     pair_reduce = torch.ops.infovae.pair_reduce

@@ -574,9 +574,7 @@ def _register():
             ops[name] = torch.library.custom_op(f"{NAMESPACE}::{name}", fn, mutates_args=(),
                                                 schema=SCHEMAS[name])
     if not (_HAS_TRITON_OP and not _INTERPRET):
-        fake.register_fakes(NAMESPACE)
-        torch.library.register_fake(f"{NAMESPACE}::stein_form")(fake.stein_form_fake)
-        torch.library.register_fake(f"{NAMESPACE}::stein_moments")(fake.stein_moments_fake)
+        fake.register_fakes(NAMESPACE, bodies)
     return ops
 
 
