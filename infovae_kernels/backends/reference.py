@@ -37,7 +37,8 @@ import torch
 from torch import Tensor
 
 from infovae_kernels.kernels import (LOSSY_TOLERANCE, always_differences, compute_dtype, diagonal_mask,
-                                     dot_kernel_and_weight, kappa, kernel_and_weight, stein_kernel, unit_roundoff)
+                                     dot_kernel_and_weight, kappa, kernel_and_weight, stein_kernel, stein_radial,
+                                     unit_roundoff)
 
 DIFFERENCES_UP_TO_D = 64
 
@@ -133,3 +134,27 @@ def stein_form(x: Tensor, s: Tensor, w: Tensor, params: Tensor, kernel: str, exc
         q += ((u @ wc) * wc[start:end]).sum(0, dtype=torch.float64)
     return q
 
+
+def stein_thin(x: Tensor, s: Tensor, objective: Tensor, params: Tensor, kernel: str, steps: int):
+    """`steps` steps of greedy Stein thinning (ops/stein_thinning.py): each picks the objective's first
+    argmin j and adds 2 u(x_i, x_j) to entry i, from the new point's products with every point (one
+    (n, 2d) x (2d, 4) matrix product) and elementwise terms. (chosen (steps,) int64, objective)."""
+    beta, c, sigmas = float(params[0]), float(params[1]), params[2:]
+    d = x.shape[1]
+    objective = objective.clone()
+    xn, xs = x.square().sum(1), (x * s).sum(1)
+    both = torch.cat([x, s], 1)
+    chosen = []
+    for _ in range(steps):
+        j = int(torch.argmin(objective))
+        chosen.append(j)
+        xj, sj = x[j], s[j]
+        # columns: x.x_j, x.s_j, s.x_j, s.s_j
+        prods = both @ torch.stack([torch.cat([xj, torch.zeros_like(xj)]), torch.cat([sj, torch.zeros_like(sj)]),
+                                    torch.cat([torch.zeros_like(xj), xj]), torch.cat([torch.zeros_like(sj), sj])], 1)
+        r2 = (xn + xn[j] - 2.0 * prods[:, 0]).clamp_min_(0.0)
+        r2[j] = 0.0
+        cross = prods[:, 1] - xs[j] - xs + prods[:, 2]  # (s_j - s_i).(x_i - x_j)
+        phi, d1, d2 = stein_radial(r2, sigmas, kernel, beta, c)
+        objective += 2.0 * (phi * prods[:, 3] + 2.0 * d1 * cross - (2.0 * d) * d1 - 4.0 * d2 * r2)
+    return torch.tensor(chosen, dtype=torch.int64, device=x.device), objective

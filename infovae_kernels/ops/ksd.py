@@ -138,13 +138,13 @@ class _KSD(torch.autograd.Function):
         else:
             value = module.stein_form(xc, sc, w.to(xc.dtype)[:, None], params, kernel, unbiased)[0]
         ctx.save_for_backward(xc, sc, w, sigmas)
-        ctx.args = (kernel, beta, c, unbiased, module)
+        ctx.args = (kernel, beta, c, unbiased)
         ctx.value = value
         return value / _normaliser(w, unbiased)
 
     @staticmethod
     def backward(ctx, grad):
-        kernel, beta, c, unbiased, module = ctx.args
+        kernel, beta, c, unbiased = ctx.args
         need = ctx.needs_input_grad[:4]
         if ctx.moments is not None:
             return _fused_backward(ctx, grad, need) + (None,) * 5

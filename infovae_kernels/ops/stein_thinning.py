@@ -7,8 +7,8 @@ Step t selects, with replacement, the point that minimises the KSD of the select
 (twice the paper's u_ii / 2 + sum: the same argmin; ties go to the lowest index). The running objective
 is one vector of n entries, updated each step by one column of the Stein kernel (the new point against
 every point: 4d multiply-adds a point and elementwise terms), so memory is O(n d) and time O(n m d). The
-cpu backend runs the steps in its stein_thin primitive (csrc/cpu/stein.cpp: one pass a step adds the column
-and finds the next argmin), in chunks for the progress bar; other backends run them in torch.
+steps run in chunks (for the progress bar) in a stein_thin primitive: the cpu backend's (csrc/cpu/stein.cpp:
+one pass a step adds the column and finds the next argmin), else the plain-torch one of backends/reference.py.
 
 With standardize=True (the default, as in the stein-thinning package), every coordinate is divided by
 its mean absolute deviation and the scores multiplied by it first; sigma=1 is that package's
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from infovae_kernels import _checks, kernels
+from infovae_kernels.backends import reference
 from infovae_kernels.ops.ksd import Score, score_values, stein_args, stein_module, stein_params, stein_sigmas
 
 #: Steps per call of the fused selection: m / THIN_CHUNKS (progress-bar updates), at least THIN_MIN_STEPS
@@ -41,7 +42,7 @@ def stein_thinning(x: Tensor, score: Score, m: int, *, kernel: str = "imq", sigm
 
     beta, c = stein_args(x, kernel, beta, c)
     module = stein_module(backend, x.device)
-    n, d = x.shape
+    n = x.shape[0]
     if isinstance(m, numbers.Integral) and not isinstance(m, bool):
         m = int(m)  # numpy integers too
     _checks.positive_int(m, "m")
@@ -60,32 +61,12 @@ def stein_thinning(x: Tensor, score: Score, m: int, *, kernel: str = "imq", sigm
         sigmas = stein_sigmas(sigma, z, kernel)
         objective = kernels.stein_diagonal(z, s, sigmas, kernel, beta, c)
         bar = progress_bar(progress, m)
-        if hasattr(module, "stein_thin"):
-            parts, params, chunk = [], stein_params(sigmas, beta, c), max(THIN_MIN_STEPS, -(-m // THIN_CHUNKS))
-            for start in range(0, m, chunk):
-                steps = min(chunk, m - start)
-                chosen, objective = module.stein_thin(z, s, objective, params, kernel, steps)
-                parts.append(chosen)
-                bar.update(steps)
-            bar.close()
-            return torch.cat(parts).to(x.device)
-        zn, zs = z.square().sum(1), (z * s).sum(1)
-        both = torch.cat([z, s], 1)
-        chosen = torch.empty(m, dtype=torch.int64)
-        for t in range(m):
-            j = int(torch.argmin(objective))
-            chosen[t] = j
-            bar.update(1)
-            if t == m - 1:
-                break
-            zj, sj = z[j], s[j]
-            # columns: z.z_j, z.s_j, s.z_j, s.s_j
-            prods = both @ torch.stack([torch.cat([zj, torch.zeros_like(zj)]), torch.cat([sj, torch.zeros_like(sj)]),
-                                        torch.cat([torch.zeros_like(zj), zj]), torch.cat([torch.zeros_like(sj), sj])], 1)
-            r2 = (zn + zn[j] - 2.0 * prods[:, 0]).clamp_min_(0.0)
-            r2[j] = 0.0
-            cross = prods[:, 1] - zs[j] - zs + prods[:, 2]  # (s_j - s_i).(z_i - z_j)
-            phi, d1, d2 = kernels.stein_radial(r2, sigmas, kernel, beta, c)
-            objective += 2.0 * (phi * prods[:, 3] + 2.0 * d1 * cross - (2.0 * d) * d1 - 4.0 * d2 * r2)
+        thin = getattr(module, "stein_thin", reference.stein_thin)
+        parts, params, chunk = [], stein_params(sigmas, beta, c), max(THIN_MIN_STEPS, -(-m // THIN_CHUNKS))
+        for start in range(0, m, chunk):
+            steps = min(chunk, m - start)
+            chosen, objective = thin(z, s, objective, params, kernel, steps)
+            parts.append(chosen)
+            bar.update(steps)
         bar.close()
-    return chosen.to(x.device)
+    return torch.cat(parts).to(x.device)
