@@ -102,16 +102,18 @@ def kernel_params(kernel: Kernel, sigmas: Optional[Tensor], d: int, scale: Tenso
     bandwidth far below the data's resolution then gives k = 0 off the diagonal (its limit), one far above
     it k = 1 per scale, never inf * 0. energy: [scale] (k = -|x - y| in the original units). Dot kernels:
     [gamma scale^2, coef, degree] (x.y = scale^2 x'.y'). Differentiable in sigmas.
+    A batch of problems has a scale (B,) and gives params (B, S'), a row per problem; sigmas are then
+    (S,) for all or (B, S) per problem.
     """
     info = torch.finfo(compute_dtype(dtype))
+    scale = scale.to(torch.float64)[..., None]
     if is_dot(kernel):
         spec = polynomial(kernel)
         gamma = 1.0 / d if spec.gamma is None else spec.gamma
-        scale = scale.to(torch.float64)
-        return torch.stack([gamma * scale * scale, scale.new_tensor(float(spec.coef)),
-                            scale.new_tensor(float(spec.degree))])
+        return torch.cat([gamma * scale * scale, torch.full_like(scale, float(spec.coef)),
+                          torch.full_like(scale, float(spec.degree))], -1)
     if kernel == "energy":
-        return scale.to(torch.float64).reshape(1)
+        return scale
     s = sigmas.to(torch.float64) / scale
     if kernel == "rbf":
         p = 0.5 / (s * s)
@@ -122,6 +124,12 @@ def kernel_params(kernel: Kernel, sigmas: Optional[Tensor], d: int, scale: Tenso
     else:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     return p.clamp(info.tiny, info.max / 4)
+
+
+def _per_pair(p: Tensor, like: Tensor) -> Tensor:
+    """A parameter (one scale's: () for one problem, (B,) for a batch) shaped to broadcast against the
+    pair values `like` ((..., N, M) or a vector of them)."""
+    return p.reshape(p.shape + (1,) * (like.dim() - p.dim()))
 
 
 def kappa(kernel: str, params: Tensor) -> Tensor:
@@ -138,11 +146,13 @@ def always_differences(kernel: str) -> bool:
 
 def kernel_and_weight(r2: Tensor, params: Tensor, kernel: str, weight: bool = True) -> tuple[Tensor, Optional[Tensor]]:
     """Distance kernels: k(r2) and g(r2) = -2 dk/dr2 (0 where r2 == 0), elementwise, summed over
-    scales, in r2's dtype; g is None (and not computed) when weight is False."""
+    scales, in r2's dtype; g is None (and not computed) when weight is False. params (S,), or (B, S)
+    with r2 (B, N, M): a row per problem."""
     k = torch.zeros_like(r2)
     g = torch.zeros_like(r2)
     r = r2.sqrt() if always_differences(kernel) else None
-    for p in params.to(r2.dtype).unbind():
+    for p in params.to(r2.dtype).unbind(-1):
+        p = _per_pair(p, r2)
         if kernel == "rbf":
             e = torch.exp(-p * r2)
             k = k + e
@@ -183,7 +193,7 @@ def kernel_values(u: Tensor, params: Tensor, kernel: str) -> Tensor:
 def dot_kernel_and_weight(dot: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
     """polynomial: k = t^n and h = n gamma t^(n-1) (grad_x k = h y), t = gamma dot + coef, params
     [gamma, coef, n], elementwise in dot's dtype (an integral float power: exact sign for t < 0)."""
-    gamma, coef, degree = params.to(dot.dtype).unbind()
+    gamma, coef, degree = (_per_pair(p, dot) for p in params.to(dot.dtype).unbind(-1))
     t = dot * gamma + coef
     power = torch.pow(t, degree - 1.0)
     return power * t, power * (degree * gamma)
@@ -199,32 +209,53 @@ def prepare(x: Tensor, y: Tensor, kernel: Kernel = "rbf") -> tuple[Tensor, Tenso
     scale is a float64 0-dim tensor on the points' device. Traceable (no host sync). x' and y' are the
     two halves of prepare_pooled's z."""
     z, scale = prepare_pooled(x, y, kernel)
-    return z[: x.shape[0]], z[x.shape[0]:], scale
+    return z[..., : x.shape[-2], :], z[..., x.shape[-2]:, :], scale
 
 
-def prepare_pooled(x: Tensor, y: Tensor, kernel: Kernel = "rbf") -> tuple[Tensor, Tensor]:
+def prepare_pooled(x: Tensor, y: Tensor, kernel: Kernel = "rbf", mask: Optional[Tensor] = None
+                   ) -> tuple[Tensor, Tensor]:
     """(z, scale): z = [x'; y'] of `prepare` in one buffer, written in one pass (and scaled in place) unless
-    autograd or torch.compile needs the differentiable, functional form (same values, bit for bit)."""
+    autograd, torch.compile or torch.func needs the differentiable, functional form (same values, bit for
+    bit). A batch x (B, N, d), y (B, M, d) is B problems, each with its own mean and scale (B,). `mask`
+    (B, N + M) bool marks the real rows of a padded batch: the others are left out of the mean and the
+    scale and put at the centre (0 in z), a finite point the op gives zero weight."""
     ct = compute_dtype(x.dtype)
-    n = x.shape[0]
+    n = x.shape[-2]
     mean = None
     if not is_dot(kernel):
-        mean = ((x.sum(0, dtype=torch.float64) + y.sum(0, dtype=torch.float64)) / (n + y.shape[0])).to(ct)
-    functional = torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))
+        if mask is None:
+            total, count = x.sum(-2, dtype=torch.float64) + y.sum(-2, dtype=torch.float64), n + y.shape[-2]
+        else:
+            weight = mask.to(torch.float64)[..., None]
+            total = (x * weight[..., :n, :]).sum(-2) + (y * weight[..., n:, :]).sum(-2)
+            count = mask.sum(-1, keepdim=True)
+        mean = (total / count).to(ct).unsqueeze(-2)
+    functional = torch.compiler.is_compiling() or is_transformed(x, y) or \
+        (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))
     if functional:
-        z = torch.cat([x.to(ct), y.to(ct)])
+        z = torch.cat([x.to(ct), y.to(ct)], -2)
         z = z if mean is None else z - mean
+        if mask is not None:
+            z = z.masked_fill(~mask[..., None], 0.0)
     else:
-        z = torch.empty((n + y.shape[0], x.shape[1]), dtype=ct, device=x.device)
-        for part, src in ((z[:n], x), (z[n:], y)):
+        z = torch.empty(x.shape[:-2] + (n + y.shape[-2], x.shape[-1]), dtype=ct, device=x.device)
+        for part, src in ((z[..., :n, :], x), (z[..., n:, :], y)):
             if mean is None:
                 part.copy_(src)
             else:
                 torch.sub(src, mean, out=part)
-    lo, hi = torch.aminmax(z)
+        if mask is not None:
+            z.masked_fill_(~mask[..., None], 0.0)
+    lo, hi = torch.aminmax(z.flatten(-2), dim=-1)
     scale = power_of_two_scale(torch.maximum(hi, -lo))
-    inv = (1.0 / scale).to(ct)  # a power of two: exact in ct too
+    inv = (1.0 / scale).to(ct)[..., None, None]  # a power of two: exact in ct too
     return (z * inv if functional else z.mul_(inv)), scale
+
+
+def is_transformed(*tensors: Optional[Tensor]) -> bool:
+    """Whether a torch.func transform (vmap, grad, ...) wraps any of the tensors: in-place writes into
+    plain buffers and host reads of values are then impossible."""
+    return any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
 def power_of_two_scale(peak: Tensor) -> Tensor:

@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -229,10 +230,23 @@ void quad_form_typed(const at::Tensor& z, const at::Tensor& w, const std::option
   engine::run_quad_form<T>(pb);
 }
 
-}  // namespace
+// Problem b of a batch is the 2-D op on the rows b of every tensor, and its result does not depend on the
+// thread count: the problems are the parallel items when there are enough to keep every thread busy or
+// they are small (`pairs` per problem), else they run in order, each over all threads. Bitwise the same
+// results either way.
+template <class F>
+void for_each_problem(int64_t B, int64_t pairs, F&& f) {
+  const int64_t nt = std::max(1, at::get_num_threads());
+  if (B >= 4 * nt || pairs < (int64_t{1} << 22))
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) f(b);
+    });
+  else
+    for (int64_t b = 0; b < B; ++b) f(b);
+}
 
-at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& params, c10::string_view kernel,
-                bool derivative) {
+at::Tensor gram_2d(const at::Tensor& x, const at::Tensor& y, const at::Tensor& params, c10::string_view kernel,
+                   bool derivative) {
   const KernelKind kind = checks::gram_args(x, y, params, kernel, c10::DeviceType::CPU);
   const auto prm = param_values("gram", params, kind);  // kernel_arg points into it
   const auto ka = kernel_arg(kind, prm);
@@ -246,23 +260,76 @@ at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& para
   return x.scalar_type() == at::kFloat ? K : K.to(x.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v,
-                                               const std::optional<at::Tensor>& a, const at::Tensor& params,
-                                               c10::string_view kernel, bool exclude_diagonal) {
+// The 2-D op, adding into S and G (zeros; G empty when a is None).
+void pair_reduce_into(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v, const std::optional<at::Tensor>& a,
+                      const at::Tensor& params, c10::string_view kernel, bool exclude_diagonal, at::Tensor S,
+                      at::Tensor G) {
   const KernelKind kind = checks::pair_reduce_args(x, y, v, a, params, kernel, exclude_diagonal, c10::DeviceType::CPU);
   const auto prm = param_values("pair_reduce", params, kind);  // kernel_arg points into it
   const auto ka = kernel_arg(kind, prm);
   const int64_t N = x.size(0), M = y.size(0), d = x.size(1), p = v.size(1);
-  const auto dopt = x.options().dtype(at::kDouble);
-  at::Tensor S = at::zeros({N, p}, dopt);
-  at::Tensor G = a.has_value() ? at::zeros({N, d}, dopt) : at::zeros({0, d}, dopt);
-  if (N == 0 || M == 0 || p == 0) return {S, G};
+  if (N == 0 || M == 0 || p == 0) return;
   if (dotgemm::applies(kind, d))
     dotgemm::pair_reduce(x, y, v, a, prm, exclude_diagonal, S, G);
   else if (x.scalar_type() == at::kDouble)
     pair_reduce_typed<double>(x, y, v, a, ka, exclude_diagonal, S, G);
   else
     pair_reduce_typed<float>(x, y, v, a, ka, exclude_diagonal, S, G);
+}
+
+// The 2-D op, adding into q, S (zeros, or empty without row sums) and G (zeros, or empty when a is None).
+void quad_form_into(const at::Tensor& z, const at::Tensor& w, const std::optional<at::Tensor>& a,
+                    const at::Tensor& params, c10::string_view kernel, bool exclude_diagonal, at::Tensor q,
+                    at::Tensor S, at::Tensor G) {
+  const KernelKind kind = checks::quad_form_args(z, w, a, params, kernel, c10::DeviceType::CPU);
+  const auto prm = param_values("quad_form", params, kind);  // kernel_arg points into it
+  const auto ka = kernel_arg(kind, prm);
+  const int64_t N = z.size(0), d = z.size(1), P = w.size(1);
+  if (N == 0 || P == 0) return;
+  if (dotgemm::applies(kind, d))
+    dotgemm::quad_form(z, w, a, prm, exclude_diagonal, q, S, G);
+  else if (z.scalar_type() == at::kDouble)
+    quad_form_typed<double>(z, w, a, ka, exclude_diagonal, q, S, G);
+  else
+    quad_form_typed<float>(z, w, a, ka, exclude_diagonal, q, S, G);
+}
+
+std::optional<at::Tensor> select(const std::optional<at::Tensor>& t, int64_t b) {
+  return t.has_value() ? std::optional<at::Tensor>((*t)[b]) : std::nullopt;
+}
+
+}  // namespace
+
+// Each op takes 2-D arguments (one problem) or 3-D ones with a leading batch dim B and params (B, S')
+// (for_each_problem above).
+at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& params, c10::string_view kernel,
+                bool derivative) {
+  if (x.dim() != 3) return gram_2d(x, y, params, kernel, derivative);
+  const int64_t B = checks::batch("gram", {{"x", &x}, {"y", &y}}, params);
+  at::Tensor K = at::empty({B, x.size(1), y.size(1)}, x.options());
+  for_each_problem(B, x.size(1) * y.size(1), [&](int64_t b) {
+    K[b].copy_(gram_2d(x[b], y[b], params[b], kernel, derivative));
+  });
+  return K;
+}
+
+std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v,
+                                               const std::optional<at::Tensor>& a, const at::Tensor& params,
+                                               c10::string_view kernel, bool exclude_diagonal) {
+  const auto dopt = x.options().dtype(at::kDouble);
+  if (x.dim() != 3) {
+    checks::pair_reduce_args(x, y, v, a, params, kernel, exclude_diagonal, c10::DeviceType::CPU);
+    at::Tensor S = at::zeros({x.size(0), v.size(1)}, dopt);
+    at::Tensor G = at::zeros({a.has_value() ? x.size(0) : 0, x.size(1)}, dopt);
+    pair_reduce_into(x, y, v, a, params, kernel, exclude_diagonal, S, G);
+    return {S, G};
+  }
+  const int64_t B = checks::batch("pair_reduce", {{"x", &x}, {"y", &y}, {"v", &v}, {"a", a ? &*a : nullptr}}, params);
+  at::Tensor S = at::zeros({B, x.size(1), v.size(2)}, dopt);
+  at::Tensor G = at::zeros({B, a.has_value() ? x.size(1) : 0, x.size(2)}, dopt);
+  for_each_problem(B, x.size(1) * y.size(1), [&](int64_t b) {
+    pair_reduce_into(x[b], y[b], v[b], select(a, b), params[b], kernel, exclude_diagonal, S[b], G[b]);
+  });
   return {S, G};
 }
 
@@ -270,21 +337,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z, co
                                                          const std::optional<at::Tensor>& a, const at::Tensor& params,
                                                          c10::string_view kernel, bool exclude_diagonal,
                                                          bool row_sums) {
-  const KernelKind kind = checks::quad_form_args(z, w, a, params, kernel, c10::DeviceType::CPU);
-  const auto prm = param_values("quad_form", params, kind);  // kernel_arg points into it
-  const auto ka = kernel_arg(kind, prm);
-  const int64_t N = z.size(0), d = z.size(1), P = w.size(1);
   const auto dopt = z.options().dtype(at::kDouble);
-  at::Tensor q = at::zeros({P}, dopt);
-  at::Tensor S = at::zeros({row_sums ? N : 0, P}, dopt);
-  at::Tensor G = at::zeros({a.has_value() ? N : 0, d}, dopt);
-  if (N == 0 || P == 0) return {q, S, G};
-  if (dotgemm::applies(kind, d))
-    dotgemm::quad_form(z, w, a, prm, exclude_diagonal, q, S, G);
-  else if (z.scalar_type() == at::kDouble)
-    quad_form_typed<double>(z, w, a, ka, exclude_diagonal, q, S, G);
-  else
-    quad_form_typed<float>(z, w, a, ka, exclude_diagonal, q, S, G);
+  if (z.dim() != 3) {
+    checks::quad_form_args(z, w, a, params, kernel, c10::DeviceType::CPU);
+    const int64_t N = z.size(0);
+    at::Tensor q = at::zeros({w.size(1)}, dopt);
+    at::Tensor S = at::zeros({row_sums ? N : 0, w.size(1)}, dopt);
+    at::Tensor G = at::zeros({a.has_value() ? N : 0, z.size(1)}, dopt);
+    quad_form_into(z, w, a, params, kernel, exclude_diagonal, q, S, G);
+    return {q, S, G};
+  }
+  const int64_t B = checks::batch("quad_form", {{"z", &z}, {"w", &w}, {"a", a ? &*a : nullptr}}, params);
+  const int64_t N = z.size(1);
+  at::Tensor q = at::zeros({B, w.size(2)}, dopt);
+  at::Tensor S = at::zeros({B, row_sums ? N : 0, w.size(2)}, dopt);
+  at::Tensor G = at::zeros({B, a.has_value() ? N : 0, z.size(2)}, dopt);
+  for_each_problem(B, N * N / 2, [&](int64_t b) {
+    quad_form_into(z[b], w[b], select(a, b), params[b], kernel, exclude_diagonal, q[b], S[b], G[b]);
+  });
   return {q, S, G};
 }
 

@@ -1,5 +1,6 @@
 """Fake (meta) implementations shared by every namespace that implements the three primitives
-(infovae:: for C++, infovae_triton:: for Triton): shapes and dtypes only, see reference.py."""
+(infovae:: for C++, infovae_triton:: for Triton): shapes and dtypes only, see reference.py. The three
+MMD primitives take an optional leading batch dimension (every output then has it too)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ import torch
 
 
 def gram_fake(x, y, params, kernel, derivative):
-    return x.new_empty((x.shape[0], y.shape[0]))
+    return x.new_empty(x.shape[:-1] + (y.shape[-2],))
 
 
 def pair_reduce_fake(x, y, v, a, params, kernel, exclude_diagonal):
-    s = x.new_empty((x.shape[0], v.shape[1]), dtype=torch.float64)
-    rows = x.shape[0] if a is not None else 0
-    return s, x.new_empty((rows, x.shape[1]), dtype=torch.float64)
+    batch = x.shape[:-2]
+    s = x.new_empty(batch + (x.shape[-2], v.shape[-1]), dtype=torch.float64)
+    rows = x.shape[-2] if a is not None else 0
+    return s, x.new_empty(batch + (rows, x.shape[-1]), dtype=torch.float64)
 
 
 def quad_form_fake(z, w, a, params, kernel, exclude_diagonal, row_sums):
-    q = z.new_empty((w.shape[1],), dtype=torch.float64)
-    s = z.new_empty((z.shape[0] if row_sums else 0, w.shape[1]), dtype=torch.float64)
-    g = z.new_empty((z.shape[0] if a is not None else 0, z.shape[1]), dtype=torch.float64)
+    batch, n = z.shape[:-2], z.shape[-2]
+    q = z.new_empty(batch + (w.shape[-1],), dtype=torch.float64)
+    s = z.new_empty(batch + (n if row_sums else 0, w.shape[-1]), dtype=torch.float64)
+    g = z.new_empty(batch + (n if a is not None else 0, z.shape[-1]), dtype=torch.float64)
     return q, s, g
 
 

@@ -27,6 +27,11 @@ torch.compile, for laplacian and energy, and wherever the expansion would be los
 (kernels.LOSSY_TOLERANCE); above d = 64 it
 otherwise uses the expansion |x|^2 + |y|^2 - 2 x.y (one matmul, 10-20x faster there), clamped at 0 and
 exactly 0 between a point and itself when x and y are the same points.
+
+A batch of problems, x (B, N, d), y (B, M, d), v (B, M, p), a and w likewise, params (B, S'), gives every
+output with a leading B (gram (B, N, M), q (B, P), S (B, N, P), G (B, N, d)): problem b with params[b],
+in batched torch operations (the choice between differences and the expansion is made once for the
+batch).
 """
 
 from __future__ import annotations
@@ -46,13 +51,13 @@ DIFFERENCES_UP_TO_D = 64
 def squared_distances(x: Tensor, y: Tensor, params: Tensor, kernel: str) -> Tensor:
     """r2_ij = |x_i - y_j|^2: from coordinate differences, or by the expansion where that is exact
     enough and faster (module docstring)."""
-    if x.shape[1] > DIFFERENCES_UP_TO_D and not torch.compiler.is_compiling() and not always_differences(kernel):
-        xn, yn = x.square().sum(1), y.square().sum(1)
+    if x.shape[-1] > DIFFERENCES_UP_TO_D and not torch.compiler.is_compiling() and not always_differences(kernel):
+        xn, yn = x.square().sum(-1), y.square().sum(-1)
         lossy = unit_roundoff(x.dtype) * float(xn.max() + yn.max()) * float(kappa(kernel, params)) > LOSSY_TOLERANCE
         if not lossy:
-            r2 = (xn[:, None] + yn[None, :] - 2.0 * (x @ y.T)).clamp_min_(0.0)
+            r2 = (xn[..., :, None] + yn[..., None, :] - 2.0 * (x @ y.mT)).clamp_min_(0.0)
             if x.shape == y.shape and torch.equal(x, y):
-                r2.fill_diagonal_(0.0)
+                r2.diagonal(dim1=-2, dim2=-1).fill_(0.0)
             return r2
     return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").square()
 
@@ -62,12 +67,12 @@ def _kernel_matrices(x, y, params, kernel, exclude_diagonal):
     ct = compute_dtype(x.dtype)
     xc, yc = x.to(ct), y.to(ct)
     if kernel == "polynomial":
-        k, g = dot_kernel_and_weight(xc @ yc.T, params)
+        k, g = dot_kernel_and_weight(xc @ yc.mT, params)
     else:
         k, g = kernel_and_weight(squared_distances(xc, yc, params, kernel), params, kernel)
     if exclude_diagonal:
-        k.fill_diagonal_(0.0)
-        g.fill_diagonal_(0.0)
+        k.diagonal(dim1=-2, dim2=-1).fill_(0.0)
+        g.diagonal(dim1=-2, dim2=-1).fill_(0.0)
     return xc, yc, k, g
 
 
@@ -75,7 +80,7 @@ def _gradient_terms(x: Tensor, y: Tensor, w: Tensor, kernel: str) -> Tensor:
     """G_i: sum_j w_ij (x_i - y_j), or -sum_j w_ij y_j for the dot kernel."""
     if kernel == "polynomial":
         return -(w @ y)
-    return x * w.sum(1, keepdim=True) - w @ y
+    return x * w.sum(-1, keepdim=True) - w @ y
 
 
 def gram(x: Tensor, y: Tensor, params: Tensor, kernel: str, derivative: bool) -> Tensor:
@@ -89,8 +94,8 @@ def pair_reduce(x: Tensor, y: Tensor, v: Tensor, a: Optional[Tensor], params: Te
     vc = v.to(xc.dtype)
     s = (k @ vc).double()
     if a is None:
-        return s, x.new_zeros((0, x.shape[1]), dtype=torch.float64)
-    return s, _gradient_terms(xc, yc, g * (a.to(xc.dtype) @ vc.T), kernel).double()
+        return s, x.new_zeros(x.shape[:-2] + (0, x.shape[-1]), dtype=torch.float64)
+    return s, _gradient_terms(xc, yc, g * (a.to(xc.dtype) @ vc.mT), kernel).double()
 
 
 def quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel: str, exclude_diagonal: bool,
@@ -98,11 +103,11 @@ def quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel:
     zc, _, k, g = _kernel_matrices(z, z, params, kernel, exclude_diagonal)
     wc = w.to(k.dtype)
     kw = k @ wc
-    q = (kw * wc).sum(0).double()
-    s = kw.double() if row_sums else z.new_zeros((0, w.shape[1]), dtype=torch.float64)
+    q = (kw * wc).sum(-2).double()
+    s = kw.double() if row_sums else z.new_zeros(z.shape[:-2] + (0, w.shape[-1]), dtype=torch.float64)
     if a is None:
-        return q, s, z.new_zeros((0, z.shape[1]), dtype=torch.float64)
-    return q, s, _gradient_terms(zc, zc, g * (a.to(zc.dtype) @ wc.T), kernel).double()
+        return q, s, z.new_zeros(z.shape[:-2] + (0, z.shape[-1]), dtype=torch.float64)
+    return q, s, _gradient_terms(zc, zc, g * (a.to(zc.dtype) @ wc.mT), kernel).double()
 
 
 #: Pairs per block of rows of stein_form (rows = STEIN_BLOCK_PAIRS // n).

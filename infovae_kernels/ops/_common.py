@@ -20,38 +20,53 @@ def primitives(backend: str, device: torch.device) -> ModuleType:
 
 
 def bandwidths(sigma: _checks.Sigma, kernel: kernels.Kernel, x: Tensor, y: Optional[Tensor] = None,
-               median: Callable[[], Tensor] | None = None) -> Optional[Tensor]:
+               median: Callable[[Tensor], Tensor] = median_distance, masks: tuple = (None, None)
+               ) -> Optional[Tensor]:
     """sigma as a float64 (S,) tensor (keeping its autograd graph), or None for a kernel without a
-    bandwidth; sigma="median" is the median pair distance of the pooled points (or `median()`)."""
-    pooled = (lambda: torch.cat([x, y])) if y is not None else (lambda: x)
-    return _checks.sigmas(sigma, x, median or (lambda: median_distance(pooled())), kernel)
+    bandwidth; sigma="median" is `median` (the median pair distance) of the pooled points. A batch
+    x (B, N, d) gives (S,) shared or (B, S) per problem (_checks.sigmas); its median is each problem's,
+    of its real rows (`masks`: (B, N) and (B, M) bools or None)."""
+    parts = (x,) if y is None else (x, y)
+    if x.dim() == 2:
+        return _checks.sigmas(sigma, x, lambda: median(torch.cat(parts) if y is not None else x), kernel)
+
+    def per_problem() -> Tensor:
+        rows = [[p[b] if m is None else p[b][m[b]] for p, m in zip(parts, masks)] for b in range(x.shape[0])]
+        return torch.stack([median(torch.cat(r)) for r in rows])
+    return _checks.sigmas(sigma, x, per_problem, kernel, batch=x.shape[0])
 
 
-def prepared(x: Tensor, y: Tensor, sigmas: Optional[Tensor], kernel: kernels.Kernel
+def prepared(x: Tensor, y: Tensor, sigmas: Optional[Tensor], kernel: kernels.Kernel, mask: Optional[Tensor] = None
              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(x', y', scale, params): the points prepared (kernels.prepare) and the kernel parameters for them
     (from the bandwidths' values: their gradient is the op's to compute, see bandwidth_grad)."""
-    z, scale, params = prepared_pooled(x, y, sigmas, kernel)
-    return z[: x.shape[0]], z[x.shape[0]:], scale, params
+    z, scale, params = prepared_pooled(x, y, sigmas, kernel, mask)
+    n = x.shape[-2]
+    return z[..., :n, :], z[..., n:, :], scale, params
 
 
-def prepared_pooled(x: Tensor, y: Tensor, sigmas: Optional[Tensor], kernel: kernels.Kernel
-                    ) -> tuple[Tensor, Tensor, Tensor]:
-    """(z, scale, params) with z = [x'; y'] in one buffer (kernels.prepare_pooled)."""
-    z, scale = kernels.prepare_pooled(x, y, kernel)
-    params = kernels.kernel_params(kernel, None if sigmas is None else sigmas.detach(), x.shape[1], scale, x.dtype)
+def prepared_pooled(x: Tensor, y: Tensor, sigmas: Optional[Tensor], kernel: kernels.Kernel,
+                    mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(z, scale, params) with z = [x'; y'] in one buffer (kernels.prepare_pooled); a batch (B, N, d) gives
+    scale (B,) and params (B, S'), `mask` (B, N + M) its real rows."""
+    z, scale = kernels.prepare_pooled(x, y, kernel, mask)
+    params = kernels.kernel_params(kernel, None if sigmas is None else sigmas.detach(), x.shape[-1], scale, x.dtype)
     if kernels.is_dot(kernel):
-        _dot_range(z[: x.shape[0]], z[x.shape[0]:], params, x.dtype)
+        n = x.shape[-2]
+        _dot_range(z[..., :n, :], z[..., n:, :], params, x.dtype)
     return z, scale, params
 
 
 def _dot_range(xs: Tensor, ys: Tensor, params: Tensor, dtype: torch.dtype) -> None:
     """A ValueError when the polynomial kernel's values or weights could overflow the compute dtype:
-    |t| <= gamma max|x| max|y| + |coef|, k = t^n, h = n gamma t^(n-1)."""
-    if _checks._tracing():
+    |t| <= gamma max|x| max|y| + |coef|, k = t^n, h = n gamma t^(n-1) (the largest over a batch)."""
+    if _checks._tracing(xs):
         return
-    gamma, coef, degree = params.tolist()
-    t = gamma * float(xs.norm(dim=1).max()) * float(ys.norm(dim=1).max()) + abs(coef)
+    gamma, coef, degree = params.unbind(-1)
+    largest = gamma * xs.norm(dim=-1).amax(-1) * ys.norm(dim=-1).amax(-1) + coef.abs()
+    gamma, coef, degree = (float(v) for v in torch.stack([gamma, coef, degree], -1).reshape(-1, 3)[
+        largest.reshape(-1).argmax()])
+    t = float(largest.max())
     log_bound = max(degree * math.log(max(t, 1e-300)),
                     math.log(degree * gamma) + (degree - 1) * math.log(max(t, 1e-300)))
     ct = kernels.compute_dtype(dtype)
@@ -68,8 +83,16 @@ def bandwidth_grad(sigmas: Tensor, params: Tensor, computed, gradient_terms: Cal
     moment(terms) the sum above from them (the points in the prepared units: the moment does not depend on
     them). With one scale the terms the op computed anyway (`computed`) serve; S > 1 costs one extra pass
     per scale."""
-    terms = [computed] if params.shape[0] == 1 else [gradient_terms(params[s:s + 1]) for s in range(params.shape[0])]
-    return -torch.stack([moment(t) for t in terms]).to(torch.float64) / sigmas.detach()
+    scales = params.shape[-1]
+    terms = [computed] if scales == 1 else [gradient_terms(params[..., s:s + 1]) for s in range(scales)]
+    return -torch.stack([moment(t) for t in terms], -1).to(torch.float64) / sigmas.detach()
+
+
+def sum_to_input(grad_output: Tensor, per_problem: Tensor, shape: torch.Size) -> Tensor:
+    """grad_output (B,) or () times a per-problem gradient (B, ...) or (...), summed over the problems
+    for an input of `shape` that all of them share (a bandwidth (S,) for a batch)."""
+    g = grad_output.reshape(grad_output.shape + (1,) * (per_problem.dim() - grad_output.dim()))
+    return (g.to(per_problem.dtype) * per_problem).sum_to_size(shape)
 
 
 def needs_grad(*tensors: Optional[Tensor]) -> list[bool]:

@@ -32,7 +32,7 @@ def svgd_direction(x: Tensor, score: Tensor, *, sigma: _checks.Sigma = "median",
     _checks.finite(score, "score")
     x, score = x.detach(), score.detach()
     ops = primitives(backend, x.device)
-    sigmas = bandwidths(sigma, "rbf", x, median=lambda: svgd_sigma(x))
+    sigmas = bandwidths(sigma, "rbf", x, median=svgd_sigma)
     xs, _, scale, params = prepared(x, x, sigmas, "rbf")
     n = x.shape[0]
     v = torch.cat([score.to(xs.dtype), xs.new_ones(n, 1)], 1)
