@@ -233,12 +233,14 @@ def weights(w: Optional[Tensor], n: int, like: Tensor, name: str, mask: Optional
     return w64 / w64.sum(-1, keepdim=True)
 
 
-def values(v: Tensor, m: int, like: Tensor, name: str) -> Tensor:
-    """Per-point values (m,) or (m, p), same dtype and device as the points."""
+def values(v: Tensor, rows: tuple, like: Tensor, name: str) -> Tensor:
+    """Per-point values `rows` (m,) or (m, p) ((B, m) or (B, m, p) for a batch), same dtype and device as
+    the points."""
     floating(v, name)
-    if v.dim() not in (1, 2) or v.shape[0] != m:
-        raise ValueError(f"{name} must have shape ({m},) or ({m}, p), got {tuple(v.shape)}")
-    if v.dim() == 2 and v.shape[1] == 0:
+    if v.dim() not in (len(rows), len(rows) + 1) or tuple(v.shape[:len(rows)]) != tuple(rows):
+        shape = ", ".join(str(r) for r in rows)
+        raise ValueError(f"{name} must have shape ({shape}) or ({shape}, p), got {tuple(v.shape)}")
+    if v.dim() > len(rows) and v.shape[-1] == 0:
         raise ValueError(f"{name} is empty: shape {tuple(v.shape)}")
     same_device_dtype(like, v, "y", name)
     finite(v, name)

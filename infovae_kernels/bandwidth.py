@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from infovae_kernels.kernels import prepare
+from infovae_kernels.kernels import is_transformed, prepare
 
 MEDIAN_SUBSAMPLE = 2048  # points; below this the median is exact
 _STRIDE = 2654435761  # a prime (Knuth's multiplicative hash): i * _STRIDE mod n visits distinct rows
@@ -43,7 +43,7 @@ def median_distance(z: Tensor, *, max_points: int = MEDIAN_SUBSAMPLE, seed: int 
     eye = torch.eye(n, dtype=torch.bool, device=z.device)
     dist = torch.cdist(z, z).masked_fill(eye, 0.0).view(-1)
     k = n + n * (n - 1) // 2 - 1
-    if dist.device.type == "cpu" and not torch.compiler.is_compiling():
+    if dist.device.type == "cpu" and not torch.compiler.is_compiling() and not is_transformed(dist):
         # numpy's introselect: several times faster than torch's CPU kthvalue, the same element
         med = torch.tensor(float(np.partition(dist.numpy(), k)[k]), dtype=torch.float64)
     else:

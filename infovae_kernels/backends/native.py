@@ -133,13 +133,14 @@ def cuda_status() -> tuple[bool, str]:
 
 
 if IMPORT_ERROR is None:
-    from infovae_kernels.backends import fake
+    from infovae_kernels.backends import batching, fake
 
     fake.register_fakes("infovae")
 
     gram = torch.ops.infovae.gram
     pair_reduce = torch.ops.infovae.pair_reduce
     quad_form = torch.ops.infovae.quad_form
+    batching.register_vmaps("infovae", {"gram": gram, "pair_reduce": pair_reduce, "quad_form": quad_form})
     stein_form = torch.ops.infovae.stein_form  # CPU and CUDA (csrc/cpu/stein.cpp, csrc/cuda/pair_kernels.cuh)
     stein_moments = torch.ops.infovae.stein_moments
     stein_thin = torch.ops.infovae.stein_thin

@@ -88,6 +88,14 @@ def bandwidth_grad(sigmas: Tensor, params: Tensor, computed, gradient_terms: Cal
     return -torch.stack([moment(t) for t in terms], -1).to(torch.float64) / sigmas.detach()
 
 
+def padded(x_mask: Optional[Tensor], y_mask: Optional[Tensor], x: Tensor, y: Tensor) -> Optional[Tensor]:
+    """The real rows of the pooled points [x; y] of a padded batch (B, N + M), None when all are real."""
+    if x_mask is None and y_mask is None:
+        return None
+    return torch.cat([x_mask if x_mask is not None else x.new_ones(x.shape[:-1], dtype=torch.bool),
+                      y_mask if y_mask is not None else y.new_ones(y.shape[:-1], dtype=torch.bool)], -1)
+
+
 def sum_to_input(grad_output: Tensor, per_problem: Tensor, shape: torch.Size) -> Tensor:
     """grad_output (B,) or () times a per-problem gradient (B, ...) or (...), summed over the problems
     for an input of `shape` that all of them share (a bandwidth (S,) for a batch)."""
@@ -100,7 +108,19 @@ def needs_grad(*tensors: Optional[Tensor]) -> list[bool]:
     return [enabled and t is not None and t.requires_grad for t in tensors]
 
 
-def no_double_backward(name: str) -> None:
-    if torch.is_grad_enabled():
+def no_double_backward(name: str, grad_output: Tensor) -> None:
+    """Backward of a fused op is not differentiable: NotImplementedError when asked to be (create_graph
+    or an outer torch.func.grad level: the incoming gradient then tracks one)."""
+    if _grad_levels(grad_output) > 1 or torch.is_grad_enabled() and not kernels.is_transformed(grad_output):
         raise NotImplementedError(f"second derivatives of {name} are not implemented "
                                   "(backward was called with create_graph=True)")
+
+
+def _grad_levels(t: Tensor) -> int:
+    """How many torch.func.grad (or vjp, jacrev) levels wrap t: the backward of the innermost one sees
+    its incoming gradient wrapped once; a second level means the gradient itself is being differentiated."""
+    functorch, levels = torch._C._functorch, 0
+    while functorch.is_functorch_wrapped_tensor(t):
+        levels += functorch.is_gradtrackingtensor(t)
+        t = functorch.get_unwrapped(t)
+    return levels

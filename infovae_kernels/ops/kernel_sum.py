@@ -6,6 +6,8 @@ Forward is one pair_reduce(x, y, v). Backward, with grad_out = dL/dS (N, p):
     dL/dv_j =  sum_i k_ij grad_i                          pair_reduce(y, x, grad).S  (same call)
 G is computed on the scaled points, so it is divided by the scale once more. A bandwidth that requires
 grad gets dL/dsigma_s = (1 / sigma_s)(sum_i x_i . Gx_i^(s) + sum_j y_j . Gy_j^(s)) (_common.bandwidth_grad).
+A batch (every tensor with a leading B) is one pair_reduce call per pass; a padded one has the padding
+rows of v and of dL/dS set to 0.
 """
 
 from __future__ import annotations
@@ -16,23 +18,30 @@ import torch
 from torch import Tensor
 
 from infovae_kernels import _checks, kernels
-from infovae_kernels.ops._common import bandwidth_grad, bandwidths, no_double_backward, prepared, primitives
+from infovae_kernels.ops._common import bandwidth_grad, bandwidths, no_double_backward, padded, prepared, primitives
 
 
 class _KernelSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, y, v, sigmas, kernel, backend):
-        ops = primitives(backend, x.device)
-        xs, ys, scale, params = prepared(x, y, sigmas, kernel)
-        name = kernels.primitive_name(kernel)
-        s, _ = ops.pair_reduce(xs, ys, v.to(xs.dtype), None, params, name, False)
-        ctx.save_for_backward(xs, ys, v, scale, params, sigmas)
-        ctx.args = (name, ops)
-        return s.to(x.dtype)
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad):
-        no_double_backward("kernel_sum")
+    def forward(x, y, v, sigmas, mask, kernel, backend):
+        xs, ys, scale, params = prepared(x, y, sigmas, kernel, mask)
+        s, _ = primitives(backend, x.device).pair_reduce(xs, ys, v.to(xs.dtype), None, params,
+                                                         kernels.primitive_name(kernel), False)
+        return s.to(x.dtype), xs, ys, scale, params
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, v, sigmas, _, kernel, backend = inputs
+        _, xs, ys, scale, params = output
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(xs, ys, v, scale, params, sigmas)
+        ctx.args = (kernels.primitive_name(kernel), primitives(backend, x.device))
+
+    @staticmethod
+    def backward(ctx, grad, *_):
+        no_double_backward("kernel_sum", grad)
         xs, ys, v, scale, params, sigmas = ctx.saved_tensors
         name, ops = ctx.args
         need_x, need_y, need_v, need_sigma = ctx.needs_input_grad[:4]
@@ -50,26 +59,38 @@ class _KernelSum(torch.autograd.Function):
         if need_sigma:
             dsigma = bandwidth_grad(  # moment: sum_i x_i . dL/dx_i + sum_j y_j . dL/dy_j
                 sigmas, params, (gx, s, gy), lambda p: gradient_terms(p, True, True),
-                lambda t: -(xs.double() * t[0]).sum() - (ys.double() * t[2]).sum())
-        dx = (gx / -scale).to(grad.dtype) if need_x else None
-        dy = (gy / -scale).to(grad.dtype) if need_y else None
+                lambda t: -(xs.double() * t[0]).sum((-2, -1)) - (ys.double() * t[2]).sum((-2, -1)))
+            dsigma = dsigma.sum_to_size(sigmas.shape)  # a bandwidth shared by a batch: summed over problems
+        per_scale = scale[..., None, None]
+        dx = (gx / -per_scale).to(grad.dtype) if need_x else None
+        dy = (gy / -per_scale).to(grad.dtype) if need_y else None
         dv = s.to(v.dtype) if need_v else None
-        return dx, dy, dv, dsigma, None, None
+        return dx, dy, dv, dsigma, None, None, None
 
 
 def kernel_sum(x: Tensor, y: Tensor, v: Optional[Tensor] = None, *, kernel: kernels.Kernel = "rbf",
-               sigma: _checks.Sigma = None, backend: str = "auto") -> Tensor:
+               sigma: _checks.Sigma = None, x_lengths: Optional[Tensor] = None, y_lengths: Optional[Tensor] = None,
+               backend: str = "auto") -> Tensor:
     """S_i = sum_j k(x_i, y_j) v_j without storing the N x M matrix.
 
     v: None (all ones) or (M,) gives shape (N,); (M, p) gives (N, p). Differentiable in x, y, v and a
-    tensor sigma. kernel and sigma as in ik.mmd.
+    tensor sigma. kernel and sigma as in ik.mmd. A batch x (B, N, d), y (B, M, d), v (B, M) or (B, M, p)
+    gives (B, N) or (B, N, p), with x_lengths / y_lengths for padded problems (as in ik.mmd; the padding
+    rows of the result are 0).
     """
-    _checks.points(x, y)
+    _checks.points(x, y, batch=True)
     kernel = _checks.kernel(kernel)
+    x_mask, y_mask = _checks.lengths(x_lengths, x, "x_lengths"), _checks.lengths(y_lengths, y, "y_lengths")
+    rows = y.shape[:-1]
     if v is None:
-        v2 = y.new_ones((y.shape[0], 1))
+        v2 = y.new_ones(rows + (1,))
     else:
-        _checks.values(v, y.shape[0], y, "v")
-        v2 = v[:, None] if v.dim() == 1 else v
-    s = _KernelSum.apply(x, y, v2, bandwidths(sigma, kernel, x, y), kernel, backend)
-    return s if v is not None and v.dim() == 2 else s[:, 0]
+        _checks.values(v, rows, y, "v")
+        v2 = v[..., None] if v.dim() == len(rows) else v
+    if y_mask is not None:
+        v2 = v2 * y_mask[..., None]
+    mask = padded(x_mask, y_mask, x, y)
+    s = _KernelSum.apply(x, y, v2, bandwidths(sigma, kernel, x, y, masks=(x_mask, y_mask)), mask, kernel, backend)[0]
+    if x_mask is not None:
+        s = s * x_mask[..., None]
+    return s if v is not None and v.dim() > len(rows) else s[..., 0]

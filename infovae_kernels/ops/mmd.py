@@ -34,7 +34,7 @@ from torch import Tensor
 
 from infovae_kernels import _checks, kernels
 from infovae_kernels.ops._common import bandwidth_grad, bandwidths, needs_grad, no_double_backward, \
-    prepared_pooled, primitives, sum_to_input
+    padded, prepared_pooled, primitives, sum_to_input
 
 
 class _MMD(torch.autograd.Function):
@@ -93,7 +93,7 @@ class _MMD(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_value, *_):
-        no_double_backward("mmd")
+        no_double_backward("mmd", grad_value)
         grads = [sum_to_input(grad_value, g, shape) if need else None
                  for need, g, shape in zip(ctx.needs_input_grad[:5], ctx.saved_tensors, ctx.shapes)]
         return (*grads, None, None, None, None, None)
@@ -137,9 +137,6 @@ def mmd(x: Tensor, y: Tensor, *, kernel: kernels.Kernel = "rbf", sigma: _checks.
             if not _checks._tracing(w) and bool((w.detach().square().sum(-1) >= 1.0 - 1e-12).any()):
                 raise ValueError(f"the unbiased estimator needs at least 2 positive weights for {name}"
                                  + (" in every problem (x_lengths, y_lengths >= 2)" if w.dim() == 2 else ""))
-    mask = None
-    if x_mask is not None or y_mask is not None:
-        mask = torch.cat([x_mask if x_mask is not None else wx.new_ones(wx.shape, dtype=torch.bool),
-                          y_mask if y_mask is not None else wy.new_ones(wy.shape, dtype=torch.bool)], -1)
     sigmas = bandwidths(sigma, kernel, x, y, masks=(x_mask, y_mask))
-    return _MMD.apply(x, y, wx, wy, sigmas, mask, kernel, unbiased, backend, needs_grad(x, y, wx, wy, sigmas))[0]
+    return _MMD.apply(x, y, wx, wy, sigmas, padded(x_mask, y_mask, x, y), kernel, unbiased, backend,
+                      needs_grad(x, y, wx, wy, sigmas))[0]

@@ -42,7 +42,7 @@ class _RowSums(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, u):
-        no_double_backward("mmd_power")
+        no_double_backward("mmd_power", u)
         z, w, sigmas, params = ctx.saved_tensors
         name, ops = ctx.args
         cols = torch.cat([w, u.to(z.dtype)], 1)
