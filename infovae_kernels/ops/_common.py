@@ -30,7 +30,9 @@ def bandwidths(sigma: _checks.Sigma, kernel: kernels.Kernel, x: Tensor, y: Optio
     if x.dim() == 2:
         return _checks.sigmas(sigma, x, lambda: median(torch.cat(parts) if y is not None else x), kernel)
 
-    def per_problem() -> Tensor:
+    def per_problem() -> Tensor:  # one batched call; a padded batch: one call per problem on its real rows
+        if all(m is None for m in masks):
+            return median(torch.cat(parts, -2) if y is not None else x)
         rows = [[p[b] if m is None else p[b][m[b]] for p, m in zip(parts, masks)] for b in range(x.shape[0])]
         return torch.stack([median(torch.cat(r)) for r in rows])
     return _checks.sigmas(sigma, x, per_problem, kernel, batch=x.shape[0])
