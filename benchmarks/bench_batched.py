@@ -46,9 +46,9 @@ from common import markdown, write_csv  # noqa: E402
 
 SIGMA = 1.0
 MODES = ("value", "full")
-FIELDS = ["bench", "case", "method", "mode", "b", "n", "d", "status", "seconds", "reps", "over_batched", "over_pooled_2d",
-          "full_over_value", "value", "max_rel_diff", "peak_rss_mb", "above_baseline_mb", "device", "cpu_model",
-          "threads", "torch"]
+FIELDS = ["bench", "case", "method", "mode", "b", "n", "d", "status", "seconds", "reps", "over_batched",
+          "over_pooled_2d", "full_over_value", "value", "max_rel_diff", "peak_rss_mb", "above_baseline_mb", "device",
+          "cpu_model", "threads", "torch"]
 BATCH_METHODS = ("loop", "batched", "geomloss", "vmap")  # take x (B, N, d), y (B, M, d); pooled_2d takes 2-D
 
 
@@ -212,7 +212,8 @@ def main(argv=None) -> int:
     load_backend()
     q = args.quick
     cases = {"A": dict(b=16 if q else 256, n=32 if q else 128, reps=args.reps, separate=False, reference="loop",
-                       jobs=[(m, mode) for m in ("loop", "batched", "geomloss", "pooled_2d", "vmap") for mode in MODES]),
+                       jobs=[(m, mode) for m in ("loop", "batched", "geomloss", "pooled_2d", "vmap")
+                             for mode in MODES]),
              "B": dict(b=4 if q else 16, n=256 if q else 4096, reps=args.reps_large, separate=True, reference="batched",
                        jobs=[("batched", "value"), ("geomloss", "value"), ("pooled_2d", "value"),
                              ("batched", "full"), ("pooled_2d", "full")])}
