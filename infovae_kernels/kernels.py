@@ -254,15 +254,20 @@ def prepare_pooled(x: Tensor, y: Tensor, kernel: Kernel = "rbf", mask: Optional[
 
 def is_transformed(*tensors: Optional[Tensor]) -> bool:
     """Whether a torch.func transform (vmap, grad, ...) wraps any of the tensors: in-place writes into
-    plain buffers and host reads of values are then impossible."""
+    plain buffers and host reads of values are then impossible. False under torch.compile, which traces
+    the transforms itself (and cannot trace this query)."""
+    if torch.compiler.is_compiling():
+        return False
     return any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
 def power_of_two_scale(peak: Tensor) -> Tensor:
-    """2^e with peak / 2^e in [0.5, 1) (1 when peak is 0), float64 0-dim: the divisor of `prepare`."""
+    """2^e with peak / 2^e in [0.5, 1) (2 when peak is 0), float64 (0-dim, or (B,) for a batch): the divisor
+    of `prepare`."""
     peak = peak.to(torch.float64)
-    exponent = torch.frexp(torch.where(peak > 0, peak, torch.ones_like(peak))).exponent
-    return torch.ldexp(torch.ones_like(peak), exponent)
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return peak / torch.frexp(peak).mantissa  # exact: peak = mantissa 2^e (no int exponent: Inductor's CPU
+    # code for a batch of them, int32 to float64 vectors, does not compile in torch 2.13)
 
 
 # ---------------------------------------------------------------------------------------- Stein kernels

@@ -122,7 +122,7 @@ def _grad_levels(t: Tensor) -> int:
     """How many torch.func.grad (or vjp, jacrev) levels wrap t: the backward of the innermost one sees
     its incoming gradient wrapped once; a second level means the gradient itself is being differentiated."""
     functorch, levels = torch._C._functorch, 0
-    while functorch.is_functorch_wrapped_tensor(t):
+    while kernels.is_transformed(t):
         levels += functorch.is_gradtrackingtensor(t)
         t = functorch.get_unwrapped(t)
     return levels
