@@ -219,7 +219,8 @@ def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel
              max_memory: Memory = DEFAULT_MAX_MEMORY, block_size: int | None = None,
              progress: bool | None = None, median_points: int | None = MEDIAN_SUBSAMPLE,
              median_seed: int = 0, dtype: torch.dtype | None = None, group: ProcessGroup | None = None,
-             names: tuple[str, str] | None = None, report: dict[str, Any] | None = None) -> MMDTestResult:
+             names: tuple[str, str] | None = None, report: dict[str, Any] | None = None
+             ) -> MMDTestResult | list[MMDTestResult]:
     """Two-sample permutation test with the MMD^2 statistic; every permutation in one pass.
 
     The pooled Z = [X; Y] (N + M rows) and W (N + M, 1 + P): column 0 labels the observed split, column p
@@ -254,6 +255,16 @@ def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel
         raise ValueError(f"permutations must be a positive int, got {permutations!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if isinstance(x, Tensor) and x.dim() == 3:
+        given = dict(device=device, block_size=block_size, group=group, names=names, report=report, dtype=dtype,
+                     median_points=median_points != MEDIAN_SUBSAMPLE or None, median_seed=median_seed or None,
+                     progress=progress, max_memory=max_memory != DEFAULT_MAX_MEMORY or None,
+                     sigma_optimize=isinstance(sigma, str) and sigma == "optimize" or None)
+        unsupported = [k for k, v in given.items() if v is not None]
+        if unsupported:
+            raise ValueError(f"a batch of tests (x of shape (B, N, d)) runs in memory in one call; "
+                             f"{', '.join(unsupported)} apply to one streamed test only")
+        return _mmd_test_batch(x, y, int(permutations), int(seed), kernel, sigma, unbiased, backend)
     if isinstance(sigma, str) and sigma == "optimize":
         if not kernels.has_bandwidth(_checks.kernel(kernel)):
             raise ValueError(f'sigma="optimize" needs a kernel with a bandwidth ({kernels.BANDWIDTH_KERNELS}), '
@@ -270,10 +281,7 @@ def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel
     if unbiased and (n < 2 or m < 2):
         raise ValueError(f"the unbiased estimator needs at least 2 points in each set, got {n} and {m}")
     labels = _labels(n, m, int(permutations), int(seed))
-    if unbiased:
-        wpos, wneg = 1.0 / (n - 1), -1.0 / (m - 1)
-    else:
-        wpos, wneg = 1.0 / n, -1.0 / m
+    wpos, wneg = _column_weights(n, m, unbiased)
 
     def columns(s: int, e: int) -> Tensor:
         lab = labels[s:e]
@@ -286,6 +294,23 @@ def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel
     plan = plan_tiles(n, m, st.block, world)
     partials, _ = run_tiles(_job(st, columns, ncols, unbiased), plan, rank, world, group, progress)
     q = np.array([math.fsum(partials[:, c]) for c in range(ncols)])
+    result = _test_result(q, n, m, unbiased, 16 * torch.finfo(st.ct).eps * (1 if st.sigmas is None else len(st.sigmas)))
+    if report is not None:
+        report.update(_info(st, plan, world, t0), value=result.statistic, p_value=result.p_value,
+                      permutations=int(permutations), seed=int(seed))
+    return result
+
+
+def _column_weights(n: int, m: int, unbiased: bool) -> tuple[float, float]:
+    """The weights of mmd_test's columns: on the points labelled X and on those labelled Y."""
+    return (1.0 / (n - 1), -1.0 / (m - 1)) if unbiased else (1.0 / n, -1.0 / m)
+
+
+def _test_result(q: np.ndarray, n: int, m: int, unbiased: bool, tol_unit: float) -> MMDTestResult:
+    """The statistic, p-value and permutation statistics from q (every column's quadratic form, the
+    all-ones column last when unbiased; see mmd_test). A permuted statistic within tol_unit * max(1,
+    |statistic|) below the observed one counts as reaching it (rounding must not turn a tie into an
+    exceedance)."""
     if unbiased:
         t = q[-1]
         q = q[:-1]
@@ -295,12 +320,33 @@ def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel
     else:
         stats = q
     stat, perm = float(stats[0]), torch.from_numpy(stats[1:].copy())
-    tol = 16 * torch.finfo(st.ct).eps * max(1 if st.sigmas is None else len(st.sigmas), abs(stat))
-    p_value = (1 + int((perm >= stat - tol).sum())) / (1 + permutations)
-    if report is not None:
-        report.update(_info(st, plan, world, t0), value=stat, p_value=p_value, permutations=int(permutations),
-                      seed=int(seed))
-    return MMDTestResult(stat, p_value, perm)
+    tol = tol_unit * max(1.0, abs(stat))
+    return MMDTestResult(stat, (1 + int((perm >= stat - tol).sum())) / (1 + perm.shape[0]), perm)
+
+
+def _mmd_test_batch(x: Tensor, y: Tensor, permutations: int, seed: int, kernel: kernels.Kernel, sigma: _checks.Sigma,
+                    unbiased: bool, backend: str) -> list[MMDTestResult]:
+    """mmd_test of each problem of a batch x (B, N, d), y (B, M, d), in one batched quad_form call over the
+    columns of the 2-D test (the same labellings for every problem: `seed`'s)."""
+    from infovae_kernels.ops._common import bandwidths, prepared_pooled, primitives
+
+    _checks.points(x, y, batch=True)
+    kernel = _checks.kernel(kernel)
+    n, m = x.shape[1], y.shape[1]
+    if unbiased and (n < 2 or m < 2):
+        raise ValueError(f"the unbiased estimator needs at least 2 points in each set, got {n} and {m}")
+    wpos, wneg = _column_weights(n, m, unbiased)
+    labels = _labels(n, m, int(permutations), int(seed))
+    w = torch.full(labels.shape, wneg, dtype=torch.float64).masked_fill_(labels, wpos)
+    if unbiased:
+        w = torch.cat([w, w.new_ones((n + m, 1))], 1)
+    sigmas = bandwidths(sigma, kernel, x.detach(), y.detach())
+    z, _, params = prepared_pooled(x.detach(), y.detach(), sigmas, kernel)
+    w = w.to(device=z.device, dtype=z.dtype).expand(x.shape[0], -1, -1)
+    q, _, _ = primitives(backend, x.device).quad_form(z, w, None, params, kernels.primitive_name(kernel), unbiased,
+                                                      False)
+    tol_unit = 16 * torch.finfo(kernels.compute_dtype(x.dtype)).eps * (1 if sigmas is None else sigmas.shape[-1])
+    return [_test_result(qb, n, m, unbiased, tol_unit) for qb in q.cpu().numpy()]
 
 
 def _labels(n: int, m: int, permutations: int, seed: int) -> Tensor:
