@@ -8,6 +8,16 @@ imq base's b^beta as exp(beta log b).
 
 Runs on CUDA tensors; on CPU tensors only under TRITON_INTERPRET=1 (the Triton interpreter, for tests).
 
+Batches (the batch contract of issue 22)
+    gram, pair_reduce and quad_form also take a leading batch dim: points and weights (B, rows, cols),
+    params (B, S'), problem b using params[b] and rows b only; outputs get the same leading dim. One launch
+    per phase covers the batch, folded into the first grid axis (program b * blocks + block; axes 1 and 2
+    keep their roles); the kernels offset their pointers by batch strides and read params[b] on the
+    device. Host decisions (tile plan, pair_reduce's split of the Y range, quad_form's rounds per launch
+    and q rows) depend on one problem's sizes, not on B; the lossy flag is per problem (B flags, on the
+    device). So problem b is bitwise its 2-D call, and a 2-D call runs as a batch of one with the bits of
+    before. quad_form's S / G slot buffers are B times one problem's (up to B x _SLOT_BYTES).
+
 Registration
     On a GPU the ops are ``torch.library.triton_op`` and launch their kernels through
     ``torch.library.wrap_triton``, so torch.compile / Inductor see into them and CUDA graphs can capture
@@ -18,12 +28,13 @@ Registration
 
 Numerics (kernels.py has the details)
     r2 from coordinate differences for d <= 16; for d > 16 from |x|^2 + |y|^2 - 2 x.y (tl.dot), or from
-    differences for the whole call when the lossy-distance rule of infovae_kernels/kernels.py says the
-    expansion loses the distance (decided on the device: a flag the kernels read, no host sync).
+    differences for the whole problem (each of a batch) when the lossy-distance rule of
+    infovae_kernels/kernels.py says the expansion loses the distance (decided on the device: a flag per
+    problem that the kernels read, no host sync).
     laplacian and energy use differences for every d (sqrt of r2: the expansion would be lossy near
     r = 0); polynomial needs only x.y (a loop over d for d <= 16, else tl.dot; no lossy rule), its G
     drops the x_i sum_j W_ij term, and its degree is read in the kernel (no host read on a GPU; on CPU
-    tensors _check validates it). quad_form forces r2(i, i) = 0 (distance kernels); g(0) = 0 everywhere.
+    tensors _check_params validates it). quad_form forces r2(i, i) = 0 (distance kernels); g(0) = 0 everywhere.
     float16/bfloat16 are upcast in the kernel and compute in float32 like float32; float64 computes in
     float64. exp is Triton's tl.exp (on NVIDIA GPUs ex2.approx.f32 of x log2(e) for float32), sqrt
     tl.sqrt (sqrt.approx.ftz.f32; sqrt.rn.f64). Partials are combined in float64 in a fixed order, no

@@ -5,10 +5,11 @@ fixed-order combine kernels.
 Per-pair math lives in two jit helpers used by every kernel:
   _sqdist      r2 of a tile. d <= 16: coordinate differences, a loop over d. d > 16:
                |x|^2 + |y|^2 - 2 x.y by tl.dot over BLOCK_D-wide chunks, clamped at 0, unless the
-               lossy-distance rule of infovae_kernels/kernels.py holds for the call:
+               lossy-distance rule of infovae_kernels/kernels.py holds for the problem (each of a batch):
                (max_i |x_i|^2 + max_j |y_j|^2) * kappa > LOSSY_BOUND (= LOSSY_TOLERANCE / u, u the unit
                roundoff of the compute type); then coordinate differences (a loop over d). The rule is
-               evaluated once per call on the device (lossy_flag_kernel writes a flag); each d > 16 call
+               evaluated once per call and problem on the device (lossy_flag_kernel writes a flag per
+               problem); each d > 16 call
                launches both compiled variants (constexpr DIFF 0 and 1, GATE = the flag value it serves),
                and the programs of the variant the flag does not select return at once: no host sync,
                and each variant compiles to clean code (a per-tile runtime branch between the two
@@ -28,6 +29,13 @@ distances), and its gradient has no x_i sum_j W_ij term: G_i = -sum_j h_ij (a_i 
 quad_form column side likewise).
 
 The points arrive centred and scaled (the op layer does it); nothing here centres again.
+
+Batches: gram, pair_reduce, quad_form, lossy_flag and sum_rows kernels run B problems in one launch. The
+batch is folded into grid axis 0 (_problem_and_block: program b * blocks + block); a program offsets its
+pointers by the batch strides (sxb, ..., scb: params row b) and writes problem b's outputs and partials
+(pair_reduce's partials (split, B, N, cols), quad_form's q_part (B, TQ * nb, P) and slots (2T, B, N, cols)).
+The lossy flag is per problem (flag_ptr[b]). Within a problem the arithmetic and its order are those of
+a 2-D call.
 
 Summation order. Every reduction a result passes through has an order fixed by the tile shapes, which
 are a function of (d, dtype) only, and by num_warps (it picks the register layout and so the reduction
