@@ -35,8 +35,8 @@ def rotate(cases):
     """Each (kernel, dtype) once, with the shape cases in turn (each case gets two kernels, one of each
     dtype when there are 5 cases): every combination would take minutes under the interpreter."""
     pairs = [(kernel, dtype) for kernel in KERNELS for dtype in DTYPES]
-    return [pytest.param(*cases[i % len(cases)], kernel, dtype, id=f"{kernel}-{str(dtype)[6:]}-{cases[i % len(cases)]}")
-            for i, (kernel, dtype) in enumerate(pairs)]
+    return [pytest.param(*cases[i % len(cases)], kernel, dtype,
+                         id=f"{kernel}-{str(dtype)[6:]}-{cases[i % len(cases)]}") for i, (kernel, dtype) in enumerate(pairs)]
 
 
 def batch_params(kernel, d, nbatch):
@@ -256,12 +256,11 @@ def test_non_contiguous_batched_inputs():
     params = batch_params("imq", 5, 6)[::2]  # (3, 2) with a row stride of 4
     assert not any(t.is_contiguous() for t in (x, y, v, a, params))
     s, g = T.pair_reduce(x, y, v, a, params, "imq", False)
-    contiguous = [t.contiguous() for t in (x, y, v, a, params)]
-    s_c, g_c = T.pair_reduce(*contiguous[:4], contiguous[4], "imq", False)
+    xc, yc, vc, ac, pc = (t.contiguous() for t in (x, y, v, a, params))
+    s_c, g_c = T.pair_reduce(xc, yc, vc, ac, pc, "imq", False)
     assert torch.equal(s, s_c) and torch.equal(g, g_c)
-    assert torch.equal(T.gram(x, y, params, "imq", True), T.gram(contiguous[0], contiguous[1], contiguous[4], "imq", True))
-    out = T.quad_form(x, a, a, params, "rbf", True, True)
-    out_c = T.quad_form(contiguous[0], contiguous[3], contiguous[3], contiguous[4], "rbf", True, True)
+    assert torch.equal(T.gram(x, y, params, "imq", True), T.gram(xc, yc, pc, "imq", True))
+    out, out_c = T.quad_form(x, a, a, params, "rbf", True, True), T.quad_form(xc, ac, ac, pc, "rbf", True, True)
     assert all(torch.equal(o, c) for o, c in zip(out, out_c))
     s0, g0 = R.pair_reduce(x[1].double(), y[1].double(), v[1].double(), a[1].double(), params[1], "imq", False)
     assert torch.allclose(s[1], s0, rtol=1e-4, atol=1e-5) and torch.allclose(g[1], g0, rtol=1e-4, atol=1e-5)
@@ -281,16 +280,18 @@ def test_empty_batches_and_empty_problems():
     assert s.shape == (0, 0, 2) and g.shape == (0, 0, 3)
     # N = 0 inside a batch of 2: zeros like 2-D
     params = batch_params("rbf", 3, 2)
-    x0, y, w = points(2, 0, 3, torch.float32, 20), points(2, 4, 3, torch.float32, 21), weights(2, 4, 2, torch.float32, 22)
+    x0, y = points(2, 0, 3, torch.float32, 20), points(2, 4, 3, torch.float32, 21)
+    w, w0 = weights(2, 4, 2, torch.float32, 22), weights(2, 0, 2, torch.float32, 23)
     assert T.gram(x0, y, params, "rbf", False).shape == (2, 0, 4)
-    s, g = T.pair_reduce(x0, y, w, weights(2, 0, 2, torch.float32, 23), params, "rbf", False)
+    s, g = T.pair_reduce(x0, y, w, w0, params, "rbf", False)
     assert s.shape == (2, 0, 2) and g.shape == (2, 0, 3)
-    q, s, g = T.quad_form(x0, weights(2, 0, 2, torch.float32, 24), None, params, "rbf", False, True)
+    q, s, g = T.quad_form(x0, w0, None, params, "rbf", False, True)
     assert q.shape == (2, 2) and torch.equal(q, torch.zeros_like(q)) and s.shape == (2, 0, 2) and g.shape == (2, 0, 3)
 
 
 def test_mismatched_batches_and_ranks_name_the_argument():
-    x, y, v = points(3, 5, 3, torch.float32, 25), points(3, 6, 3, torch.float32, 26), weights(3, 6, 1, torch.float32, 27)
+    x, y = points(3, 5, 3, torch.float32, 25), points(3, 6, 3, torch.float32, 26)
+    v = weights(3, 6, 1, torch.float32, 27)
     params = batch_params("rbf", 3, 3)
     with pytest.raises(ValueError, match="y holds 2 problems, x 3"):
         T.gram(x, y[:2], params, "rbf", False)

@@ -34,7 +34,7 @@ Numerics (kernels.py has the details)
     laplacian and energy use differences for every d (sqrt of r2: the expansion would be lossy near
     r = 0); polynomial needs only x.y (a loop over d for d <= 16, else tl.dot; no lossy rule), its G
     drops the x_i sum_j W_ij term, and its degree is read in the kernel (no host read on a GPU; on CPU
-    tensors _check_params validates it). quad_form forces r2(i, i) = 0 (distance kernels); g(0) = 0 everywhere.
+    tensors _check validates it). quad_form forces r2(i, i) = 0 (distance kernels); g(0) = 0 everywhere.
     float16/bfloat16 are upcast in the kernel and compute in float32 like float32; float64 computes in
     float64. exp is Triton's tl.exp (on NVIDIA GPUs ex2.approx.f32 of x log2(e) for float32), sqrt
     tl.sqrt (sqrt.approx.ftz.f32; sqrt.rn.f64). Partials are combined in float64 in a fixed order, no
@@ -332,13 +332,13 @@ def _as_batch(name: str, tensors: dict, params: Tensor, kernel: str) -> tuple[bo
     (batched, the tensors as 3-D (B, rows, cols), params as 2-D (B, S')): a 2-D call is the batch of one
     problem, which computes its bits unchanged (the batch only offsets the kernels' pointers)."""
     batched = next(iter(tensors.values())).dim() == 3
-    _check_params(name, tensors, params, kernel, batched)
+    _check(name, tensors, params, kernel, batched)
     if batched:
         return True, list(tensors.values()), params
     return False, [t.unsqueeze(0) for t in tensors.values()], params.unsqueeze(0)
 
 
-def _check_params(name: str, tensors: dict, params: Tensor, kernel: str, batched: bool) -> None:
+def _check(name: str, tensors: dict, params: Tensor, kernel: str, batched: bool) -> None:
     _check_tensors(name, tensors, params, batched)
     if kernel not in _KIND:
         raise ValueError(f"{NAMESPACE}.{name}: kernel must be one of {PRIMITIVE_KERNELS}, got {kernel!r}")
