@@ -303,6 +303,8 @@ def test_mismatched_batches_and_ranks_name_the_argument():
         T.quad_form(x, x[:, :, :1], x[:2, :, :1], params, "rbf", False, False)
     with pytest.raises(ValueError, match="y must be 3-D"):
         T.gram(x, y[0], params, "rbf", False)
+    with pytest.raises(ValueError, match="x must be 2-D, or 3-D"):
+        T.gram(x[None], y[None], params, "rbf", False)
     with pytest.raises(ValueError, match="params must be a 2-D"):
         T.gram(x, y, params[0], "rbf", False)
     with pytest.raises(ValueError, match="params must be a 1-D"):

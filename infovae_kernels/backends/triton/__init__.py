@@ -302,12 +302,12 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def _check_tensors(name: str, tensors: dict, params: Tensor, batched: bool = False) -> None:
     """The points and weights (2-D, or 3-D when batched; one float dtype and device, at least one feature)
     and the params tensor (1-D, or 2-D when batched)."""
-    first = next(iter(tensors.values()))
+    first_name, first = next(iter(tensors.items()))
     rank = 3 if batched else 2
     for tname, t in tensors.items():
         if t.dim() != rank:
-            raise ValueError(f"{NAMESPACE}.{name}: {tname} must be {rank}-D like {next(iter(tensors))}, got shape "
-                             f"{tuple(t.shape)}")
+            like = "2-D, or 3-D with a leading batch dim" if tname == first_name else f"{rank}-D like {first_name}"
+            raise ValueError(f"{NAMESPACE}.{name}: {tname} must be {like}, got shape {tuple(t.shape)}")
         if t.dtype not in _FLOATS:
             raise ValueError(f"{NAMESPACE}.{name}: {tname} must be float16/bfloat16/float32/float64, got {t.dtype}")
         if t.dtype != first.dtype or t.device != first.device:
@@ -322,7 +322,7 @@ def _check_tensors(name: str, tensors: dict, params: Tensor, batched: bool = Fal
         for tname, t in dict(tensors, params=params).items():
             if t.shape[0] != first.shape[0]:
                 raise ValueError(f"{NAMESPACE}.{name}: {tname} holds {t.shape[0]} problems, "
-                                 f"{next(iter(tensors))} {first.shape[0]}")
+                                 f"{first_name} {first.shape[0]}")
     if first.shape[-1] == 0:
         raise ValueError(f"{NAMESPACE}.{name}: points need at least one feature")
 
