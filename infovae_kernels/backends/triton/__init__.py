@@ -8,6 +8,16 @@ imq base's b^beta as exp(beta log b).
 
 Runs on CUDA tensors; on CPU tensors only under TRITON_INTERPRET=1 (the Triton interpreter, for tests).
 
+Batches (the batch contract of issue 22)
+    gram, pair_reduce and quad_form also take a leading batch dim: points and weights (B, rows, cols),
+    params (B, S'), problem b using params[b] and rows b only; outputs get the same leading dim. One launch
+    per phase covers the batch, folded into the first grid axis (program b * blocks + block; axes 1 and 2
+    keep their roles); the kernels offset their pointers by batch strides and read params[b] on the
+    device. Host decisions (tile plan, pair_reduce's split of the Y range, quad_form's rounds per launch
+    and q rows) depend on one problem's sizes, not on B; the lossy flag is per problem (B flags, on the
+    device). So problem b is bitwise its 2-D call, and a 2-D call runs as a batch of one with the bits of
+    before. quad_form's S / G slot buffers are B times one problem's (up to B x _SLOT_BYTES).
+
 Registration
     On a GPU the ops are ``torch.library.triton_op`` and launch their kernels through
     ``torch.library.wrap_triton``, so torch.compile / Inductor see into them and CUDA graphs can capture
@@ -18,8 +28,9 @@ Registration
 
 Numerics (kernels.py has the details)
     r2 from coordinate differences for d <= 16; for d > 16 from |x|^2 + |y|^2 - 2 x.y (tl.dot), or from
-    differences for the whole call when the lossy-distance rule of infovae_kernels/kernels.py says the
-    expansion loses the distance (decided on the device: a flag the kernels read, no host sync).
+    differences for the whole problem (each of a batch) when the lossy-distance rule of
+    infovae_kernels/kernels.py says the expansion loses the distance (decided on the device: a flag per
+    problem that the kernels read, no host sync).
     laplacian and energy use differences for every d (sqrt of r2: the expansion would be lossy near
     r = 0); polynomial needs only x.y (a loop over d for d <= 16, else tl.dot; no lossy rule), its G
     drops the x_i sum_j W_ij term, and its degree is read in the kernel (no host read on a GPU; on CPU
@@ -258,25 +269,27 @@ _ALWAYS_DIFFERENCES = ("laplacian", "energy")
 
 def _common_meta(kernel: str, params: Tensor, ct: torch.dtype) -> dict:
     # NS: the scale count of the distance kernels; the dot kernel reads its three params by position.
-    return dict(NS=1 if kernel in _DOT_KERNELS else params.shape[0], KIND=_KIND[kernel], CT=_tl_dtype(ct),
+    return dict(NS=1 if kernel in _DOT_KERNELS else params.shape[-1], KIND=_KIND[kernel], CT=_tl_dtype(ct),
                 PREC="ieee" if ct == torch.float64 else _PRECISION)
 
 
 def _variants(x: Tensor, y: Tensor, params: Tensor, kernel: str, ct: torch.dtype) -> tuple[Tensor, list]:
-    """(flag tensor, [launch meta per variant]). d <= 16, laplacian and energy: one launch, coordinate
-    differences, ungated. polynomial: one launch, ungated, its dot by a loop over d (d <= 16, DIFF) or
-    tl.dot (no lossy rule: no distances). rbf and imq at d > 16: the lossy flag of the call is computed on
-    the device and two launches follow, the expansion (GATE 0) and the differences (GATE 1); the one the
-    flag does not select returns at once."""
-    d = x.shape[1]
+    """(flag tensor, [launch meta per variant]) of a batch x (B, N, d), y (B, M, d), params (B, S').
+    d <= 16, laplacian and energy: one launch, coordinate differences, ungated. polynomial: one launch,
+    ungated, its dot by a loop over d (d <= 16, DIFF) or tl.dot (no lossy rule: no distances). rbf and imq
+    at d > 16: the lossy flag of each problem (B flags, one program each) is computed on the device and
+    two launches follow, the expansion (GATE 0) and the differences (GATE 1); the programs of a problem
+    whose flag selects the other variant return at once. So each problem takes the distance formula its
+    2-D call would."""
+    d = x.shape[2]
     if kernel in _DOT_KERNELS:
         return params, [dict(DIFF=d <= 16, GATE=-1)]
     if d <= 16 or kernel in _ALWAYS_DIFFERENCES:
         return params, [dict(DIFF=True, GATE=-1)]
-    flag = torch.empty((1,), dtype=torch.int32, device=x.device)
-    _tuner("lossy_flag_kernel", ((4, 1),))[(1,)](
-        x, y, params, flag, x.shape[0], y.shape[0], d, x.stride(0), y.stride(0),
-        NS=params.shape[0], KIND=_KIND[kernel], CT=_tl_dtype(ct),
+    flag = torch.empty((x.shape[0],), dtype=torch.int32, device=x.device)
+    _tuner("lossy_flag_kernel", ((4, 1),))[(x.shape[0],)](
+        x, y, params, flag, x.shape[1], y.shape[1], d, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
+        params.stride(0), NS=params.shape[1], KIND=_KIND[kernel], CT=_tl_dtype(ct),
         LOSSY_BOUND=float(LOSSY_TOLERANCE / unit_roundoff(ct)), BLOCK_R=64, BLOCK_C=32)
     return flag, [dict(DIFF=False, GATE=0), dict(DIFF=True, GATE=1)]
 
@@ -286,12 +299,15 @@ def _variants(x: Tensor, y: Tensor, params: Tensor, kernel: str, ct: torch.dtype
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_tensors(name: str, tensors: dict, params: Tensor) -> None:
-    """The points and weights (2-D, one float dtype and device, at least one feature) and the params tensor."""
-    first = next(iter(tensors.values()))
+def _check_tensors(name: str, tensors: dict, params: Tensor, batched: bool = False) -> None:
+    """The points and weights (2-D, or 3-D when batched; one float dtype and device, at least one feature)
+    and the params tensor (1-D, or 2-D when batched)."""
+    first_name, first = next(iter(tensors.items()))
+    rank = 3 if batched else 2
     for tname, t in tensors.items():
-        if t.dim() != 2:
-            raise ValueError(f"{NAMESPACE}.{name}: {tname} must be 2-D, got shape {tuple(t.shape)}")
+        if t.dim() != rank:
+            like = "2-D, or 3-D with a leading batch dim" if tname == first_name else f"{rank}-D like {first_name}"
+            raise ValueError(f"{NAMESPACE}.{name}: {tname} must be {like}, got shape {tuple(t.shape)}")
         if t.dtype not in _FLOATS:
             raise ValueError(f"{NAMESPACE}.{name}: {tname} must be float16/bfloat16/float32/float64, got {t.dtype}")
         if t.dtype != first.dtype or t.device != first.device:
@@ -299,19 +315,34 @@ def _check_tensors(name: str, tensors: dict, params: Tensor) -> None:
     if first.device.type != "cuda" and not (first.device.type == "cpu" and _INTERPRET):
         raise ValueError(f"{NAMESPACE}.{name}: runs on CUDA tensors (CPU tensors only under "
                          f"TRITON_INTERPRET=1), got a {first.device.type} tensor")
-    if params.dtype != torch.float64 or params.dim() != 1 or params.device != first.device:
-        raise ValueError(f"{NAMESPACE}.{name}: params must be a 1-D float64 tensor on {first.device}, got "
-                         f"{params.dtype} of shape {tuple(params.shape)} on {params.device}")
-    if first.shape[1] == 0:
+    if params.dtype != torch.float64 or params.dim() != rank - 1 or params.device != first.device:
+        raise ValueError(f"{NAMESPACE}.{name}: params must be a {rank - 1}-D float64 tensor on {first.device}, "
+                         f"got {params.dtype} of shape {tuple(params.shape)} on {params.device}")
+    if batched:
+        for tname, t in dict(tensors, params=params).items():
+            if t.shape[0] != first.shape[0]:
+                raise ValueError(f"{NAMESPACE}.{name}: {tname} holds {t.shape[0]} problems, "
+                                 f"{first_name} {first.shape[0]}")
+    if first.shape[-1] == 0:
         raise ValueError(f"{NAMESPACE}.{name}: points need at least one feature")
 
 
-def _check(name: str, tensors: dict, params: Tensor, kernel: str) -> None:
-    """Validation of the primitives' arguments (the public layer checks user input before)."""
-    _check_tensors(name, tensors, params)
+def _as_batch(name: str, tensors: dict, params: Tensor, kernel: str) -> tuple[bool, list, Tensor]:
+    """Validates the primitives' arguments (the public layer checks user input before) and returns
+    (batched, the tensors as 3-D (B, rows, cols), params as 2-D (B, S')): a 2-D call is the batch of one
+    problem, which computes its bits unchanged (the batch only offsets the kernels' pointers)."""
+    batched = next(iter(tensors.values())).dim() == 3
+    _check(name, tensors, params, kernel, batched)
+    if batched:
+        return True, list(tensors.values()), params
+    return False, [t.unsqueeze(0) for t in tensors.values()], params.unsqueeze(0)
+
+
+def _check(name: str, tensors: dict, params: Tensor, kernel: str, batched: bool) -> None:
+    _check_tensors(name, tensors, params, batched)
     if kernel not in _KIND:
         raise ValueError(f"{NAMESPACE}.{name}: kernel must be one of {PRIMITIVE_KERNELS}, got {kernel!r}")
-    n = params.shape[0]
+    n = params.shape[-1]
     if kernel == "energy" and n != 1:
         raise ValueError(f"{NAMESPACE}.{name}: params must hold 1 value (energy), got {n}")
     if kernel in _DOT_KERNELS:
@@ -319,10 +350,10 @@ def _check(name: str, tensors: dict, params: Tensor, kernel: str) -> None:
             raise ValueError(f"{NAMESPACE}.{name}: params must hold 3 values [gamma, coef, degree] (polynomial), "
                              f"got {n}")
         if params.device.type == "cpu":  # reading the degree is free here (on a GPU it would be a host sync)
-            degree = float(params[2])
-            if not (1 <= degree <= MAX_DEGREE and degree == int(degree)):
-                raise ValueError(f"{NAMESPACE}.{name}: the polynomial degree must be an integer 1..{MAX_DEGREE}, "
-                                 f"got {degree}")
+            for degree in params[..., 2].reshape(-1).tolist():
+                if not (1 <= degree <= MAX_DEGREE and degree == int(degree)):
+                    raise ValueError(f"{NAMESPACE}.{name}: the polynomial degree must be an integer "
+                                     f"1..{MAX_DEGREE}, got {degree}")
     elif not 1 <= n <= MAX_SCALES:
         raise ValueError(f"{NAMESPACE}.{name}: between 1 and {MAX_SCALES} scales, got {n}")
 
@@ -339,27 +370,34 @@ def _combine(slots: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------ op bodies
+#
+# Each primitive takes 2-D inputs (one problem) or 3-D ones with a leading batch dim (B problems, params
+# (B, S')): one launch per phase covers the batch, folded into the grid's first axis (program
+# b * blocks + block), each program offsetting its pointers to problem b's rows and params. Every host
+# decision (tile plan, pair_reduce's split of the Y range, quad_form's rounds per launch and q rows) is
+# a function of one problem's sizes (the same for every problem of a batch), and the lossy flag is per
+# problem on the device, so problem b's result is bitwise its 2-D call's.
 
 def _gram(x: Tensor, y: Tensor, params: Tensor, kernel: str, derivative: bool) -> Tensor:
-    _check("gram", {"x": x, "y": y}, params, kernel)
-    if x.shape[1] != y.shape[1]:
+    batched, (x, y), params = _as_batch("gram", {"x": x, "y": y}, params, kernel)
+    if x.shape[2] != y.shape[2]:
         raise ValueError(f"{NAMESPACE}.gram: x and y need the same number of columns")
-    N, d = x.shape
-    M = y.shape[0]
-    out = torch.empty((N, M), dtype=x.dtype, device=x.device)
-    if N == 0 or M == 0:
-        return out
-    x, y = x.contiguous(), y.contiguous()
-    ct = compute_dtype(x.dtype)
-    plan = _plan("gram", d, x.dtype)
-    bm, bn = plan["BM"], plan["BN"]
-    flag, variants = _variants(x, y, params, kernel, ct)
-    for var in variants:
-        _tuner("gram_kernel", _configs(plan))[(triton.cdiv(N, bm), triton.cdiv(M, bn))](
-            x, y, params, flag, out, N, M, d, x.stride(0), y.stride(0), _key(N), _key(M),
-            DERIV=bool(derivative), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=plan["BLOCK_D"],
-            **var, **_common_meta(kernel, params, ct))
-    return out
+    nbatch, N, d = x.shape
+    M = y.shape[1]
+    out = torch.empty((nbatch, N, M), dtype=x.dtype, device=x.device)
+    if out.numel():
+        x, y, params = x.contiguous(), y.contiguous(), params.contiguous()
+        ct = compute_dtype(x.dtype)
+        plan = _plan("gram", d, x.dtype)
+        bm, bn = plan["BM"], plan["BN"]
+        flag, variants = _variants(x, y, params, kernel, ct)
+        for var in variants:
+            _tuner("gram_kernel", _configs(plan))[(nbatch * triton.cdiv(N, bm), triton.cdiv(M, bn))](
+                x, y, params, flag, out, N, M, d, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
+                params.stride(0), _key(N), _key(M),
+                DERIV=bool(derivative), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=plan["BLOCK_D"],
+                **var, **_common_meta(kernel, params, ct))
+    return out if batched else out[0]
 
 
 def _pair_reduce(x: Tensor, y: Tensor, v: Tensor, a: Optional[Tensor], params: Tensor, kernel: str,
@@ -367,21 +405,24 @@ def _pair_reduce(x: Tensor, y: Tensor, v: Tensor, a: Optional[Tensor], params: T
     tensors = {"x": x, "y": y, "v": v}
     if a is not None:
         tensors["a"] = a
-    _check("pair_reduce", tensors, params, kernel)
-    N, d = x.shape
-    M, p = y.shape[0], v.shape[1]
-    if y.shape[1] != d or v.shape[0] != M or (a is not None and tuple(a.shape) != (N, p)):
-        raise ValueError(f"{NAMESPACE}.pair_reduce: shapes x {tuple(x.shape)}, y {tuple(y.shape)}, "
-                         f"v {tuple(v.shape)}, a {None if a is None else tuple(a.shape)} do not fit "
+    batched, points, params = _as_batch("pair_reduce", tensors, params, kernel)
+    x, y, v = points[:3]
+    a = points[3] if a is not None else None
+    nbatch, N, d = x.shape
+    M, p = y.shape[1], v.shape[2]
+    if y.shape[2] != d or v.shape[1] != M or (a is not None and tuple(a.shape[1:]) != (N, p)):
+        raise ValueError(f"{NAMESPACE}.pair_reduce: shapes x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])}, "
+                         f"v {tuple(v.shape[1:])}, a {None if a is None else tuple(a.shape[1:])} do not fit "
                          f"(N,d), (M,d), (M,p), (N,p)")
     if exclude_diagonal and N != M:
         raise ValueError(f"{NAMESPACE}.pair_reduce: exclude_diagonal needs N == M, got {N} and {M}")
     has_a = a is not None
     dev = x.device
-    if N == 0 or M == 0 or p == 0:
-        return (torch.zeros((N, p), dtype=torch.float64, device=dev),
-                torch.zeros((N if has_a else 0, d), dtype=torch.float64, device=dev))
-    x, y, v = x.contiguous(), y.contiguous(), v.contiguous()
+    unbatch = (lambda t: t) if batched else (lambda t: t[0])
+    if nbatch == 0 or N == 0 or M == 0 or p == 0:
+        return (unbatch(torch.zeros((nbatch, N, p), dtype=torch.float64, device=dev)),
+                unbatch(torch.zeros((nbatch, N if has_a else 0, d), dtype=torch.float64, device=dev)))
+    x, y, v, params = x.contiguous(), y.contiguous(), v.contiguous(), params.contiguous()
     a = a.contiguous() if has_a else v
     ct = compute_dtype(x.dtype)
     plan = _plan("pair", d, x.dtype)
@@ -392,29 +433,31 @@ def _pair_reduce(x: Tensor, y: Tensor, v: Tensor, a: Optional[Tensor], params: T
     n_chunks = max(n_s, n_g)
     n_rows = triton.cdiv(N, bm)
     n_tiles = triton.cdiv(M, bn)
-    # split the Y tiles so that about _PROGRAMS_TARGET programs run: a function of the shapes only
+    # split the Y tiles so that about _PROGRAMS_TARGET programs run per problem: a function of one
+    # problem's shapes only (not of B: a batched problem sums in its 2-D call's order)
     want = max(1, min(n_tiles, 64, -(-_PROGRAMS_TARGET // (n_rows * n_chunks))))
     per = -(-n_tiles // want)
     split = -(-n_tiles // per)
-    s_part = torch.empty((split, N, p), dtype=torch.float64, device=dev)
-    g_part = torch.empty((split, N, d) if has_a else (1,), dtype=torch.float64, device=dev)
+    s_part = torch.empty((split, nbatch, N, p), dtype=torch.float64, device=dev)
+    g_part = torch.empty((split, nbatch, N, d) if has_a else (1,), dtype=torch.float64, device=dev)
     flag, variants = _variants(x, y, params, kernel, ct)
     for var in variants:
-        _tuner("pair_reduce_kernel", _configs(plan))[(n_rows, n_chunks, split)](
+        _tuner("pair_reduce_kernel", _configs(plan))[(nbatch * n_rows, n_chunks, split)](
             x, y, v, a, params, flag, s_part, g_part,
-            N, M, d, p, x.stride(0), y.stride(0), v.stride(0), a.stride(0),
-            per, n_s, n_g, _key(N), _key(M),
+            N, M, d, p, nbatch, x.stride(0), x.stride(1), y.stride(0), y.stride(1), v.stride(0), v.stride(1),
+            a.stride(0), a.stride(1), params.stride(0), per, n_s, n_g, _key(N), _key(M),
             HAS_A=has_a, EXCL=bool(exclude_diagonal), P_ONE=block_p == 1, BLOCK_M=bm, BLOCK_N=bn,
             BLOCK_D=plan["BLOCK_D"], BLOCK_P=block_p, BLOCK_PA=_clamp_np2(p, 16, 64), BLOCK_G=plan["BLOCK_G"],
             **var, **_common_meta(kernel, params, ct))
     s = _combine(s_part)
-    g = _combine(g_part) if has_a else torch.zeros((0, d), dtype=torch.float64, device=dev)
-    return s, g
+    g = _combine(g_part) if has_a else torch.zeros((nbatch, 0, d), dtype=torch.float64, device=dev)
+    return unbatch(s), unbatch(g)
 
 
 def _rounds_per_launch(n: int, d: int, p: int, rounds: int, b: int) -> int:
-    """Rounds of the circulant sweep per launch when S or G are asked for: the slot buffers
-    (2T, N, P + d) float64 stay under _SLOT_BYTES. Depends on the shapes only."""
+    """Rounds of the circulant sweep per launch when S or G are asked for: one problem's slot buffers
+    (2T, N, P + d) float64 stay under _SLOT_BYTES (a batch's are B times that). Depends on one
+    problem's shapes only."""
     per_round = 2 * n * (p + d) * 8
     return max(1, min(rounds, _SLOT_BYTES // max(per_round, 1)))
 
@@ -424,21 +467,24 @@ def _quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel
     tensors = {"z": z, "w": w}
     if a is not None:
         tensors["a"] = a
-    _check("quad_form", tensors, params, kernel)
-    N, d = z.shape
-    P = w.shape[1]
-    if w.shape[0] != N or (a is not None and tuple(a.shape) != (N, P)):
-        raise ValueError(f"{NAMESPACE}.quad_form: w (and a) must have shape ({N}, P), got w {tuple(w.shape)}"
-                         f", a {None if a is None else tuple(a.shape)}")
+    batched, points, params = _as_batch("quad_form", tensors, params, kernel)
+    z, w = points[:2]
+    a = points[2] if a is not None else None
+    nbatch, N, d = z.shape
+    P = w.shape[2]
+    if w.shape[1] != N or (a is not None and tuple(a.shape[1:]) != (N, P)):
+        raise ValueError(f"{NAMESPACE}.quad_form: w (and a) must have shape ({N}, P), got w {tuple(w.shape[1:])}"
+                         f", a {None if a is None else tuple(a.shape[1:])}")
     dev = z.device
     has_g = a is not None
-    s_shape = (N if row_sums else 0, P)
-    g_shape = (N if has_g else 0, d)
-    if N == 0 or P == 0:
-        return (torch.zeros((P,), dtype=torch.float64, device=dev),
-                torch.zeros(s_shape, dtype=torch.float64, device=dev),
-                torch.zeros(g_shape, dtype=torch.float64, device=dev))
-    z, w = z.contiguous(), w.contiguous()
+    unbatch = (lambda t: t) if batched else (lambda t: t[0])
+    s_shape = (nbatch, N if row_sums else 0, P)
+    g_shape = (nbatch, N if has_g else 0, d)
+    if nbatch == 0 or N == 0 or P == 0:
+        return (unbatch(torch.zeros((nbatch, P), dtype=torch.float64, device=dev)),
+                unbatch(torch.zeros(s_shape, dtype=torch.float64, device=dev)),
+                unbatch(torch.zeros(g_shape, dtype=torch.float64, device=dev)))
+    z, w, params = z.contiguous(), w.contiguous(), params.contiguous()
     a = a.contiguous() if has_g else w
     ct = compute_dtype(z.dtype)
     plan = _plan("quad", d, z.dtype)
@@ -450,11 +496,11 @@ def _quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel
     # holds at most TQ consecutive rounds, so q sums the same terms in the same order with or without
     # S / G (whose blocks are shorter). Value only: blocks of TQ rounds (one launch up to N ~ 2^17).
     TQ = max(1, min(rounds, _Q_CELLS // nb))
-    q_part = torch.zeros((TQ * nb, P), dtype=torch.float64, device=dev)
+    q_part = torch.zeros((nbatch, TQ * nb, P), dtype=torch.float64, device=dev)
     if row_sums or has_g:
         T = min(TQ, _rounds_per_launch(N, d, P, rounds, b))
-        s_slots = torch.zeros((2 * T, N, P) if row_sums else (1,), dtype=torch.float64, device=dev)
-        g_slots = torch.zeros((2 * T, N, d) if has_g else (1,), dtype=torch.float64, device=dev)
+        s_slots = torch.zeros((2 * T, nbatch, N, P) if row_sums else (1,), dtype=torch.float64, device=dev)
+        g_slots = torch.zeros((2 * T, nbatch, N, d) if has_g else (1,), dtype=torch.float64, device=dev)
     else:
         T = TQ
         s_slots = g_slots = q_part  # never touched (has_s = has_g = 0)
@@ -462,17 +508,17 @@ def _quad_form(z: Tensor, w: Tensor, a: Optional[Tensor], params: Tensor, kernel
     flag, variants = _variants(z, z, params, kernel, ct)
     for t0 in range(0, rounds, T):
         for var in variants:
-            kern[(nb, min(T, rounds - t0))](
+            kern[(nbatch * nb, min(T, rounds - t0))](
                 z, w, a, params, flag, q_part, s_slots, g_slots,
-                N, d, P, z.stride(0), w.stride(0), a.stride(0), nb, t0, rounds, T, TQ,
-                int(row_sums), int(has_g), _key(N),
+                N, d, P, nbatch, z.stride(0), z.stride(1), w.stride(0), w.stride(1), a.stride(0), a.stride(1),
+                params.stride(0), nb, t0, rounds, T, TQ, int(row_sums), int(has_g), _key(N),
                 EXCL=bool(exclude_diagonal), P_ONE=block_p == 1, B=b, BLOCK_D=plan["BLOCK_D"],
                 BLOCK_P=block_p, BLOCK_G=plan["BLOCK_G"], **var, **_common_meta(kernel, params, ct))
-    q = torch.empty((P,), dtype=torch.float64, device=dev)
-    _tuner("sum_rows_kernel", ((4, 1),))[(P,)](q_part, q, TQ * nb, P, BLOCK=1024)
+    q = torch.empty((nbatch, P), dtype=torch.float64, device=dev)
+    _tuner("sum_rows_kernel", ((4, 1),))[(nbatch * P,)](q_part, q, TQ * nb, P, BLOCK=1024)
     s = _combine(s_slots) if row_sums else torch.zeros(s_shape, dtype=torch.float64, device=dev)
     g = _combine(g_slots) if has_g else torch.zeros(g_shape, dtype=torch.float64, device=dev)
-    return q, s, g
+    return unbatch(q), unbatch(s), unbatch(g)
 
 
 def _stein_check(name: str, x: Tensor, s: Tensor, w: Tensor, params: Tensor, kernel: str) -> None:
@@ -497,7 +543,7 @@ def _stein_variants(x: Tensor, params: Tensor, kernel: str, ct: torch.dtype) -> 
     rule (and the flag kernel) of the distance kernels decides the distance formula."""
     inv = 1.0 / (params[2:] * params[2:])
     kap = 0.5 * inv if kernel == "rbf" else inv / (params[1] * params[1])
-    return _variants(x, x, kap, "rbf", ct)
+    return _variants(x[None], x[None], kap[None], "rbf", ct)
 
 
 def _stein_meta(kernel: str, params: Tensor, ct: torch.dtype) -> dict:

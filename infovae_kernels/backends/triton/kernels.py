@@ -5,10 +5,11 @@ fixed-order combine kernels.
 Per-pair math lives in two jit helpers used by every kernel:
   _sqdist      r2 of a tile. d <= 16: coordinate differences, a loop over d. d > 16:
                |x|^2 + |y|^2 - 2 x.y by tl.dot over BLOCK_D-wide chunks, clamped at 0, unless the
-               lossy-distance rule of infovae_kernels/kernels.py holds for the call:
+               lossy-distance rule of infovae_kernels/kernels.py holds for the problem (each of a batch):
                (max_i |x_i|^2 + max_j |y_j|^2) * kappa > LOSSY_BOUND (= LOSSY_TOLERANCE / u, u the unit
                roundoff of the compute type); then coordinate differences (a loop over d). The rule is
-               evaluated once per call on the device (lossy_flag_kernel writes a flag); each d > 16 call
+               evaluated once per call and problem on the device (lossy_flag_kernel writes a flag per
+               problem); each d > 16 call
                launches both compiled variants (constexpr DIFF 0 and 1, GATE = the flag value it serves),
                and the programs of the variant the flag does not select return at once: no host sync,
                and each variant compiles to clean code (a per-tile runtime branch between the two
@@ -28,6 +29,13 @@ distances), and its gradient has no x_i sum_j W_ij term: G_i = -sum_j h_ij (a_i 
 quad_form column side likewise).
 
 The points arrive centred and scaled (the op layer does it); nothing here centres again.
+
+Batches: gram, pair_reduce, quad_form, lossy_flag and sum_rows kernels run B problems in one launch. The
+batch is folded into grid axis 0 (_problem_and_block: program b * blocks + block); a program offsets its
+pointers by the batch strides (sxb, ..., scb: params row b) and writes problem b's outputs and partials
+(pair_reduce's partials (split, B, N, cols), quad_form's q_part (B, TQ * nb, P) and slots (2T, B, N, cols)).
+The lossy flag is per problem (flag_ptr[b]). Within a problem the arithmetic and its order are those of
+a 2-D call.
 
 Summation order. Every reduction a result passes through has an order fixed by the tile shapes, which
 are a function of (d, dtype) only, and by num_warps (it picks the register layout and so the reduction
@@ -207,6 +215,13 @@ def _gated_out(flag_ptr, GATE: tl.constexpr):
 
 
 @triton.jit
+def _problem_and_block(pid, n_blocks):
+    """(problem b, block) of a program id that folds the batch into its grid axis: pid = b * n_blocks + block."""
+    pid = pid.to(tl.int64)
+    return pid // n_blocks, pid % n_blocks
+
+
+@triton.jit
 def _max_sqnorm(x_ptr, N, D, sx, CT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     m = tl.zeros([BLOCK_R], dtype=CT)
     for r0 in range(0, N, BLOCK_R):
@@ -220,29 +235,40 @@ def _max_sqnorm(x_ptr, N, D, sx, CT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_
 
 
 @triton.jit
-def lossy_flag_kernel(x_ptr, y_ptr, c_ptr, flag_ptr, N, M, D, sx, sy,
+def lossy_flag_kernel(x_ptr, y_ptr, c_ptr, flag_ptr, N, M, D, sxb, sx, syb, sy, scb,
                       NS: tl.constexpr, KIND: tl.constexpr, CT: tl.constexpr, LOSSY_BOUND: tl.constexpr,
                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """flag = 1 when (max_i |x_i|^2 + max_j |y_j|^2) * kappa > LOSSY_BOUND (= LOSSY_TOLERANCE / u): the
-    expansion would lose the distance at the narrowest bandwidth, so the call uses differences. One
-    program, once per call (d > 16 only); the kernels then read the flag: no host sync."""
+    expansion would lose the distance at the narrowest bandwidth, so the problem uses differences. One
+    program per problem b of the batch (flag_ptr[b]), once per call (d > 16 only); the kernels then read
+    their problem's flag: no host sync."""
+    b = tl.program_id(0).to(tl.int64)
+    x_ptr += b * sxb
+    y_ptr += b * syb
+    c_ptr += b * scb
     bound = (_max_sqnorm(x_ptr, N, D, sx, CT, BLOCK_R, BLOCK_C).to(tl.float64)
              + _max_sqnorm(y_ptr, M, D, sy, CT, BLOCK_R, BLOCK_C).to(tl.float64)) * _kappa(c_ptr, NS, KIND)
-    tl.store(flag_ptr, (bound > LOSSY_BOUND).to(tl.int32))
+    tl.store(flag_ptr + b, (bound > LOSSY_BOUND).to(tl.int32))
 
 
 # ------------------------------------------------------------------------------------ gram
 
 @triton.jit
 def gram_kernel(
-    x_ptr, y_ptr, c_ptr, flag_ptr, out_ptr, N, M, D, sx, sy, N_KEY, M_KEY,
+    x_ptr, y_ptr, c_ptr, flag_ptr, out_ptr, N, M, D, sxb, sx, syb, sy, scb, N_KEY, M_KEY,
     NS: tl.constexpr, KIND: tl.constexpr, DERIV: tl.constexpr, DIFF: tl.constexpr,
     GATE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    if _gated_out(flag_ptr, GATE):
+    """Program (b * row blocks + row block, column block): one tile of problem b's (N, M) output."""
+    b, row_block = _problem_and_block(tl.program_id(0), tl.cdiv(N, BLOCK_M))
+    if _gated_out(flag_ptr + b, GATE):
         return
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    x_ptr += b * sxb
+    y_ptr += b * syb
+    c_ptr += b * scb
+    out_ptr += b * N * M
+    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     k, g = _tile_terms(x_ptr, y_ptr, c_ptr, rows, cols, N, M, D, sx, sy, NS, KIND, False, BLOCK_M, BLOCK_N,
                        BLOCK_D, DIFF, CT, PREC)
@@ -256,20 +282,28 @@ def gram_kernel(
 @triton.jit
 def pair_reduce_kernel(
     x_ptr, y_ptr, v_ptr, a_ptr, c_ptr, flag_ptr, s_ptr, g_ptr,
-    N, M, D, P, sx, sy, sv, sa, tiles_per_split, n_s_chunks, n_g_chunks, N_KEY, M_KEY,
+    N, M, D, P, n_batch, sxb, sx, syb, sy, svb, sv, sab, sa, scb, tiles_per_split, n_s_chunks, n_g_chunks,
+    N_KEY, M_KEY,
     NS: tl.constexpr, KIND: tl.constexpr, HAS_A: tl.constexpr, EXCL: tl.constexpr,
     DIFF: tl.constexpr, GATE: tl.constexpr, P_ONE: tl.constexpr, CT: tl.constexpr,
     PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_PA: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
-    """Program (row block, output-column chunk, split s): rows of X against the Y tiles of split s, in
-    order; S_i += k_ij v_j and G_i += g_ij (a_i . v_j) (x_i - y_j) accumulated in float64 across tiles;
-    writes its float64 partials to s_part[s] / g_part[s] (combined by sum_slots_kernel)."""
-    if _gated_out(flag_ptr, GATE):
+    """Program (b * row blocks + row block, output-column chunk, split s): rows of problem b's X against
+    the Y tiles of split s, in order; S_i += k_ij v_j and G_i += g_ij (a_i . v_j) (x_i - y_j) accumulated
+    in float64 across tiles; writes its float64 partials to s_part[s, b] / g_part[s, b] (combined by
+    sum_slots_kernel)."""
+    b, pid_m = _problem_and_block(tl.program_id(0), tl.cdiv(N, BLOCK_M))
+    if _gated_out(flag_ptr + b, GATE):
         return
-    pid_m = tl.program_id(0).to(tl.int64)
+    x_ptr += b * sxb
+    y_ptr += b * syb
+    v_ptr += b * svb
+    a_ptr += b * sab
+    c_ptr += b * scb
     pid_c = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2).to(tl.int64)
+    part = pid_s * n_batch + b
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     row_ok = rows < N
     pc = pid_c * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
@@ -318,16 +352,16 @@ def pair_reduce_kernel(
                 acc_g += tl.dot(w, yt, input_precision=PREC, out_dtype=CT).to(tl.float64)
 
     if do_s:
-        s_off = pid_s * N * P + rows[:, None] * P + pc[None, :]
+        s_off = part * N * P + rows[:, None] * P + pc[None, :]
         tl.store(s_ptr + s_off, acc_s, mask=row_ok[:, None] & (pc[None, :] < P))
     if HAS_A:
         if do_g:
             if KIND == 4:  # the dot kernel: G_i = -sum_j h_ij (a_i . v_j) y_j
-                g_off = pid_s * N * D + rows[:, None] * D + gc[None, :]
+                g_off = part * N * D + rows[:, None] * D + gc[None, :]
                 tl.store(g_ptr + g_off, -acc_g, mask=row_ok[:, None] & (gc[None, :] < D))
             else:
                 xt = _load_tile(x_ptr, rows, gc, N, D, sx, CT).to(tl.float64)
-                g_off = pid_s * N * D + rows[:, None] * D + gc[None, :]
+                g_off = part * N * D + rows[:, None] * D + gc[None, :]
                 tl.store(g_ptr + g_off, xt * acc_w[:, None] - acc_g, mask=row_ok[:, None] & (gc[None, :] < D))
 
 
@@ -347,25 +381,30 @@ def _add_rows(ptr, slot, rows, cols, n_rows, n_cols, val):
 @triton.jit(do_not_specialize=["t0", "n_rounds", "T", "TQ", "has_s", "has_g"])
 def quad_form_kernel(
     z_ptr, w_ptr, a_ptr, c_ptr, flag_ptr, q_ptr, s_ptr, g_ptr,
-    N, D, P, sz, sw, sa, nb, t0, n_rounds, T, TQ, has_s, has_g, N_KEY,
+    N, D, P, n_batch, szb, sz, swb, sw, sab, sa, scb, nb, t0, n_rounds, T, TQ, has_s, has_g, N_KEY,
     NS: tl.constexpr, KIND: tl.constexpr, EXCL: tl.constexpr, DIFF: tl.constexpr,
     GATE: tl.constexpr, P_ONE: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
     B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
-    """Program (I, t - t0) of the circulant sweep (module docstring). q_part: (TQ, nb, P), round t adds
-    to row t mod TQ (launch blocks hold at most TQ rounds, in increasing t, so a cell is added to in
-    the same order whatever the blocks); s_ptr: (2T, N, P) and g_ptr: (2T, N, D) float64 slot
-    buffers, used when has_s / has_g."""
-    I = tl.program_id(0).to(tl.int64)
+    """Program (b * nb + I, t - t0) of problem b's circulant sweep (module docstring). q_part:
+    (B, TQ, nb, P), round t adds to row t mod TQ (launch blocks hold at most TQ rounds, in increasing t,
+    so a cell is added to in the same order whatever the blocks); s_ptr: (2T, B, N, P) and
+    g_ptr: (2T, B, N, D) float64 slot buffers, used when has_s / has_g."""
+    b, I = _problem_and_block(tl.program_id(0), nb)
     lt = tl.program_id(1).to(tl.int64)
     t = t0 + lt
     J = (I + t) % nb
-    if _gated_out(flag_ptr, GATE):
+    if _gated_out(flag_ptr + b, GATE):
         return
     if t >= n_rounds:
         return
     if (2 * t == nb) & (J < I):  # even nb, last round: the pair (J, I) is the program (J, t)
         return
+    z_ptr += b * szb
+    w_ptr += b * swb
+    a_ptr += b * sab
+    c_ptr += b * scb
+    q_ptr += b * TQ * nb * P
     rows = I * B + tl.arange(0, B).to(tl.int64)
     cols = J * B + tl.arange(0, B).to(tl.int64)
     row_ok = rows < N
@@ -379,8 +418,8 @@ def quad_form_kernel(
     g = tl.where(valid, g, 0.0)
     factor = tl.where(t == 0, 1.0, 2.0).to(tl.float64)
     off_diag = t > 0
-    slot_r = lt
-    slot_c = T + lt
+    slot_r = lt * n_batch + b  # slot (lt, b) of the (2T, B) slots
+    slot_c = (T + lt) * n_batch + b
 
     # q and S: row part (K_IJ W_J), column part (K_IJ^T W_I)
     if P_ONE:
@@ -468,14 +507,15 @@ def sum_slots_kernel(src_ptr, dst_ptr, n_slots, n_elems, BLOCK: tl.constexpr):
 
 @triton.jit
 def sum_rows_kernel(src_ptr, dst_ptr, n_rows, n_cols, BLOCK: tl.constexpr):
-    """dst[c] = sum_r src[r, c] (float64): BLOCK running sums over the rows in order, then one tree of
-    fixed shape (a fixed launch configuration: never tuned)."""
-    c = tl.program_id(0).to(tl.int64)
+    """dst[b, c] = sum_r src[b, r, c] (float64), program b * n_cols + c: BLOCK running sums over the rows
+    in order, then one tree of fixed shape (a fixed launch configuration: never tuned)."""
+    b, c = _problem_and_block(tl.program_id(0), n_cols)
+    src_ptr += b * n_rows * n_cols
     acc = tl.zeros([BLOCK], dtype=tl.float64)
     for r0 in range(0, n_rows, BLOCK):
         r = r0 + tl.arange(0, BLOCK).to(tl.int64)
         acc += tl.load(src_ptr + r * n_cols + c, mask=r < n_rows, other=0.0)
-    tl.store(dst_ptr + c, tl.sum(acc, axis=0))
+    tl.store(dst_ptr + b * n_cols + c, tl.sum(acc, axis=0))
 
 
 # ------------------------------------------------------------------------------------ Stein kernel
