@@ -607,7 +607,7 @@ def _stein_moments(x: Tensor, s: Tensor, w: Tensor, params: Tensor, kernel: str,
 # ---------------------------------------------------------------------------------- registration
 
 def _register():
-    from infovae_kernels.backends import fake
+    from infovae_kernels.backends import batching, fake
 
     bodies = {"gram": _gram, "pair_reduce": _pair_reduce, "quad_form": _quad_form, "stein_form": _stein_form,
               "stein_moments": _stein_moments}
@@ -621,6 +621,7 @@ def _register():
                                                 schema=SCHEMAS[name])
     if not (_HAS_TRITON_OP and not _INTERPRET):
         fake.register_fakes(NAMESPACE, bodies)
+    batching.register_vmaps(NAMESPACE, {name: ops[name] for name in batching.TENSOR_ARGS})
     return ops
 
 
