@@ -238,8 +238,8 @@ def values(v: Tensor, rows: tuple, like: Tensor, name: str) -> Tensor:
     the points."""
     floating(v, name)
     if v.dim() not in (len(rows), len(rows) + 1) or tuple(v.shape[:len(rows)]) != tuple(rows):
-        shape = ", ".join(str(r) for r in rows)
-        raise ValueError(f"{name} must have shape ({shape}) or ({shape}, p), got {tuple(v.shape)}")
+        raise ValueError(f"{name} must have shape {tuple(rows)} or {tuple(rows)[:-1] + (rows[-1], 'p')}, "
+                         f"got {tuple(v.shape)}".replace("'p'", "p"))
     if v.dim() > len(rows) and v.shape[-1] == 0:
         raise ValueError(f"{name} is empty: shape {tuple(v.shape)}")
     same_device_dtype(like, v, "y", name)

@@ -10,7 +10,8 @@ from infovae_kernels.kernels import Kernel
 
 
 class MMDLoss(nn.Module):
-    """Squared MMD between two samples as a loss: MMDLoss(...)(x, y, weights_x=None, weights_y=None).
+    """Squared MMD between two samples as a loss: MMDLoss(...)(x, y, weights_x=None, weights_y=None); a
+    batch x (B, N, d), y (B, M, d) gives (B,) (x_lengths, y_lengths for padded problems; see ik.mmd).
     A learnable bandwidth: MMDLoss(sigma=nn.Parameter(torch.tensor(1.0))) (a module parameter then)."""
 
     def __init__(self, kernel: Kernel = "rbf", sigma: Sigma = None, estimator: str = "biased",
@@ -18,10 +19,10 @@ class MMDLoss(nn.Module):
         super().__init__()
         self.kernel, self.sigma, self.estimator, self.backend = kernel, sigma, estimator, backend
 
-    def forward(self, x: Tensor, y: Tensor, weights_x: Tensor | None = None,
-                weights_y: Tensor | None = None) -> Tensor:
-        return F.mmd(x, y, kernel=self.kernel, sigma=self.sigma, estimator=self.estimator,
-                     weights_x=weights_x, weights_y=weights_y, backend=self.backend)
+    def forward(self, x: Tensor, y: Tensor, weights_x: Tensor | None = None, weights_y: Tensor | None = None,
+                x_lengths: Tensor | None = None, y_lengths: Tensor | None = None) -> Tensor:
+        return F.mmd(x, y, kernel=self.kernel, sigma=self.sigma, estimator=self.estimator, weights_x=weights_x,
+                     weights_y=weights_y, x_lengths=x_lengths, y_lengths=y_lengths, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel!r}, sigma={self.sigma!r}, estimator={self.estimator!r}, backend={self.backend!r}"

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from infovae_kernels import backends
-from infovae_kernels._checks import Sigma
+from infovae_kernels._checks import Sigma, _tracing
 from infovae_kernels.ops import mmd
 
 #: loss name -> ik.mmd kernel.
@@ -136,7 +136,7 @@ def _weights(w: Optional[Tensor], points: Tensor, name: str, of: str) -> Optiona
     if tuple(w.shape) != expected:
         raise ValueError(f"{name} (the weights of {of}) must have shape {expected} for {of} of shape "
                          f"{tuple(points.shape)}, got {tuple(w.shape)}; call as loss(a, x, b, y)")
-    if w.dtype.is_floating_point and not torch.compiler.is_compiling():
+    if w.dtype.is_floating_point and not _tracing(w):
         tolerance = torch.finfo(w.dtype).eps ** 0.5
         total = w.detach().sum(-1, dtype=torch.float64)
         if not bool(((total - 1.0).abs() <= tolerance).all()):

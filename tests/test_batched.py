@@ -305,7 +305,7 @@ def test_bad_batches_are_value_errors_naming_the_argument():
         (lambda: ik.mmd(x, y, weights_y=torch.zeros(3, 4, dtype=torch.float64).index_fill(1, torch.tensor([0]), 1.0)
                         * torch.tensor([[1.0], [0.0], [1.0]], dtype=torch.float64)), "weights_y are all zero for some"),
         (lambda: ik.mmd(x, y, estimator="unbiased", x_lengths=torch.tensor([5, 1, 2])), "at least 2 positive weights"),
-        (lambda: ik.kernel_sum(x, y, torch.ones(3, 5, dtype=torch.float64)), r"v must have shape \(3, 4\)"),
+        (lambda: ik.kernel_sum(x, y, torch.ones(3, 5, dtype=torch.float64)), r"v must have shape \(3, 4\) or \(3, 4, p\)"),
         (lambda: ik.svgd_direction(x, x[:, :4]), "score must have the shape of x"),
     ]
     for call, message in cases:
@@ -315,3 +315,21 @@ def test_bad_batches_are_value_errors_naming_the_argument():
         ik.mmd(x, y, x_lengths=torch.tensor([5.0, 4.0, 3.0]))
     with pytest.raises(ValueError, match="x must be 2-D"):
         ik.mmd_power(x, y)  # ops without a batch keep their 2-D contract
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_mmd_test_of_a_batch_equals_the_2d_tests(estimator):
+    """One batched call over the 2-D test's columns: each problem's statistic, p-value and permutation
+    statistics are those of ik.mmd_test on it (same seed, hence the same labellings)."""
+    x = _randn(3, 21, 2, dtype=torch.float32)
+    y = _randn(3, 17, 2, dtype=torch.float32, seed=1) + torch.tensor([0.0, 0.4, 1.5])[:, None, None]
+    results = ik.mmd_test(x, y, permutations=99, seed=5, estimator=estimator, sigma="median")
+    assert len(results) == 3
+    for b, got in enumerate(results):
+        want = ik.mmd_test(x[b], y[b], permutations=99, seed=5, estimator=estimator, sigma="median", progress=False)
+        assert got.p_value == want.p_value
+        torch.testing.assert_close(got.statistic, want.statistic, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got.permutation_statistics, want.permutation_statistics, rtol=1e-5, atol=1e-7)
+    assert results[2].p_value == 0.01  # a shift of 1.5 is found
+    with pytest.raises(ValueError, match="block_size apply to one streamed test only"):
+        ik.mmd_test(x, y, block_size=8)

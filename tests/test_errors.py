@@ -37,7 +37,7 @@ FUNCS = {
     ("empty_y_features", ValueError, "y is empty"),
     ("scalar_x", ValueError, "x must be 2-D"),
     ("vector_y", ValueError, "y must be 2-D"),
-    ("3d_x", ValueError, "x must be 2-D"),
+    ("3d_x", ValueError, "x and y must both be 2-D"),  # a batch x (B, N, d) needs a batch y
     ("feature_mismatch", ValueError, "x has 3 features but y has 2"),
     ("int_x", TypeError, "x must have a floating dtype"),
     ("bool_y", TypeError, "y must have a floating dtype"),
