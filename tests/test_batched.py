@@ -230,6 +230,17 @@ def test_vmap_and_func_run_the_batched_ops():
     torch.testing.assert_close(shared, _each(lambda a: ik.mmd(a, y[0]), x), rtol=1e-14, atol=1e-15)
     nested = torch.vmap(torch.vmap(ik.mmd))(x.reshape(2, 2, 7, 2), y.reshape(2, 2, 5, 2))
     torch.testing.assert_close(nested.reshape(4), ik.mmd(x, y), rtol=1e-14, atol=1e-15)
+    outer, pairs = torch.tensor([0.7, 1.3], dtype=torch.float64), (x.reshape(2, 2, 7, 2), y.reshape(2, 2, 5, 2))
+    per_outer = torch.vmap(lambda a, b, s: ik.mmd(a, b, sigma=s))(*pairs, outer)  # batched calls inside the vmap
+    torch.testing.assert_close(per_outer, torch.stack([ik.mmd(*(p[i] for p in pairs), sigma=outer[i]) for i in range(2)]),
+                               rtol=1e-14, atol=1e-15)
+    shared = torch.vmap(torch.vmap(lambda a, b: ik.mmd(a, b, sigma=outer)))(*pairs)
+    torch.testing.assert_close(shared.reshape(4), ik.mmd(x, y, sigma=outer), rtol=1e-14, atol=1e-15)
+    dsigma = torch.vmap(torch.func.grad(lambda s, a, b: ik.mmd(a, b, sigma=s).sum()))(outer, *pairs)
+    for i in range(2):
+        s = outer[i].clone().requires_grad_()
+        ik.mmd(*(p[i] for p in pairs), sigma=s).sum().backward()
+        torch.testing.assert_close(dsigma[i], s.grad, rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(torch.vmap(ik.kernel_sum)(x, y, v), ik.kernel_sum(x, y, v), rtol=1e-14, atol=1e-15)
     torch.testing.assert_close(torch.vmap(ik.rbf_gram)(x, y), ik.rbf_gram(x, y), rtol=1e-14, atol=1e-15)
     torch.testing.assert_close(torch.vmap(ik.svgd_direction)(x, x.flip(1)), ik.svgd_direction(x, x.flip(1)),

@@ -34,13 +34,12 @@ from torch import Tensor
 
 from infovae_kernels import _checks, kernels
 from infovae_kernels.ops._common import bandwidth_grad, bandwidths, needs_grad, no_double_backward, \
-    padded, prepared_pooled, primitives, sum_to_input
+    padded, prepared_pooled, primitives, sum_to_input, vmap_batched
 
 
 class _MMD(torch.autograd.Function):
     """Forward returns the value and the gradients the fused pass computed (empty where not needed), so
     that torch.func transforms see them as outputs; backward scales them."""
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x, y, wx, wy, sigmas, mask, kernel, unbiased, backend, need):
@@ -83,6 +82,10 @@ class _MMD(torch.autograd.Function):
         elif need_wx or need_wy:
             grads[2], grads[3] = 2.0 * s[..., :n, 0], -2.0 * s[..., n:, 0]
         return (value.to(x.dtype), *(value.new_empty(0) if g is None else g for g in grads))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):  # forward is written for a batch already: call it once, batched
+        return vmap_batched(_MMD.forward, info, in_dims, args, n_tensors=6, shared=4)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
