@@ -235,7 +235,7 @@ def test_vmap_and_func_run_the_batched_ops():
     torch.testing.assert_close(per_outer, torch.stack([ik.mmd(*(p[i] for p in pairs), sigma=outer[i]) for i in range(2)]),
                                rtol=1e-14, atol=1e-15)
     shared = torch.vmap(torch.vmap(lambda a, b: ik.mmd(a, b, sigma=outer)))(*pairs)
-    torch.testing.assert_close(shared.reshape(4), ik.mmd(x, y, sigma=outer), rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(shared.reshape(4), ik.mmd(x, y, sigma=outer.tolist()), rtol=1e-14, atol=1e-15)
     dsigma = torch.vmap(torch.func.grad(lambda s, a, b: ik.mmd(a, b, sigma=s).sum()))(outer, *pairs)
     for i in range(2):
         s = outer[i].clone().requires_grad_()
