@@ -28,9 +28,8 @@ using engine::roundup;
 // params' values, read on the host for free here. Distance kernels: finite and > 0 (the op layer clamps
 // them). polynomial [gamma, coef, degree]: gamma and coef finite (any sign), degree an integer in
 // 1..kMaxDegree.
-std::vector<double> param_values(const char* op, const at::Tensor& params, KernelKind kind) {
-  const at::Tensor pc = params.contiguous();
-  std::vector<double> out(pc.data_ptr<double>(), pc.data_ptr<double>() + pc.size(0));
+std::vector<double> param_values(const char* op, const double* row, int64_t count, KernelKind kind) {
+  std::vector<double> out(row, row + count);
   if (kind == KernelKind::POLYNOMIAL) {  // checks::params made sure there are 3
     TORCH_CHECK(std::isfinite(out[0]) && std::isfinite(out[1]), "infovae::", op,
                 ": params [gamma, coef, degree] of the polynomial kernel must have a finite gamma and coef, got [",
@@ -46,34 +45,51 @@ std::vector<double> param_values(const char* op, const at::Tensor& params, Kerne
   return out;
 }
 
+std::vector<double> param_values(const char* op, const at::Tensor& params, KernelKind kind) {
+  const at::Tensor pc = params.contiguous();
+  return param_values(op, pc.data_ptr<double>(), pc.size(0), kind);
+}
+
+// The params rows of a batch (B, S'), each checked as above.
+std::vector<std::vector<double>> param_rows(const char* op, const at::Tensor& params, KernelKind kind) {
+  const at::Tensor pc = params.contiguous();
+  std::vector<std::vector<double>> rows;
+  for (int64_t b = 0; b < pc.size(0); ++b) rows.push_back(param_values(op, pc.data_ptr<double>() + b * pc.size(1), pc.size(1), kind));
+  return rows;
+}
+
 // ---- packing ----------------------------------------------------------------------------------------
 template <typename T>
 at::ScalarType scalar_of() {
   return sizeof(T) == 8 ? at::kDouble : at::kFloat;
 }
 
-// Rows of src (n x q, any strides), optionally times scale_col[i] (a T column), in T: [n_pad][q_pad],
-// zero padded.
+// Rows of src (n x q, or a batch B x n x q; any strides), optionally times scale_col (a T column over
+// the output rows), in T: [B * n_pad][q_pad], problem b's rows from b * n_pad on, zero padded.
 template <typename T>
 at::Tensor to_rows(const at::Tensor& src, int64_t n_pad, int64_t q_pad, const T* scale_col = nullptr) {
-  const int64_t n = src.size(0), q = src.size(1);
-  at::Tensor out = at::zeros({n_pad, q_pad}, src.options().dtype(scalar_of<T>()));
+  const bool batch = src.dim() == 3;
+  const int64_t B = batch ? src.size(0) : 1, n = src.size(-2), q = src.size(-1);
+  at::Tensor out = at::zeros({B * n_pad, q_pad}, src.options().dtype(scalar_of<T>()));
   T* o = out.data_ptr<T>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "infovae_rows", [&] {
     const scalar_t* s = src.data_ptr<scalar_t>();
-    const int64_t s0 = src.stride(0), s1 = src.stride(1);
-    at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i)
+    const int64_t sb = batch ? src.stride(0) : 0, s0 = src.stride(-2), s1 = src.stride(-1);
+    at::parallel_for(0, B * n, 256, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / n, i = r % n, row = b * n_pad + i;
         for (int64_t k = 0; k < q; ++k) {
-          const T x = static_cast<T>(s[i * s0 + k * s1]);
-          o[i * q_pad + k] = scale_col ? scale_col[i] * x : x;
+          const T x = static_cast<T>(s[b * sb + i * s0 + k * s1]);
+          o[row * q_pad + k] = scale_col ? scale_col[row] * x : x;
         }
+      }
     });
   });
   return out;
 }
 
-// Panels of P rows: [n_pad / P][q][P] from rows [n_pad][ld] (first q columns).
+// Panels of P rows: [n_pad / P][q][P] from rows [n_pad][ld] (first q columns). A batch's rows (B * n_pad,
+// n_pad a multiple of P) give each problem's panels from b * n_pad * q on.
 template <typename T>
 at::Tensor to_panels(const at::Tensor& rows, int64_t q, int64_t P) {
   const int64_t n_pad = rows.size(0), ld = rows.size(1);
@@ -119,14 +135,17 @@ at::Tensor norms(const at::Tensor& rows, int64_t q) {
   return out;
 }
 
-// A point set in every layout the engine may read; the tensors keep the buffers alive.
+// A point set (n, d), or a batch of them (B, n, d), in every layout the engine may read, packed once for
+// the batch; the tensors keep the buffers alive.
 template <typename T>
 struct Packed {
   at::Tensor rows, rp, cp, nrm;
-  engine::PointSet<T> ps;
+  engine::PointSet<T> ps;  // problem 0
+  int64_t n_pad = 0;
   Packed(const at::Tensor& x, bool row_panels, bool col_panels) {
     constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
-    const int64_t n = x.size(0), d = x.size(1), n_pad = roundup(n, NR), d_pad = roundup(d, L);
+    const int64_t n = x.size(-2), d = x.size(-1), d_pad = roundup(d, L);
+    n_pad = roundup(n, NR);
     rows = to_rows<T>(x, n_pad, d_pad);
     nrm = norms<T>(rows, d);
     ps.n = n, ps.d = d, ps.d_pad = d_pad;
@@ -134,7 +153,21 @@ struct Packed {
     if (row_panels) rp = to_panels<T>(rows, d, MR), ps.rp = rp.data_ptr<T>();
     if (col_panels) cp = to_panels<T>(rows, d, NR), ps.cp = cp.data_ptr<T>();
   }
+  // Problem b's point set: its rows start at b * n_pad in every layout.
+  engine::PointSet<T> at(int64_t b) const {
+    engine::PointSet<T> p = ps;
+    p.rows += b * n_pad * ps.d_pad, p.norms += b * n_pad;
+    if (p.rp) p.rp += b * n_pad * ps.d;
+    if (p.cp) p.cp += b * n_pad * ps.d;
+    return p;
+  }
 };
+
+// Problem b's part of a buffer whose problems take `per` entries each (nullptr stays nullptr).
+template <typename P>
+P* part(P* base, int64_t b, int64_t per) {
+  return base ? base + b * per : nullptr;
+}
 
 engine::KernelArg kernel_arg(KernelKind kind, const std::vector<double>& params) {
   engine::KernelArg ka;
@@ -153,83 +186,6 @@ at::Tensor gram_typed(const at::Tensor& x, const at::Tensor& y, const engine::Ke
   return K;
 }
 
-template <typename T>
-void pair_reduce_typed(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v,
-                       const std::optional<at::Tensor>& a, const engine::KernelArg& ka, bool exclude_diagonal,
-                       at::Tensor& S, at::Tensor& G) {
-  constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
-  const int64_t N = x.size(0), M = y.size(0), p = v.size(1);
-  const bool grad = a.has_value();
-  const int64_t N_pad = roundup(N, NR), M_pad = roundup(M, NR);
-  const Packed<T> px(x, true, false), py(y, false, true);
-  engine::PairProblem<T> pb;
-  pb.x = px.ps, pb.y = py.ps, pb.p = p, pb.p_pad = roundup(p, L);
-  at::Tensor vr, vp, acol, ap, vy;
-  if (p == 1) {
-    vr = to_rows<T>(v, M_pad, 1);
-    pb.vcol = vr.data_ptr<T>();
-  } else {
-    vr = to_rows<T>(v, M_pad, pb.p_pad);
-    pb.vr = vr.data_ptr<T>();
-    if (grad || p <= Dims<T>::LaneD) {  // GradPG; the lane-form S stage (not p = thousands of permutations)
-      vp = to_panels<T>(vr, p, NR);
-      pb.vp = vp.data_ptr<T>();
-    }
-  }
-  if (grad) {
-    if (p == 1) {
-      acol = to_rows<T>(*a, N_pad, 1);
-      pb.acol = acol.data_ptr<T>();
-      if (y.size(1) > Dims<T>::LaneD) {  // the broadcast-form stage's rows (the lane form reads y's panels)
-        vy = to_rows<T>(y, M_pad, pb.y.d_pad, pb.vcol);
-        pb.vy = vy.data_ptr<T>();
-      }
-    } else {
-      ap = to_panels<T>(to_rows<T>(*a, N_pad, p), p, MR);
-      pb.ap = ap.data_ptr<T>();
-    }
-    pb.G = G.data_ptr<double>();
-  }
-  pb.kernel = ka;
-  pb.exclude_diagonal = exclude_diagonal;
-  pb.S = S.data_ptr<double>();
-  engine::run_pair_reduce<T>(pb);
-}
-
-template <typename T>
-void quad_form_typed(const at::Tensor& z, const at::Tensor& w, const std::optional<at::Tensor>& a,
-                     const engine::KernelArg& ka, bool exclude_diagonal, at::Tensor& q, at::Tensor& S, at::Tensor& G) {
-  constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
-  const int64_t N = z.size(0), P = w.size(1);
-  const int64_t N_pad = roundup(N, NR);
-  const bool grad = a.has_value();
-  const Packed<T> pz(z, true, true);
-  engine::QuadProblem<T> pb;
-  pb.z = pz.ps, pb.P = P, pb.P_pad = roundup(P, L);
-  at::Tensor wr, acol, wz, wrp, wcp, arp, acp;
-  wr = to_rows<T>(w, N_pad, P == 1 ? 1 : pb.P_pad);
-  (P == 1 ? pb.wcol : pb.wr) = wr.data_ptr<T>();
-  if (grad) {
-    if (P == 1) {
-      acol = to_rows<T>(*a, N_pad, 1);
-      pb.acol = acol.data_ptr<T>();
-      wz = to_rows<T>(z, N_pad, pb.z.d_pad, pb.wcol);
-      pb.wz = wz.data_ptr<T>();
-    } else {
-      const at::Tensor ar = to_rows<T>(*a, N_pad, P);
-      wrp = to_panels<T>(wr, P, MR), wcp = to_panels<T>(wr, P, NR);
-      arp = to_panels<T>(ar, P, MR), acp = to_panels<T>(ar, P, NR);
-      pb.wrp = wrp.data_ptr<T>(), pb.wcp = wcp.data_ptr<T>(), pb.arp = arp.data_ptr<T>(), pb.acp = acp.data_ptr<T>();
-    }
-    pb.G = G.data_ptr<double>();
-  }
-  if (S.size(0) > 0) pb.S = S.data_ptr<double>();
-  pb.kernel = ka;
-  pb.exclude_diagonal = exclude_diagonal;
-  pb.q = q.data_ptr<double>();
-  engine::run_quad_form<T>(pb);
-}
-
 // Problem b of a batch is the 2-D op on the rows b of every tensor, and its result does not depend on the
 // thread count: the problems are the parallel items when there are enough to keep every thread busy or
 // they are small (`pairs` per problem), else they run in order, each over all threads. Bitwise the same
@@ -237,12 +193,114 @@ void quad_form_typed(const at::Tensor& z, const at::Tensor& w, const std::option
 template <class F>
 void for_each_problem(int64_t B, int64_t pairs, F&& f) {
   const int64_t nt = std::max(1, at::get_num_threads());
-  if (B >= 4 * nt || pairs < (int64_t{1} << 22))
+  if (B > 1 && (B >= 4 * nt || pairs < (int64_t{1} << 22)))
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) f(b);
     });
   else
     for (int64_t b = 0; b < B; ++b) f(b);
+}
+
+// A batch (every tensor with a leading B; one problem is a batch of 1), packed once, run problem by
+// problem; S (B, N, p) and G (B, N, d) or (B, 0, d) float64, zero on entry.
+template <typename T>
+void pair_reduce_typed(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v,
+                       const std::optional<at::Tensor>& a, const std::vector<engine::KernelArg>& kas,
+                       bool exclude_diagonal, at::Tensor& S, at::Tensor& G) {
+  constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
+  const int64_t B = x.size(0), N = x.size(1), M = y.size(1), d = x.size(2), p = v.size(2);
+  const bool grad = a.has_value();
+  const int64_t N_pad = roundup(N, NR), M_pad = roundup(M, NR), p_pad = roundup(p, L);
+  const Packed<T> px(x, true, false), py(y, false, true);
+  engine::PairProblem<T> base;
+  base.p = p, base.p_pad = p_pad;
+  at::Tensor vr, vp, acol, ap, vy;
+  if (p == 1) {
+    vr = to_rows<T>(v, M_pad, 1);
+    base.vcol = vr.data_ptr<T>();
+  } else {
+    vr = to_rows<T>(v, M_pad, p_pad);
+    base.vr = vr.data_ptr<T>();
+    if (grad || p <= Dims<T>::LaneD) {  // GradPG; the lane-form S stage (not p = thousands of permutations)
+      vp = to_panels<T>(vr, p, NR);
+      base.vp = vp.data_ptr<T>();
+    }
+  }
+  if (grad) {
+    if (p == 1) {
+      acol = to_rows<T>(*a, N_pad, 1);
+      base.acol = acol.data_ptr<T>();
+      if (d > Dims<T>::LaneD) {  // the broadcast-form stage's rows (the lane form reads y's panels)
+        vy = to_rows<T>(y, M_pad, py.ps.d_pad, base.vcol);
+        base.vy = vy.data_ptr<T>();
+      }
+    } else {
+      ap = to_panels<T>(to_rows<T>(*a, N_pad, p), p, MR);
+      base.ap = ap.data_ptr<T>();
+    }
+    base.G = G.data_ptr<double>();
+  }
+  base.exclude_diagonal = exclude_diagonal;
+  base.S = S.data_ptr<double>();
+  for_each_problem(B, N * M, [&](int64_t b) {
+    engine::PairProblem<T> pb = base;
+    pb.x = px.at(b), pb.y = py.at(b), pb.kernel = kas[b];
+    pb.vcol = part(base.vcol, b, M_pad), pb.vr = part(base.vr, b, M_pad * p_pad), pb.vp = part(base.vp, b, M_pad * p);
+    pb.acol = part(base.acol, b, N_pad), pb.ap = part(base.ap, b, N_pad * p), pb.vy = part(base.vy, b, M_pad * py.ps.d_pad);
+    pb.S = part(base.S, b, N * p), pb.G = part(base.G, b, N * d);
+    engine::run_pair_reduce<T>(pb);
+  });
+}
+
+// As pair_reduce_typed: q (B, P), S (B, N, P) or (B, 0, P), G (B, N, d) or (B, 0, d), zero on entry.
+template <typename T>
+void quad_form_typed(const at::Tensor& z, const at::Tensor& w, const std::optional<at::Tensor>& a,
+                     const std::vector<engine::KernelArg>& kas, bool exclude_diagonal, at::Tensor& q, at::Tensor& S,
+                     at::Tensor& G) {
+  constexpr int L = Dims<T>::L, MR = Dims<T>::MR, NR = Dims<T>::NR;
+  const int64_t B = z.size(0), N = z.size(1), d = z.size(2), P = w.size(2);
+  const int64_t N_pad = roundup(N, NR), P_pad = roundup(P, L);
+  const bool grad = a.has_value();
+  const Packed<T> pz(z, true, true);
+  engine::QuadProblem<T> base;
+  base.P = P, base.P_pad = P_pad;
+  at::Tensor wr, acol, wz, wrp, wcp, arp, acp;
+  wr = to_rows<T>(w, N_pad, P == 1 ? 1 : P_pad);
+  (P == 1 ? base.wcol : base.wr) = wr.data_ptr<T>();
+  if (grad) {
+    if (P == 1) {
+      acol = to_rows<T>(*a, N_pad, 1);
+      base.acol = acol.data_ptr<T>();
+      wz = to_rows<T>(z, N_pad, pz.ps.d_pad, base.wcol);
+      base.wz = wz.data_ptr<T>();
+    } else {
+      const at::Tensor ar = to_rows<T>(*a, N_pad, P);
+      wrp = to_panels<T>(wr, P, MR), wcp = to_panels<T>(wr, P, NR);
+      arp = to_panels<T>(ar, P, MR), acp = to_panels<T>(ar, P, NR);
+      base.wrp = wrp.data_ptr<T>(), base.wcp = wcp.data_ptr<T>(), base.arp = arp.data_ptr<T>(),
+      base.acp = acp.data_ptr<T>();
+    }
+    base.G = G.data_ptr<double>();
+  }
+  if (S.size(1) > 0) base.S = S.data_ptr<double>();
+  base.exclude_diagonal = exclude_diagonal;
+  base.q = q.data_ptr<double>();
+  for_each_problem(B, N * N / 2, [&](int64_t b) {
+    engine::QuadProblem<T> pb = base;
+    pb.z = pz.at(b), pb.kernel = kas[b];
+    pb.wcol = part(base.wcol, b, N_pad), pb.wr = part(base.wr, b, N_pad * P_pad);
+    pb.acol = part(base.acol, b, N_pad), pb.wz = part(base.wz, b, N_pad * pz.ps.d_pad);
+    pb.wrp = part(base.wrp, b, N_pad * P), pb.wcp = part(base.wcp, b, N_pad * P);
+    pb.arp = part(base.arp, b, N_pad * P), pb.acp = part(base.acp, b, N_pad * P);
+    pb.q = part(base.q, b, P), pb.S = part(base.S, b, N * P), pb.G = part(base.G, b, N * d);
+    engine::run_quad_form<T>(pb);
+  });
+}
+
+std::vector<engine::KernelArg> kernel_args(KernelKind kind, const std::vector<std::vector<double>>& rows) {
+  std::vector<engine::KernelArg> out;
+  for (const auto& r : rows) out.push_back(kernel_arg(kind, r));
+  return out;
 }
 
 at::Tensor gram_2d(const at::Tensor& x, const at::Tensor& y, const at::Tensor& params, c10::string_view kernel,
@@ -260,48 +318,19 @@ at::Tensor gram_2d(const at::Tensor& x, const at::Tensor& y, const at::Tensor& p
   return x.scalar_type() == at::kFloat ? K : K.to(x.scalar_type());
 }
 
-// The 2-D op, adding into S and G (zeros; G empty when a is None).
-void pair_reduce_into(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v, const std::optional<at::Tensor>& a,
-                      const at::Tensor& params, c10::string_view kernel, bool exclude_diagonal, at::Tensor S,
-                      at::Tensor G) {
-  const KernelKind kind = checks::pair_reduce_args(x, y, v, a, params, kernel, exclude_diagonal, c10::DeviceType::CPU);
-  const auto prm = param_values("pair_reduce", params, kind);  // kernel_arg points into it
-  const auto ka = kernel_arg(kind, prm);
-  const int64_t N = x.size(0), M = y.size(0), d = x.size(1), p = v.size(1);
-  if (N == 0 || M == 0 || p == 0) return;
-  if (dotgemm::applies(kind, d))
-    dotgemm::pair_reduce(x, y, v, a, prm, exclude_diagonal, S, G);
-  else if (x.scalar_type() == at::kDouble)
-    pair_reduce_typed<double>(x, y, v, a, ka, exclude_diagonal, S, G);
-  else
-    pair_reduce_typed<float>(x, y, v, a, ka, exclude_diagonal, S, G);
-}
-
-// The 2-D op, adding into q, S (zeros, or empty without row sums) and G (zeros, or empty when a is None).
-void quad_form_into(const at::Tensor& z, const at::Tensor& w, const std::optional<at::Tensor>& a,
-                    const at::Tensor& params, c10::string_view kernel, bool exclude_diagonal, at::Tensor q,
-                    at::Tensor S, at::Tensor G) {
-  const KernelKind kind = checks::quad_form_args(z, w, a, params, kernel, c10::DeviceType::CPU);
-  const auto prm = param_values("quad_form", params, kind);  // kernel_arg points into it
-  const auto ka = kernel_arg(kind, prm);
-  const int64_t N = z.size(0), d = z.size(1), P = w.size(1);
-  if (N == 0 || P == 0) return;
-  if (dotgemm::applies(kind, d))
-    dotgemm::quad_form(z, w, a, prm, exclude_diagonal, q, S, G);
-  else if (z.scalar_type() == at::kDouble)
-    quad_form_typed<double>(z, w, a, ka, exclude_diagonal, q, S, G);
-  else
-    quad_form_typed<float>(z, w, a, ka, exclude_diagonal, q, S, G);
-}
-
 std::optional<at::Tensor> select(const std::optional<at::Tensor>& t, int64_t b) {
   return t.has_value() ? std::optional<at::Tensor>((*t)[b]) : std::nullopt;
 }
 
+std::optional<at::Tensor> unsqueezed(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->unsqueeze(0)) : std::nullopt;
+}
+
 }  // namespace
 
-// Each op takes 2-D arguments (one problem) or 3-D ones with a leading batch dim B and params (B, S')
-// (for_each_problem above).
+// Each op takes 2-D arguments (one problem) or 3-D ones with a leading batch dim B and params (B, S'). A
+// batch is checked for its shapes once (problem 0's slices pass the 2-D checks) and for every problem's
+// params; one problem runs as a batch of 1.
 at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& params, c10::string_view kernel,
                 bool derivative) {
   if (x.dim() != 3) return gram_2d(x, y, params, kernel, derivative);
@@ -316,46 +345,73 @@ at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& para
 std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v,
                                                const std::optional<at::Tensor>& a, const at::Tensor& params,
                                                c10::string_view kernel, bool exclude_diagonal) {
-  const auto dopt = x.options().dtype(at::kDouble);
-  if (x.dim() != 3) {
+  const bool batch = x.dim() == 3;
+  if (batch) {
+    const int64_t B = checks::batch("pair_reduce", {{"x", &x}, {"y", &y}, {"v", &v}, {"a", a ? &*a : nullptr}}, params);
+    if (B == 0) checks::kernel("pair_reduce", kernel);
+    else checks::pair_reduce_args(x[0], y[0], v[0], select(a, 0), params[0], kernel, exclude_diagonal, c10::DeviceType::CPU);
+  } else {
     checks::pair_reduce_args(x, y, v, a, params, kernel, exclude_diagonal, c10::DeviceType::CPU);
-    at::Tensor S = at::zeros({x.size(0), v.size(1)}, dopt);
-    at::Tensor G = at::zeros({a.has_value() ? x.size(0) : 0, x.size(1)}, dopt);
-    pair_reduce_into(x, y, v, a, params, kernel, exclude_diagonal, S, G);
-    return {S, G};
   }
-  const int64_t B = checks::batch("pair_reduce", {{"x", &x}, {"y", &y}, {"v", &v}, {"a", a ? &*a : nullptr}}, params);
-  at::Tensor S = at::zeros({B, x.size(1), v.size(2)}, dopt);
-  at::Tensor G = at::zeros({B, a.has_value() ? x.size(1) : 0, x.size(2)}, dopt);
-  for_each_problem(B, x.size(1) * y.size(1), [&](int64_t b) {
-    pair_reduce_into(x[b], y[b], v[b], select(a, b), params[b], kernel, exclude_diagonal, S[b], G[b]);
-  });
-  return {S, G};
+  const KernelKind kind = checks::kernel("pair_reduce", kernel);
+  const at::Tensor xb = batch ? x : x.unsqueeze(0), yb = batch ? y : y.unsqueeze(0), vb = batch ? v : v.unsqueeze(0);
+  const std::optional<at::Tensor> ab = batch ? a : unsqueezed(a);
+  const int64_t B = xb.size(0), N = xb.size(1), M = yb.size(1), d = xb.size(2), p = vb.size(2);
+  const auto dopt = x.options().dtype(at::kDouble);
+  at::Tensor S = at::zeros({B, N, p}, dopt);
+  at::Tensor G = at::zeros({B, a.has_value() ? N : 0, d}, dopt);
+  const auto prm = param_rows("pair_reduce", batch ? params : params.unsqueeze(0), kind);  // kas point into it
+  const auto kas = kernel_args(kind, prm);
+  if (B > 0 && N > 0 && M > 0 && p > 0) {
+    if (dotgemm::applies(kind, d))
+      for (int64_t b = 0; b < B; ++b) {
+        at::Tensor Sb = S[b], Gb = G[b];
+        dotgemm::pair_reduce(xb[b], yb[b], vb[b], select(ab, b), prm[b], exclude_diagonal, Sb, Gb);
+      }
+    else if (x.scalar_type() == at::kDouble)
+      pair_reduce_typed<double>(xb, yb, vb, ab, kas, exclude_diagonal, S, G);
+    else
+      pair_reduce_typed<float>(xb, yb, vb, ab, kas, exclude_diagonal, S, G);
+  }
+  if (batch) return {S, G};
+  return {S[0], G[0]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z, const at::Tensor& w,
                                                          const std::optional<at::Tensor>& a, const at::Tensor& params,
                                                          c10::string_view kernel, bool exclude_diagonal,
                                                          bool row_sums) {
-  const auto dopt = z.options().dtype(at::kDouble);
-  if (z.dim() != 3) {
+  const bool batch = z.dim() == 3;
+  if (batch) {
+    const int64_t B = checks::batch("quad_form", {{"z", &z}, {"w", &w}, {"a", a ? &*a : nullptr}}, params);
+    if (B == 0) checks::kernel("quad_form", kernel);
+    else checks::quad_form_args(z[0], w[0], select(a, 0), params[0], kernel, c10::DeviceType::CPU);
+  } else {
     checks::quad_form_args(z, w, a, params, kernel, c10::DeviceType::CPU);
-    const int64_t N = z.size(0);
-    at::Tensor q = at::zeros({w.size(1)}, dopt);
-    at::Tensor S = at::zeros({row_sums ? N : 0, w.size(1)}, dopt);
-    at::Tensor G = at::zeros({a.has_value() ? N : 0, z.size(1)}, dopt);
-    quad_form_into(z, w, a, params, kernel, exclude_diagonal, q, S, G);
-    return {q, S, G};
   }
-  const int64_t B = checks::batch("quad_form", {{"z", &z}, {"w", &w}, {"a", a ? &*a : nullptr}}, params);
-  const int64_t N = z.size(1);
-  at::Tensor q = at::zeros({B, w.size(2)}, dopt);
-  at::Tensor S = at::zeros({B, row_sums ? N : 0, w.size(2)}, dopt);
-  at::Tensor G = at::zeros({B, a.has_value() ? N : 0, z.size(2)}, dopt);
-  for_each_problem(B, N * N / 2, [&](int64_t b) {
-    quad_form_into(z[b], w[b], select(a, b), params[b], kernel, exclude_diagonal, q[b], S[b], G[b]);
-  });
-  return {q, S, G};
+  const KernelKind kind = checks::kernel("quad_form", kernel);
+  const at::Tensor zb = batch ? z : z.unsqueeze(0), wb = batch ? w : w.unsqueeze(0);
+  const std::optional<at::Tensor> ab = batch ? a : unsqueezed(a);
+  const int64_t B = zb.size(0), N = zb.size(1), d = zb.size(2), P = wb.size(2);
+  const auto dopt = z.options().dtype(at::kDouble);
+  at::Tensor q = at::zeros({B, P}, dopt);
+  at::Tensor S = at::zeros({B, row_sums ? N : 0, P}, dopt);
+  at::Tensor G = at::zeros({B, a.has_value() ? N : 0, d}, dopt);
+  const auto prm = param_rows("quad_form", batch ? params : params.unsqueeze(0), kind);  // kas point into it
+  const auto kas = kernel_args(kind, prm);
+  if (B > 0 && N > 0 && P > 0) {
+    if (dotgemm::applies(kind, d))
+      for (int64_t b = 0; b < B; ++b) {
+        at::Tensor qb = q[b], Sb = S[b], Gb = G[b];
+        dotgemm::quad_form(zb[b], wb[b], select(ab, b), prm[b], exclude_diagonal, qb, Sb, Gb);
+      }
+    else if (z.scalar_type() == at::kDouble)
+      quad_form_typed<double>(zb, wb, ab, kas, exclude_diagonal, q, S, G);
+    else
+      quad_form_typed<float>(zb, wb, ab, kas, exclude_diagonal, q, S, G);
+  }
+  if (batch) return {q, S, G};
+  return {q[0], S[0], G[0]};
 }
 
 }  // namespace INFOVAE_CPU_CAPABILITY
