@@ -74,7 +74,7 @@ step bench_targets 140 "$PY" benchmarks/bench_gpu.py --out "$OUT" --skip ladder 
 # 4. the Triton test file and the backend suite on CUDA, each only while the budget leaves the ladder 60 s
 left() { echo $(( TOTAL_S - SECONDS )); }
 if [ "$SKIP_TESTS" != 1 ] && [ "$(left)" -gt 130 ]; then
-  step pytest_triton 70 "$PY" -m pytest -x -q tests/test_triton.py tests/test_ksd_triton.py -m "not gpu" -p no:cacheprovider
+  step pytest_triton 70 "$PY" -m pytest -x -q tests/test_triton.py tests/test_triton_batched.py tests/test_ksd_triton.py -m "not gpu" -p no:cacheprovider
 fi
 if [ "$SKIP_TESTS" != 1 ] && [ "$(left)" -gt 110 ]; then
   step pytest_cuda_suite 50 "$PY" -m pytest -x -q tests/ -k "cuda" -m "not gpu" -p no:cacheprovider
