@@ -70,18 +70,21 @@ template <typename T>
 at::Tensor to_rows(const at::Tensor& src, int64_t n_pad, int64_t q_pad, const T* scale_col = nullptr) {
   const bool batch = src.dim() == 3;
   const int64_t B = batch ? src.size(0) : 1, n = src.size(-2), q = src.size(-1);
-  at::Tensor out = at::zeros({B * n_pad, q_pad}, src.options().dtype(scalar_of<T>()));
+  at::Tensor out = at::empty({B * n_pad, q_pad}, src.options().dtype(scalar_of<T>()));
   T* o = out.data_ptr<T>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "infovae_rows", [&] {
     const scalar_t* s = src.data_ptr<scalar_t>();
     const int64_t sb = batch ? src.stride(0) : 0, s0 = src.stride(-2), s1 = src.stride(-1);
-    at::parallel_for(0, B * n, 256, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / n, i = r % n, row = b * n_pad + i;
-        for (int64_t k = 0; k < q; ++k) {
-          const T x = static_cast<T>(s[b * sb + i * s0 + k * s1]);
-          o[row * q_pad + k] = scale_col ? scale_col[row] * x : x;
-        }
+    at::parallel_for(0, B * n_pad, 256, [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row) {  // each output row written once, its padding with zeros
+        const int64_t b = row / n_pad, i = row % n_pad;
+        T* orow = o + row * q_pad;
+        if (i < n)
+          for (int64_t k = 0; k < q; ++k) {
+            const T x = static_cast<T>(s[b * sb + i * s0 + k * s1]);
+            orow[k] = scale_col ? scale_col[row] * x : x;
+          }
+        std::fill(orow + (i < n ? q : 0), orow + q_pad, T(0));
       }
     });
   });
