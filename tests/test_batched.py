@@ -344,3 +344,18 @@ def test_mmd_test_of_a_batch_equals_the_2d_tests(estimator):
     assert results[2].p_value == 0.01  # a shift of 1.5 is found
     with pytest.raises(ValueError, match="block_size apply to one streamed test only"):
         ik.mmd_test(x, y, block_size=8)
+
+
+def test_cpu_batched_primitives_take_strided_views():
+    """Non-contiguous batches (a feature stride, a transposed batch dim) pack like their contiguous copies."""
+    ops, p = torch.ops.infovae, _params("rbf", 3)
+    base = _randn(5, 3, 8, dtype=torch.float32)
+    z = base.transpose(0, 1)[:, :, ::2]  # (3, 5, 4), strides everywhere
+    w = _randn(2, 5, 3, dtype=torch.float32, seed=1).permute(2, 1, 0)  # (3, 5, 2)
+    got = ops.quad_form(z, w, w, p, "rbf", False, True)
+    want = ops.quad_form(z.contiguous(), w.contiguous(), w.contiguous(), p, "rbf", False, True)
+    assert all(torch.equal(g, e) for g, e in zip(got, want))
+    got = ops.pair_reduce(z, z[:, :4], w[:, :4], w, p, "laplacian", False)
+    want = ops.pair_reduce(z.contiguous(), z[:, :4].contiguous(), w[:, :4].contiguous(), w.contiguous(), p, "laplacian",
+                           False)
+    assert all(torch.equal(g, e) for g, e in zip(got, want))
