@@ -98,6 +98,14 @@ __host__ __device__ __forceinline__ constexpr int64_t row_blocks(int64_t n) {
 // The problem of the batch this block works on (grid.z = the batch size).
 __device__ __forceinline__ int64_t problem_index() { return static_cast<int64_t>(blockIdx.z); }
 
+// pair_reduce: the squared norms and their per-row-block maxima of this block's problem, moved to
+// problem b by thread 0 and kept in shared memory (read by every thread after load_kernel's barrier).
+// Four more pointers held in registers made ptxas spill pair_reduce<double> (rbf, imq) at sm_90.
+template <typename acc_t>
+struct ProblemNorms {
+  const acc_t *xnorm, *ynorm, *xmax, *ymax;
+};
+
 // ---- per-pair math (csrc/include/infovae/pair_math.h) ----
 
 // The kernel parameters of a launch, built in every block from the float64 params array on the device
@@ -364,8 +372,8 @@ __device__ __forceinline__ void tile_arg(acc_t (&arg)[Tile<acc_t>::TM][Tile<acc_
 // ---- kernels ----
 
 // norms[i] = |x_i|^2 accumulated as tile_pairs accumulates a dot product (acc_t, fma, k ascending), so
-// that |x_i|^2 + |x_i|^2 - 2 x_i.x_i == 0 exactly; tile_max[b] = max of norms over rows
-// [b * BM, (b + 1) * BM). One thread per row, BM threads per block; x (batch, n, d), norms (batch, n),
+// that |x_i|^2 + |x_i|^2 - 2 x_i.x_i == 0 exactly; tile_max[I] = max of norms over rows
+// [I * BM, (I + 1) * BM). One thread per row, BM threads per block; x (batch, n, d), norms (batch, n),
 // tile_max (batch, row_blocks(n)).
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(Tile<acc_t>::BM)
@@ -454,7 +462,8 @@ __global__ void __launch_bounds__(kThreads)
 // others in the (zero-initialised) output rows of this split's slab (S + split * N * p,
 // G + split * N * d), which no other block touches. Slabs are summed in split order by
 // sum_slabs_kernel when there is more than one split.
-// Batch: grid.z; problem b's slabs are [b][split] of S and G ([batch][splits][N][p], [batch][splits][N][d]).
+// Batch: grid.z; problem b's slabs are [b][split] of S and G ([batch][splits][N][p], [batch][splits][N][d]),
+// its norms and maxima in shared memory (ProblemNorms).
 template <typename T, typename acc_t, Family F>
 __global__ void __launch_bounds__(kThreads, 2)
     pair_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ v,
@@ -475,17 +484,20 @@ __global__ void __launch_bounds__(kThreads, 2)
   acc_t* Cs = smem + 2 * BM * LDP;  // [BN][LDC] chunk of V or Y
 
   __shared__ DeviceKernel<acc_t> kern;
+  __shared__ ProblemNorms<acc_t> norms;
   const bool has_a = a != nullptr;
   const int64_t b = problem_index();
   const int64_t split = blockIdx.y;
-  const int64_t slab = b * gridDim.y + split;
+  const int64_t slab = b * gridDim.y + split;  // S, G: [batch][splits] slabs
+  if (threadIdx.x == 0 && threadIdx.y == 0)
+    norms = {xnorm + b * N, ynorm + b * M, xmax + b * row_blocks<acc_t>(N), ymax + b * row_blocks<acc_t>(M)};
   x += b * N * d, y += b * M * d, v += b * M * p;
-  xnorm += b * N, ynorm += b * M;
-  xmax += b * row_blocks<acc_t>(N), ymax += b * row_blocks<acc_t>(M);
-  params += b * n_scales;
   S += slab * N * p;
-  if (has_a) a += b * N * p, G += slab * N * d;
-  load_kernel(kern, kind, params, n_scales);
+  if (has_a) {
+    a += b * N * p;
+    G += slab * N * d;
+  }
+  load_kernel(kern, kind, params + b * n_scales, n_scales);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t col_begin = split * tiles_per_split * BN;
@@ -509,7 +521,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int64_t col0 = col_begin; col0 < col_end; col0 += BN) {
     // Phase 1: distances (and a . v) for the BM x BN tile -> P, Q in shared memory.
     acc_t r2[TM][TN];  // or x.y (DOT)
-    tile_arg<F, T, acc_t>(r2, smem, kern, x, N, row0, xnorm, xmax, vec_x, y, M, col0, ynorm, ymax, vec_y, d);
+    tile_arg<F, T, acc_t>(r2, smem, kern, x, N, row0, norms.xnorm, norms.xmax, vec_x, y, M, col0, norms.ynorm,
+                          norms.ymax, vec_y, d);
     acc_t av[TM][TN];
     if (has_a) {
       tile_pairs<false, T, acc_t>(av, smem, a, N, row0, vec_a, v, M, col0, vec_v, p);
