@@ -6,6 +6,9 @@
 // Catches indexing, masking, barrier, scheduling and reduction-order bugs without a GPU; says nothing
 // about speed, nor about device-only behaviour (the CUDA math library's exp, warp scheduling, memory
 // model). Sizes are small: the emulation starts 256 threads per block.
+// Batches (gram, pair_reduce, quad_form; grid.z): every problem of a batched call must be bitwise the 2-D
+// call on that problem (the wrappers below make a 2-D call the batch of one, as ops_cuda.cu does) and
+// match the reference.
 #define INFOVAE_CUDA_EMULATION
 #include <algorithm>
 #include <cmath>
