@@ -1,6 +1,8 @@
 // Argument checks of the three primitives, written once for the CPU (csrc/cpu/cpu_ops.cpp) and CUDA
 // (csrc/cuda/ops_cuda.cu) implementations: every failure is a c10::Error (a RuntimeError in Python)
 // that names the op and the argument. `device` is the device type the implementation runs on.
+// gram, pair_reduce and quad_form also take the batched form (/work/notes/batch_contract.md): when the
+// first argument is 3-D, every tensor argument must be 3-D (B, ...) with its B, and params (B, n).
 #pragma once
 
 #include <initializer_list>
@@ -17,10 +19,31 @@
 namespace infovae {
 namespace checks {
 
-// A 2-D floating tensor on `device`; `shape` names its expected shape in the message.
-inline void matrix(const char* op, const char* name, const at::Tensor& t, const char* shape, c10::DeviceType device) {
-  TORCH_CHECK(t.dim() == 2, "infovae::", op, ": ", name, " must be a 2-D tensor ", shape, ", got a ", t.dim(),
-              "-D tensor of shape ", t.sizes());
+// The form of a call, set by its first argument: 2-D points, or `batch` problems of 3-D points.
+struct Form {
+  bool batched = false;
+  int64_t batch = 1;
+  // The axis of this form that is axis `dim` of the 2-D form.
+  int64_t axis(int64_t dim) const { return batched ? dim + 1 : dim; }
+};
+
+inline Form form_of(const at::Tensor& first) {
+  return first.dim() == 3 ? Form{true, first.size(0)} : Form{};
+}
+
+// A floating tensor on `device`: 2-D, or in a batched form 3-D with the batch size B of the call; `shape`
+// names its expected 2-D shape in the message.
+inline void matrix(const char* op, const char* name, const at::Tensor& t, const char* shape, c10::DeviceType device,
+                   const Form& form = Form{}) {
+  if (form.batched) {
+    TORCH_CHECK(t.dim() == 3, "infovae::", op, ": ", name, " must be a 3-D tensor (B, ", shape + 1,
+                " (the call is batched), got a ", t.dim(), "-D tensor of shape ", t.sizes());
+    TORCH_CHECK(t.size(0) == form.batch, "infovae::", op, ": ", name, " must have the batch size B (", form.batch,
+                ") of the first argument, got shape ", t.sizes());
+  } else {
+    TORCH_CHECK(t.dim() == 2, "infovae::", op, ": ", name, " must be a 2-D tensor ", shape, ", got a ", t.dim(),
+                "-D tensor of shape ", t.sizes());
+  }
   TORCH_CHECK(t.device().type() == device, "infovae::", op, ": ", name, " must be a ", c10::DeviceTypeName(device),
               " tensor, got ", t.device());
   const auto st = t.scalar_type();
@@ -53,21 +76,28 @@ inline KernelKind kernel(const char* op, c10::string_view kernel) {
               std::string(kernel.data(), kernel.size()), "\"");
 }
 
-// params: float64 (n,) on the points' device; n = 1..kMaxScales scales (rbf, imq, laplacian), 1 (energy)
-// or 3 (polynomial: gamma, coef, degree). Values (finite, > 0, clamped by the op layer; an integer degree
-// 1..kMaxDegree) are the implementation's to check where reading them is free.
-inline void params(const char* op, const at::Tensor& params, const at::Tensor& points, KernelKind kind) {
-  TORCH_CHECK(params.dim() == 1, "infovae::", op, ": params must be a 1-D tensor (n_scales,), got shape ",
-              params.sizes());
+// params: float64 (n,) on the points' device, (B, n) in a batched form (one row per problem); n = 1..kMaxScales
+// scales (rbf, imq, laplacian), 1 (energy) or 3 (polynomial: gamma, coef, degree). Values (finite, > 0, clamped
+// by the op layer; an integer degree 1..kMaxDegree) are the implementation's to check where reading them is free.
+inline void params(const char* op, const at::Tensor& params, const at::Tensor& points, KernelKind kind,
+                   const Form& form) {
+  if (form.batched) {
+    TORCH_CHECK(params.dim() == 2 && params.size(0) == form.batch, "infovae::", op,
+                ": params must be a 2-D tensor (B, n_scales) with one row per problem (B = ", form.batch,
+                "), got shape ", params.sizes());
+  } else {
+    TORCH_CHECK(params.dim() == 1, "infovae::", op, ": params must be a 1-D tensor (n_scales,), got shape ",
+                params.sizes());
+  }
   TORCH_CHECK(params.device() == points.device(), "infovae::", op, ": params must be on the device of the points (",
               points.device(), "), got ", params.device());
   TORCH_CHECK(params.scalar_type() == at::kDouble, "infovae::", op, ": params must be float64, got ",
               params.scalar_type());
-  TORCH_CHECK(valid_param_count(kind, params.size(0)), "infovae::", op, ": params must hold ",
+  TORCH_CHECK(valid_param_count(kind, params.size(-1)), "infovae::", op, ": params must hold ",
               kind == KernelKind::ENERGY       ? "1 value (energy)"
               : kind == KernelKind::POLYNOMIAL ? "3 values [gamma, coef, degree] (polynomial)"
                                                : "1 to 16 scales",
-              ", got ", params.size(0));
+              form.batched ? " per row" : "", ", got ", params.size(-1));
 }
 
 // A batched call (its first tensor 3-D): every tensor argument given is 3-D with the first one's leading
@@ -93,12 +123,13 @@ inline int64_t batch(const char* op, std::initializer_list<std::pair<const char*
 inline KernelKind gram_args(const at::Tensor& x, const at::Tensor& y, const at::Tensor& p, c10::string_view k,
                             c10::DeviceType device) {
   const char* op = "gram";
-  matrix(op, "x", x, "(N, d)", device);
-  matrix(op, "y", y, "(M, d)", device);
+  const Form f = form_of(x);
+  matrix(op, "x", x, "(N, d)", device, f);
+  matrix(op, "y", y, "(M, d)", device, f);
   same_as(op, "y", y, "x", x);
-  size(op, "y", y, 1, x.size(1), "the number of columns d of x");
+  size(op, "y", y, f.axis(1), x.size(f.axis(1)), "the number of columns d of x");
   const KernelKind kind = kernel(op, k);
-  params(op, p, x, kind);
+  params(op, p, x, kind, f);
   return kind;
 }
 
@@ -106,23 +137,26 @@ inline KernelKind pair_reduce_args(const at::Tensor& x, const at::Tensor& y, con
                                    const std::optional<at::Tensor>& a, const at::Tensor& p, c10::string_view k,
                                    bool exclude_diagonal, c10::DeviceType device) {
   const char* op = "pair_reduce";
-  matrix(op, "x", x, "(N, d)", device);
-  matrix(op, "y", y, "(M, d)", device);
-  matrix(op, "v", v, "(M, p)", device);
+  const Form f = form_of(x);
+  const int64_t rows = f.axis(0), cols = f.axis(1);
+  matrix(op, "x", x, "(N, d)", device, f);
+  matrix(op, "y", y, "(M, d)", device, f);
+  matrix(op, "v", v, "(M, p)", device, f);
   same_as(op, "y", y, "x", x);
   same_as(op, "v", v, "x", x);
-  size(op, "y", y, 1, x.size(1), "the number of columns d of x");
-  size(op, "v", v, 0, y.size(0), "one row per row of y");
+  size(op, "y", y, cols, x.size(cols), "the number of columns d of x");
+  size(op, "v", v, rows, y.size(rows), "one row per row of y");
   if (a.has_value()) {
-    matrix(op, "a", *a, "(N, p)", device);
+    matrix(op, "a", *a, "(N, p)", device, f);
     same_as(op, "a", *a, "x", x);
-    size(op, "a", *a, 0, x.size(0), "one row per row of x");
-    size(op, "a", *a, 1, v.size(1), "the number of columns p of v");
+    size(op, "a", *a, rows, x.size(rows), "one row per row of x");
+    size(op, "a", *a, cols, v.size(cols), "the number of columns p of v");
   }
-  TORCH_CHECK(!exclude_diagonal || x.size(0) == y.size(0), "infovae::", op,
-              ": exclude_diagonal requires x and y with the same number of rows, got ", x.size(0), " and ", y.size(0));
+  TORCH_CHECK(!exclude_diagonal || x.size(rows) == y.size(rows), "infovae::", op,
+              ": exclude_diagonal requires x and y with the same number of rows, got ", x.size(rows), " and ",
+              y.size(rows));
   const KernelKind kind = kernel(op, k);
-  params(op, p, x, kind);
+  params(op, p, x, kind, f);
   return kind;
 }
 
@@ -154,18 +188,20 @@ inline SteinBase stein_args(const char* op, const at::Tensor& x, const at::Tenso
 inline KernelKind quad_form_args(const at::Tensor& z, const at::Tensor& w, const std::optional<at::Tensor>& a,
                                  const at::Tensor& p, c10::string_view k, c10::DeviceType device) {
   const char* op = "quad_form";
-  matrix(op, "z", z, "(N, d)", device);
-  matrix(op, "w", w, "(N, P)", device);
+  const Form f = form_of(z);
+  const int64_t rows = f.axis(0), cols = f.axis(1);
+  matrix(op, "z", z, "(N, d)", device, f);
+  matrix(op, "w", w, "(N, P)", device, f);
   same_as(op, "w", w, "z", z);
-  size(op, "w", w, 0, z.size(0), "one row per row of z");
+  size(op, "w", w, rows, z.size(rows), "one row per row of z");
   if (a.has_value()) {
-    matrix(op, "a", *a, "(N, P)", device);
+    matrix(op, "a", *a, "(N, P)", device, f);
     same_as(op, "a", *a, "z", z);
-    size(op, "a", *a, 0, z.size(0), "one row per row of z");
-    size(op, "a", *a, 1, w.size(1), "the number of columns P of w");
+    size(op, "a", *a, rows, z.size(rows), "one row per row of z");
+    size(op, "a", *a, cols, w.size(cols), "the number of columns P of w");
   }
   const KernelKind kind = kernel(op, k);
-  params(op, p, z, kind);
+  params(op, p, z, kind, f);
   return kind;
 }
 

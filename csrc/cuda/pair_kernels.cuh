@@ -23,6 +23,12 @@
 //   problem size): bitwise reproducible run to run, process to process and GPU to GPU.
 // Stein primitives: stein_form on quad_form's symmetric schedule, stein_moments on pair_reduce's full one;
 //   r2 and the cross term from coordinate differences (pair_math.h, "Stein kernels").
+// Batches (gram, pair_reduce, quad_form; /work/notes/batch_contract.md): `batch` problems of one shape,
+//   each a contiguous block of every input, params one row of n_scales values per problem. Every kernel
+//   of these three runs with grid.z = batch, blockIdx.z the problem (problem_index): it moves its
+//   pointers to that problem's rows and reads that problem's params; grid.x and grid.y, and every plan,
+//   are the 2-D call's, a function of the problem's size only, so problem b's result is bitwise the 2-D
+//   call's (a 2-D call is the batch of one). Scratch and slabs get a leading batch axis.
 #pragma once
 
 #include <cuda_bf16.h>  // tests/cpp/emu/ holds host stand-ins of these three for the emulation
@@ -80,6 +86,24 @@ struct Tile {
   static_assert(BM == BN, "square tiles (quad_form pairs row blocks with row blocks)");
   static_assert(kDotBytes <= 2 * kPBytes, "quad_form: operand staging overlaps the two pair matrices only");
   static_assert(kSmemBytes <= 48 * 1024 && kQuadBytes <= 48 * 1024, "static shared memory limit");
+};
+
+__host__ __device__ __forceinline__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename acc_t>
+__host__ __device__ __forceinline__ constexpr int64_t row_blocks(int64_t n) {
+  return ceil_div(n, Tile<acc_t>::BM);
+}
+
+// The problem of the batch this block works on (grid.z = the batch size).
+__device__ __forceinline__ int64_t problem_index() { return static_cast<int64_t>(blockIdx.z); }
+
+// pair_reduce: the squared norms and their per-row-block maxima of this block's problem, moved to
+// problem b by thread 0 and kept in shared memory (read by every thread after load_kernel's barrier).
+// Four more pointers held in registers made ptxas spill pair_reduce<double> (rbf, imq) at sm_90.
+template <typename acc_t>
+struct ProblemNorms {
+  const acc_t *xnorm, *ynorm, *xmax, *ymax;
 };
 
 // ---- per-pair math (csrc/include/infovae/pair_math.h) ----
@@ -348,14 +372,19 @@ __device__ __forceinline__ void tile_arg(acc_t (&arg)[Tile<acc_t>::TM][Tile<acc_
 // ---- kernels ----
 
 // norms[i] = |x_i|^2 accumulated as tile_pairs accumulates a dot product (acc_t, fma, k ascending), so
-// that |x_i|^2 + |x_i|^2 - 2 x_i.x_i == 0 exactly; tile_max[b] = max of norms over rows
-// [b * BM, (b + 1) * BM). One thread per row, BM threads per block.
+// that |x_i|^2 + |x_i|^2 - 2 x_i.x_i == 0 exactly; tile_max[I] = max of norms over rows
+// [I * BM, (I + 1) * BM). One thread per row, BM threads per block; x (batch, n, d), norms (batch, n),
+// tile_max (batch, row_blocks(n)).
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(Tile<acc_t>::BM)
     row_norms_kernel(const T* __restrict__ x, int64_t n, int64_t d, acc_t* __restrict__ norms,
                      acc_t* __restrict__ tile_max) {
   constexpr int BM = Tile<acc_t>::BM;
   __shared__ acc_t red[BM];
+  const int64_t b = problem_index();
+  x += b * n * d;
+  norms += b * n;
+  tile_max += b * row_blocks<acc_t>(n);
   const int64_t row = static_cast<int64_t>(blockIdx.x) * BM + threadIdx.x;
   acc_t s = acc_t(0);
   if (row < n) {
@@ -376,7 +405,7 @@ __global__ void __launch_bounds__(Tile<acc_t>::BM)
 }
 
 // gram: out[i][j] = k_ij, or when derivative g_ij (distance kernels) / h_ij (DOT), written in T.
-// grid (ceil(M/BN), ceil(N/BM)).
+// grid (ceil(M/BN), ceil(N/BM), batch); the norms and maxima as row_norms_kernel writes them.
 template <typename T, typename acc_t, Family F>
 __global__ void __launch_bounds__(kThreads)
     gram_kernel(const T* __restrict__ x, const T* __restrict__ y, int64_t N, int64_t M, int64_t d,
@@ -388,6 +417,12 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ __align__(16) unsigned char smem_raw[TL::kDotBytes];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
   __shared__ DeviceKernel<acc_t> kern;
+  const int64_t b = problem_index();
+  x += b * N * d, y += b * M * d;
+  xnorm += b * N, ynorm += b * M;
+  xmax += b * row_blocks<acc_t>(N), ymax += b * row_blocks<acc_t>(M);
+  params += b * n_scales;
+  out += b * N * M;
   load_kernel(kern, kind, params, n_scales);
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * TL::BM;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * TL::BN;
@@ -427,6 +462,8 @@ __global__ void __launch_bounds__(kThreads)
 // others in the (zero-initialised) output rows of this split's slab (S + split * N * p,
 // G + split * N * d), which no other block touches. Slabs are summed in split order by
 // sum_slabs_kernel when there is more than one split.
+// Batch: grid.z; problem b's slabs are [b][split] of S and G ([batch][splits][N][p], [batch][splits][N][d]),
+// its norms and maxima in shared memory (ProblemNorms).
 template <typename T, typename acc_t, Family F>
 __global__ void __launch_bounds__(kThreads, 2)
     pair_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ v,
@@ -447,15 +484,24 @@ __global__ void __launch_bounds__(kThreads, 2)
   acc_t* Cs = smem + 2 * BM * LDP;  // [BN][LDC] chunk of V or Y
 
   __shared__ DeviceKernel<acc_t> kern;
-  load_kernel(kern, kind, params, n_scales);
+  __shared__ ProblemNorms<acc_t> norms;
   const bool has_a = a != nullptr;
+  const int64_t b = problem_index();
+  const int64_t split = blockIdx.y;
+  const int64_t slab = b * gridDim.y + split;  // S, G: [batch][splits] slabs
+  if (threadIdx.x == 0 && threadIdx.y == 0)
+    norms = {xnorm + b * N, ynorm + b * M, xmax + b * row_blocks<acc_t>(N), ymax + b * row_blocks<acc_t>(M)};
+  x += b * N * d, y += b * M * d, v += b * M * p;
+  S += slab * N * p;
+  if (has_a) {
+    a += b * N * p;
+    G += slab * N * d;
+  }
+  load_kernel(kern, kind, params + b * n_scales, n_scales);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
-  const int64_t split = blockIdx.y;
   const int64_t col_begin = split * tiles_per_split * BN;
   const int64_t col_end = col_begin + tiles_per_split * BN < M ? col_begin + tiles_per_split * BN : M;
-  S += split * N * p;
-  if (has_a) G += split * N * d;
   const bool narrow_s = p <= kNarrow;
   const int64_t n_s_chunks = narrow_s ? 0 : (p + BC - 1) / BC;
   const int64_t n_chunks = n_s_chunks + (has_a ? (d + BC - 1) / BC : 0);
@@ -475,7 +521,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int64_t col0 = col_begin; col0 < col_end; col0 += BN) {
     // Phase 1: distances (and a . v) for the BM x BN tile -> P, Q in shared memory.
     acc_t r2[TM][TN];  // or x.y (DOT)
-    tile_arg<F, T, acc_t>(r2, smem, kern, x, N, row0, xnorm, xmax, vec_x, y, M, col0, ynorm, ymax, vec_y, d);
+    tile_arg<F, T, acc_t>(r2, smem, kern, x, N, row0, norms.xnorm, norms.xmax, vec_x, y, M, col0, norms.ynorm,
+                          norms.ymax, vec_y, d);
     acc_t av[TM][TN];
     if (has_a) {
       tile_pairs<false, T, acc_t>(av, smem, a, N, row0, vec_a, v, M, col0, vec_v, p);
@@ -653,16 +700,18 @@ __global__ void __launch_bounds__(kThreads, 2)
 // q is bitwise the same with and without S/G. Finally S = sum of the 2 * copies copies of S in a fixed
 // order (sum_slabs_kernel), G likewise, q = sum of the qslab entries in I, k order.
 
+// Every array has a leading batch axis (the sizes below are one problem's); quad_problem moves the
+// pointers to one problem.
 template <typename T, typename acc_t>
 struct QuadArgs {
   const T* z;
   const T* w;
   const T* a;  // nullptr: no G
-  int64_t N, d, P;
+  int64_t batch, N, d, P;
   const acc_t* znorm;
   const acc_t* zmax;  // per row block
   KernelKind kind;
-  const double* params;
+  const double* params;  // [n_scales] per problem
   int n_scales;
   bool exclude_diagonal, vec_z, vec_w, vec_a;
   int64_t nb, tps, chunks, copies;
@@ -670,6 +719,20 @@ struct QuadArgs {
   double* Sbuf;   // [2 * copies][N][P], zero-initialised; nullptr: no S
   double* Gbuf;   // [2 * copies][N][d], zero-initialised; nullptr (a == nullptr): no G
 };
+
+// A with its pointers at problem b of the batch.
+template <typename T, typename acc_t>
+__device__ __forceinline__ QuadArgs<T, acc_t> quad_problem(QuadArgs<T, acc_t> A, int64_t b) {
+  const int64_t N = A.N;
+  A.z += b * N * A.d, A.w += b * N * A.P;
+  if (A.a != nullptr) A.a += b * N * A.P;
+  A.znorm += b * N, A.zmax += b * A.nb;
+  A.params += b * A.n_scales;
+  A.qslab += b * A.nb * A.chunks * A.P;
+  if (A.Sbuf != nullptr) A.Sbuf += b * 2 * A.copies * N * A.P;
+  if (A.Gbuf != nullptr) A.Gbuf += b * 2 * A.copies * N * A.d;
+  return A;
+}
 
 // Where one tile's results go.
 struct QuadOut {
@@ -890,9 +953,10 @@ __device__ __forceinline__ void quad_tile(const QuadArgs<T, acc_t>& A, const Dev
   }
 }
 
-// Value only: grid (nb, chunks); block (I, k) takes the rounds t in [k * tps, (k + 1) * tps) of I.
+// Value only: grid (nb, chunks, batch); block (I, k) takes the rounds t in [k * tps, (k + 1) * tps) of I.
 template <typename T, typename acc_t, Family F>
-__global__ void __launch_bounds__(kThreads, 2) quad_form_value_kernel(QuadArgs<T, acc_t> A) {
+__global__ void __launch_bounds__(kThreads, 2) quad_form_value_kernel(QuadArgs<T, acc_t> batch_args) {
+  const QuadArgs<T, acc_t> A = quad_problem(batch_args, problem_index());
   __shared__ __align__(16) unsigned char smem_raw[Tile<acc_t>::kQuadBytes];
   __shared__ DeviceKernel<acc_t> kern;
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
@@ -910,10 +974,11 @@ __global__ void __launch_bounds__(kThreads, 2) quad_form_value_kernel(QuadArgs<T
 
 // With S and/or G: block (I, blockIdx.y) takes the tile of round t = t_base + blockIdx.y * t_stride and
 // writes copy blockIdx.y (grouped: t_base = j, t_stride = tps, grid (nb, chunks); per round: t_base = t,
-// grid (blocks of round t, 1)).
+// grid (blocks of round t, 1)); grid.z = batch.
 template <typename T, typename acc_t, Family F, bool ROWS, bool GRAD>
 __global__ void __launch_bounds__(kThreads, 2)
-    quad_form_round_kernel(QuadArgs<T, acc_t> A, int64_t t_base, int64_t t_stride) {
+    quad_form_round_kernel(QuadArgs<T, acc_t> batch_args, int64_t t_base, int64_t t_stride) {
+  const QuadArgs<T, acc_t> A = quad_problem(batch_args, problem_index());
   __shared__ __align__(16) unsigned char smem_raw[Tile<acc_t>::kQuadBytes];
   __shared__ DeviceKernel<acc_t> kern;
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
@@ -1158,13 +1223,17 @@ __global__ void __launch_bounds__(kThreads, 2) stein_moments_kernel(SteinArgs<T>
   }
 }
 
-// out[e] = sum_s slabs[s * n + e] for e < n, s ascending. (Templates, like every kernel here, so that
-// the header can be included by several translation units without duplicate host stubs.)
+// out[e] = sum_s slabs[s * n + e] for e < n, s ascending; per problem b of grid.z, slabs [b][n_slabs][n]
+// and out [b][n]. (Templates, like every kernel here, so that the header can be included by several
+// translation units without duplicate host stubs.)
 template <int = 0>
 __global__ void __launch_bounds__(256) sum_slabs_kernel(const double* __restrict__ slabs, int64_t n_slabs,
                                                         int64_t n, double* __restrict__ out) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (e >= n) return;
+  const int64_t b = problem_index();
+  slabs += b * n_slabs * n;
+  out += b * n;
   double s = 0.0;
   for (int64_t k = 0; k < n_slabs; ++k) s += slabs[k * n + e];
   out[e] = s;
@@ -1180,8 +1249,6 @@ constexpr int64_t kTargetBlocks = 528;
 constexpr int64_t kMinTilesPerSplit = 4;
 constexpr int64_t kMaxSlabBytes = int64_t(256) << 20;  // cap on the float64 split slabs (pair_reduce)
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Tiles per split for row_blocks blocks sweeping col_tiles tiles; max_splits caps the split count.
 inline int64_t tiles_per_split(int64_t row_blocks, int64_t col_tiles, int64_t max_splits) {
   int64_t splits = ceil_div(kTargetBlocks, row_blocks);
@@ -1195,7 +1262,7 @@ inline int64_t tiles_per_split(int64_t row_blocks, int64_t col_tiles, int64_t ma
 
 template <typename F, typename... Args>
 inline void launch(F* kernel, dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
-  if (grid.x == 0 || grid.y == 0) return;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
 #ifdef INFOVAE_CUDA_EMULATION
   (void)stream;
   emu::launch(grid, block, [&] { kernel(args...); });
@@ -1207,24 +1274,28 @@ inline void launch(F* kernel, dim3 grid, dim3 block, cudaStream_t stream, Args..
 
 inline dim3 tile_block() { return dim3(kThreadsX, kThreadsY); }
 
-template <typename acc_t>
-inline int64_t row_blocks(int64_t n) {
-  return ceil_div(n, Tile<acc_t>::BM);
+// A launch's grid: the 2-D call's blocks (x, y) for each problem of the batch (z).
+inline dim3 batch_grid(int64_t blocks_x, int64_t blocks_y, int64_t batch) {
+  return dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y), static_cast<unsigned>(batch));
 }
 
-// norms (n) and tile_max (row_blocks(n)) of the rows of x.
+// norms (batch, n) and tile_max (batch, row_blocks(n)) of the rows of x (batch, n, d).
 template <typename T, typename acc_t>
-inline void run_row_norms(const T* x, int64_t n, int64_t d, acc_t* norms, acc_t* tile_max, cudaStream_t s) {
-  launch(&row_norms_kernel<T, acc_t>, dim3(static_cast<unsigned>(row_blocks<acc_t>(n))),
-         dim3(Tile<acc_t>::BM), s, x, n, d, norms, tile_max);
+inline void run_row_norms(const T* x, int64_t batch, int64_t n, int64_t d, acc_t* norms, acc_t* tile_max,
+                          cudaStream_t s) {
+  launch(&row_norms_kernel<T, acc_t>, batch_grid(row_blocks<acc_t>(n), 1, batch), dim3(Tile<acc_t>::BM), s, x, n,
+         d, norms, tile_max);
 }
 
-inline void run_sum_slabs(const double* slabs, int64_t n_slabs, int64_t n, double* out, cudaStream_t s) {
-  launch(&sum_slabs_kernel<>, dim3(static_cast<unsigned>(ceil_div(n, 256))), dim3(256), s, slabs, n_slabs, n, out);
+// out (batch, n) = the sum of slabs (batch, n_slabs, n) over its slabs.
+inline void run_sum_slabs(const double* slabs, int64_t batch, int64_t n_slabs, int64_t n, double* out,
+                          cudaStream_t s) {
+  launch(&sum_slabs_kernel<>, batch_grid(ceil_div(n, 256), 1, batch), dim3(256), s, slabs, n_slabs, n, out);
 }
 
+// batch: the number of problems (a 2-D call: 1); N, M, d are one problem's sizes.
 struct GramArgs {
-  int64_t N, M, d;
+  int64_t batch, N, M, d;
   KernelKind kind;
   const double* params;
   int n_scales;
@@ -1234,17 +1305,18 @@ struct GramArgs {
 // The squared norms and their per-row-block maxima are read by the RULE family only (rbf, imq).
 inline bool needs_norms(KernelKind kind) { return family_of(kind) == Family::RULE; }
 
-// Scratch: xnorm (N), ynorm (M), xmax (row_blocks(N)), ymax (row_blocks(M)) (written and read for rbf and
+// x (batch, N, d), y (batch, M, d), params (batch, n_scales), out (batch, N, M). Scratch: xnorm (batch, N),
+// ynorm (batch, M), xmax (batch, row_blocks(N)), ymax (batch, row_blocks(M)) (written and read for rbf and
 // imq only: needs_norms).
 template <typename T, typename acc_t>
 void run_gram(const T* x, const T* y, const GramArgs& g, acc_t* xnorm, acc_t* ynorm, acc_t* xmax,
                      acc_t* ymax, T* out, cudaStream_t s) {
-  if (g.N == 0 || g.M == 0) return;
+  if (g.batch == 0 || g.N == 0 || g.M == 0) return;
   if (needs_norms(g.kind)) {
-    run_row_norms<T, acc_t>(x, g.N, g.d, xnorm, xmax, s);
-    run_row_norms<T, acc_t>(y, g.M, g.d, ynorm, ymax, s);
+    run_row_norms<T, acc_t>(x, g.batch, g.N, g.d, xnorm, xmax, s);
+    run_row_norms<T, acc_t>(y, g.batch, g.M, g.d, ynorm, ymax, s);
   }
-  const dim3 grid(static_cast<unsigned>(row_blocks<acc_t>(g.M)), static_cast<unsigned>(row_blocks<acc_t>(g.N)));
+  const dim3 grid = batch_grid(row_blocks<acc_t>(g.M), row_blocks<acc_t>(g.N), g.batch);
   const Family f = family_of(g.kind);
   auto* kernel = f == Family::DOT    ? &gram_kernel<T, acc_t, Family::DOT>
                  : f == Family::DIFF ? &gram_kernel<T, acc_t, Family::DIFF>
@@ -1270,24 +1342,26 @@ inline PairReducePlan plan_pair_reduce(int64_t N, int64_t M, int64_t d, int64_t 
   return pl;
 }
 
+// batch: the number of problems (a 2-D call: 1); N, M, d, p are one problem's sizes.
 struct PairReduceArgs {
-  int64_t N, M, d, p;
+  int64_t batch, N, M, d, p;
   KernelKind kind;
   const double* params;
   int n_scales;
   bool exclude_diagonal, vec_x, vec_y, vec_a, vec_v;
 };
 
-// S (N, p) and G (N, d) zero-initialised; with plan.splits > 1, S_slabs (splits * N * p) and G_slabs
-// (splits * N * d) zero-initialised scratch (else unused). Scratch norms/max as run_gram.
+// Inputs and params with a leading batch axis (as run_gram). S (batch, N, p) and G (batch, N, d)
+// zero-initialised; with plan.splits > 1, S_slabs (batch, splits, N, p) and G_slabs (batch, splits, N, d)
+// zero-initialised scratch (else unused). Scratch norms/max as run_gram.
 template <typename T, typename acc_t>
 void run_pair_reduce(const T* x, const T* y, const T* v, const T* a, const PairReduceArgs& r,
                             const PairReducePlan& pl, acc_t* xnorm, acc_t* ynorm, acc_t* xmax, acc_t* ymax,
                             double* S_slabs, double* G_slabs, double* S, double* G, cudaStream_t s) {
-  if (r.N == 0 || r.M == 0 || r.p == 0) return;
+  if (r.batch == 0 || r.N == 0 || r.M == 0 || r.p == 0) return;
   if (needs_norms(r.kind)) {
-    run_row_norms<T, acc_t>(x, r.N, r.d, xnorm, xmax, s);
-    run_row_norms<T, acc_t>(y, r.M, r.d, ynorm, ymax, s);
+    run_row_norms<T, acc_t>(x, r.batch, r.N, r.d, xnorm, xmax, s);
+    run_row_norms<T, acc_t>(y, r.batch, r.M, r.d, ynorm, ymax, s);
   }
   double* S_acc = pl.splits == 1 ? S : S_slabs;
   double* G_acc = a == nullptr ? nullptr : (pl.splits == 1 ? G : G_slabs);
@@ -1295,13 +1369,12 @@ void run_pair_reduce(const T* x, const T* y, const T* v, const T* a, const PairR
   auto* kernel = f == Family::DOT    ? &pair_reduce_kernel<T, acc_t, Family::DOT>
                  : f == Family::DIFF ? &pair_reduce_kernel<T, acc_t, Family::DIFF>
                                      : &pair_reduce_kernel<T, acc_t, Family::RULE>;
-  launch(kernel, dim3(static_cast<unsigned>(pl.blocks), static_cast<unsigned>(pl.splits)),
-         tile_block(), s, x, y, v, a, r.N, r.M, r.d, r.p, (const acc_t*)xnorm, (const acc_t*)ynorm,
+  launch(kernel, batch_grid(pl.blocks, pl.splits, r.batch), tile_block(), s, x, y, v, a, r.N, r.M, r.d, r.p, (const acc_t*)xnorm, (const acc_t*)ynorm,
          (const acc_t*)xmax, (const acc_t*)ymax, r.kind, r.params, r.n_scales, r.exclude_diagonal, r.vec_x,
          r.vec_y, r.vec_a, r.vec_v, pl.tps, S_acc, G_acc);
   if (pl.splits > 1) {
-    run_sum_slabs(S_slabs, pl.splits, r.N * r.p, S, s);
-    if (a != nullptr) run_sum_slabs(G_slabs, pl.splits, r.N * r.d, G, s);
+    run_sum_slabs(S_slabs, r.batch, pl.splits, r.N * r.p, S, s);
+    if (a != nullptr) run_sum_slabs(G_slabs, r.batch, pl.splits, r.N * r.d, G, s);
   }
 }
 
@@ -1330,8 +1403,7 @@ template <typename T, typename acc_t, Family F>
 void run_quad_form_family(const QuadArgs<T, acc_t>& B, const QuadPlan& pl, cudaStream_t s) {
   const bool rows = B.Sbuf != nullptr, grad = B.Gbuf != nullptr;
   if (!rows && !grad) {
-    launch(&quad_form_value_kernel<T, acc_t, F>, dim3(static_cast<unsigned>(B.nb), static_cast<unsigned>(B.chunks)),
-           tile_block(), s, B);
+    launch(&quad_form_value_kernel<T, acc_t, F>, batch_grid(B.nb, B.chunks, B.batch), tile_block(), s, B);
     return;
   }
   auto* kernel = rows ? (grad ? &quad_form_round_kernel<T, acc_t, F, true, true>
@@ -1339,22 +1411,22 @@ void run_quad_form_family(const QuadArgs<T, acc_t>& B, const QuadPlan& pl, cudaS
                       : &quad_form_round_kernel<T, acc_t, F, false, true>;
   if (pl.grouped) {
     for (int64_t j = 0; j < B.tps; ++j)
-      launch(kernel, dim3(static_cast<unsigned>(B.nb), static_cast<unsigned>(B.chunks)), tile_block(), s, B, j,
-             B.tps);
+      launch(kernel, batch_grid(B.nb, B.chunks, B.batch), tile_block(), s, B, j, B.tps);
   } else {
     for (int64_t t = 0; t < pl.rounds; ++t)
-      launch(kernel, dim3(static_cast<unsigned>(quad_blocks_of_round(B.nb, t))), tile_block(), s, B, t, int64_t(0));
+      launch(kernel, batch_grid(quad_blocks_of_round(B.nb, t), 1, B.batch), tile_block(), s, B, t, int64_t(0));
   }
 }
 
 // A holds the plan's nb/tps/chunks/copies and zero-initialised qslab, Sbuf (row_sums) and Gbuf (a
-// given); znorm (N) and zmax (nb) are scratch (rbf, imq only). Results: q (P), and S (N x P) / G (N x d)
-// when Sbuf / Gbuf are given.
+// given), each with a leading batch axis as the inputs and params; znorm (batch, N) and zmax (batch, nb)
+// are scratch (rbf, imq only). Results: q (batch, P), and S (batch, N, P) / G (batch, N, d) when Sbuf /
+// Gbuf are given.
 template <typename T, typename acc_t>
 void run_quad_form(const QuadArgs<T, acc_t>& A, const QuadPlan& pl, acc_t* znorm, acc_t* zmax, double* q,
                    double* S, double* G, cudaStream_t s) {
-  if (A.N == 0 || A.P == 0) return;
-  if (needs_norms(A.kind)) run_row_norms<T, acc_t>(A.z, A.N, A.d, znorm, zmax, s);
+  if (A.batch == 0 || A.N == 0 || A.P == 0) return;
+  if (needs_norms(A.kind)) run_row_norms<T, acc_t>(A.z, A.batch, A.N, A.d, znorm, zmax, s);
   QuadArgs<T, acc_t> B = A;
   B.znorm = znorm;
   B.zmax = zmax;
@@ -1363,9 +1435,9 @@ void run_quad_form(const QuadArgs<T, acc_t>& A, const QuadPlan& pl, acc_t* znorm
     case Family::DIFF: run_quad_form_family<T, acc_t, Family::DIFF>(B, pl, s); break;
     default: run_quad_form_family<T, acc_t, Family::RULE>(B, pl, s); break;
   }
-  if (A.Sbuf != nullptr) run_sum_slabs(A.Sbuf, 2 * A.copies, A.N * A.P, S, s);
-  if (A.Gbuf != nullptr) run_sum_slabs(A.Gbuf, 2 * A.copies, A.N * A.d, G, s);
-  run_sum_slabs(A.qslab, A.nb * A.chunks, A.P, q, s);
+  if (A.Sbuf != nullptr) run_sum_slabs(A.Sbuf, A.batch, 2 * A.copies, A.N * A.P, S, s);
+  if (A.Gbuf != nullptr) run_sum_slabs(A.Gbuf, A.batch, 2 * A.copies, A.N * A.d, G, s);
+  run_sum_slabs(A.qslab, A.batch, A.nb * A.chunks, A.P, q, s);
 }
 
 // A holds plan_quad_form<acc_t>(N, d, P, false, false)'s nb / tps / chunks and a zero-initialised qslab
@@ -1375,7 +1447,7 @@ void run_stein_form(const SteinArgs<T>& A, double* q, cudaStream_t s) {
   if (A.N == 0 || A.P == 0) return;
   launch(&stein_form_kernel<T, acc_t>, dim3(static_cast<unsigned>(A.nb), static_cast<unsigned>(A.chunks)),
          tile_block(), s, A);
-  run_sum_slabs(A.slab, A.nb * A.chunks, A.P, q, s);
+  run_sum_slabs(A.slab, 1, A.nb * A.chunks, A.P, q, s);
 }
 
 
@@ -1388,7 +1460,7 @@ void run_stein_moments(const SteinArgs<T>& A, double* R, cudaStream_t s) {
   if (A.chunks == 1) B.slab = R;
   launch(&stein_moments_kernel<T, acc_t>, dim3(static_cast<unsigned>(A.nb), static_cast<unsigned>(A.chunks)),
          tile_block(), s, B);
-  if (A.chunks > 1) run_sum_slabs(A.slab, A.chunks, A.N * 4 * (1 + 2 * A.d), R, s);
+  if (A.chunks > 1) run_sum_slabs(A.slab, 1, A.chunks, A.N * 4 * (1 + 2 * A.d), R, s);
 }
 
 }  // namespace cuda_kernels

@@ -6,6 +6,9 @@
 // Catches indexing, masking, barrier, scheduling and reduction-order bugs without a GPU; says nothing
 // about speed, nor about device-only behaviour (the CUDA math library's exp, warp scheduling, memory
 // model). Sizes are small: the emulation starts 256 threads per block.
+// Batches (gram, pair_reduce, quad_form; grid.z): every problem of a batched call must be bitwise the 2-D
+// call on that problem (the wrappers below make a 2-D call the batch of one, as ops_cuda.cu does) and
+// match the reference.
 #define INFOVAE_CUDA_EMULATION
 #include <algorithm>
 #include <cmath>
@@ -114,6 +117,52 @@ static double ref_grad_term(const RefKernel& kr, double g, const std::vector<dou
   return kr.dot() ? -g * y[j * d + c] : g * (x[i * d + c] - y[j * d + c]);
 }
 
+// The primitives in float64 on the (rounded) inputs: rows of x (N, d), y (M, d), v (M, p), a (N, p).
+static std::vector<double> ref_gram(const RefKernel& kr, const std::vector<double>& x, const std::vector<double>& y,
+                                    int64_t N, int64_t M, int64_t d, bool derivative) {
+  std::vector<double> out(N * M);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < M; ++j) {
+      double k, g;
+      ref_pair(kr, x, i, y, j, d, false, k, g);
+      out[i * M + j] = derivative ? g : k;
+    }
+  return out;
+}
+
+// a == nullptr: G is empty. quad_form's sums are ref_pair_reduce's with y = v's points = x and self pairs
+// at r2 = 0 exactly (self_pairs).
+static void ref_pair_reduce(const RefKernel& kr, const std::vector<double>& x, const std::vector<double>& y,
+                            const std::vector<double>& v, const std::vector<double>* a, int64_t N, int64_t M,
+                            int64_t d, int64_t p, bool excl, bool self_pairs, std::vector<double>& S,
+                            std::vector<double>& G) {
+  S.assign(N * p, 0.0);
+  G.assign(a ? N * d : 0, 0.0);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < M; ++j) {
+      if (excl && i == j) continue;
+      double k, g;
+      ref_pair(kr, x, i, y, j, d, self_pairs && i == j, k, g);
+      double av = 0;
+      for (int64_t c = 0; c < p; ++c) {
+        S[i * p + c] += k * v[j * p + c];
+        if (a) av += (*a)[i * p + c] * v[j * p + c];
+      }
+      if (a)
+        for (int64_t c = 0; c < d; ++c) G[i * d + c] += av * ref_grad_term(kr, g, x, i, y, j, d, c);
+    }
+}
+
+// q_p = sum_i w_ip S_ip with S = K w (self pairs at r2 = 0).
+static void ref_quad_form(const RefKernel& kr, const std::vector<double>& z, const std::vector<double>& w,
+                          const std::vector<double>* a, int64_t N, int64_t d, int64_t P, bool excl,
+                          std::vector<double>& q, std::vector<double>& S, std::vector<double>& G) {
+  ref_pair_reduce(kr, z, z, w, a, N, N, d, P, excl, true, S, G);
+  q.assign(P, 0.0);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t c = 0; c < P; ++c) q[c] += w[i * P + c] * S[i * P + c];
+}
+
 // ---- element types ----
 template <typename T>
 static T cvt(double v);
@@ -184,67 +233,139 @@ static RefKernel polynomial(double gamma, double coef, int degree) {
 }
 
 // ---- the primitives through the drivers ----
+// A batch as the op layer passes it: problem b's rows after problem b - 1's (a contiguous (B, rows, cols)
+// tensor), params one row per problem; every problem of a batch has the same shapes. A 2-D call is the
+// batch of one (ops_cuda.cu calls the drivers so).
+template <typename T>
+static std::vector<T> stacked(const std::vector<Mat<T>>& ms) {
+  std::vector<T> all;
+  for (const Mat<T>& m : ms) all.insert(all.end(), m.t.begin(), m.t.end());
+  return all;
+}
+
+static std::vector<double> stacked_params(const std::vector<RefKernel>& ks) {
+  std::vector<double> all;
+  for (const RefKernel& k : ks) all.insert(all.end(), k.params.begin(), k.params.end());
+  return all;
+}
+
+template <typename V>
+static auto data_or_null(V& v) -> decltype(v.data()) {
+  return v.empty() ? nullptr : v.data();
+}
+
+// Problem b's n values of a batched output.
+static std::vector<double> part(const std::vector<double>& all, int64_t b, int64_t n) {
+  return std::vector<double>(all.begin() + b * n, all.begin() + (b + 1) * n);
+}
+
+template <typename T, typename acc_t>
+static std::vector<std::vector<double>> gram_batch(const std::vector<Mat<T>>& x, const std::vector<Mat<T>>& y,
+                                                   const std::vector<RefKernel>& kr, bool derivative) {
+  const int64_t B = int64_t(x.size()), N = x[0].rows, M = y[0].rows, d = x[0].cols;
+  const std::vector<T> xs = stacked(x), ys = stacked(y);
+  const std::vector<double> params = stacked_params(kr);
+  std::vector<acc_t> xn(B * N), yn(B * M), xm(B * K::row_blocks<acc_t>(N)), ym(B * K::row_blocks<acc_t>(M));
+  std::vector<T> out(B * N * M);
+  const K::GramArgs g{B, N, M, d, kr[0].kind, params.data(), int(kr[0].params.size()), derivative,
+                      vec_ok(data_or_null(xs), d), vec_ok(data_or_null(ys), d)};
+  K::run_gram<T, acc_t>(data_or_null(xs), data_or_null(ys), g, xn.data(), yn.data(), xm.data(), ym.data(),
+                        out.data(), nullptr);
+  std::vector<std::vector<double>> o(B, std::vector<double>(N * M));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < N * M; ++i) o[b][i] = back(out[b * N * M + i]);
+  return o;
+}
+
 template <typename T, typename acc_t>
 static std::vector<double> gram(const Mat<T>& x, const Mat<T>& y, const RefKernel& kr, bool derivative) {
-  const int64_t N = x.rows, M = y.rows, d = x.cols;
-  std::vector<acc_t> xn(N), yn(M), xm(K::row_blocks<acc_t>(N)), ym(K::row_blocks<acc_t>(M));
-  std::vector<T> out(N * M);
-  const K::GramArgs g{N, M, d, kr.kind, kr.params.data(), int(kr.params.size()), derivative, vec_ok(x.p(), d),
-                      vec_ok(y.p(), d)};
-  K::run_gram<T, acc_t>(x.p(), y.p(), g, xn.data(), yn.data(), xm.data(), ym.data(), out.data(), nullptr);
-  std::vector<double> o(N * M);
-  for (int64_t i = 0; i < N * M; ++i) o[i] = back(out[i]);
-  return o;
+  return gram_batch<T, acc_t>({x}, {y}, {kr}, derivative)[0];
+}
+
+// a empty: no a (and no G).
+template <typename T, typename acc_t>
+static void pair_reduce_batch(const std::vector<Mat<T>>& x, const std::vector<Mat<T>>& y,
+                              const std::vector<Mat<T>>& v, const std::vector<Mat<T>>& a,
+                              const std::vector<RefKernel>& kr, bool excl, std::vector<std::vector<double>>& S,
+                              std::vector<std::vector<double>>& G, int64_t* splits) {
+  const int64_t B = int64_t(x.size()), N = x[0].rows, M = y[0].rows, d = x[0].cols, p = v[0].cols;
+  const bool has_a = !a.empty();
+  const auto pl = K::plan_pair_reduce<acc_t>(N, M, d, p, has_a);
+  *splits = pl.splits;
+  const std::vector<T> xs = stacked(x), ys = stacked(y), vs = stacked(v), as = stacked(a);
+  const std::vector<double> params = stacked_params(kr);
+  std::vector<acc_t> xn(B * N), yn(B * M), xm(B * K::row_blocks<acc_t>(N)), ym(B * K::row_blocks<acc_t>(M));
+  std::vector<double> Ss(pl.splits > 1 ? B * pl.splits * N * p : 0), Gs(pl.splits > 1 && has_a ? B * pl.splits * N * d : 0);
+  std::vector<double> S_all(B * N * p, 0.0), G_all(has_a ? B * N * d : 0, 0.0);
+  const T* ap = data_or_null(as);
+  const K::PairReduceArgs r{B, N, M, d, p, kr[0].kind, params.data(), int(kr[0].params.size()), excl,
+                            vec_ok(data_or_null(xs), d), vec_ok(data_or_null(ys), d), vec_ok(ap, p),
+                            vec_ok(data_or_null(vs), p)};
+  K::run_pair_reduce<T, acc_t>(data_or_null(xs), data_or_null(ys), data_or_null(vs), ap, r, pl, xn.data(), yn.data(),
+                               xm.data(), ym.data(), data_or_null(Ss), data_or_null(Gs), S_all.data(),
+                               has_a ? G_all.data() : nullptr, nullptr);
+  S.assign(B, {});
+  G.assign(B, {});
+  for (int64_t b = 0; b < B; ++b) {
+    S[b] = part(S_all, b, N * p);
+    if (has_a) G[b] = part(G_all, b, N * d);
+  }
 }
 
 template <typename T, typename acc_t>
 static void pair_reduce(const Mat<T>& x, const Mat<T>& y, const Mat<T>& v, const Mat<T>* a, const RefKernel& kr,
                         bool excl, std::vector<double>& S, std::vector<double>& G, int64_t* splits) {
-  const int64_t N = x.rows, M = y.rows, d = x.cols, p = v.cols;
-  const auto pl = K::plan_pair_reduce<acc_t>(N, M, d, p, a != nullptr);
-  *splits = pl.splits;
-  std::vector<acc_t> xn(N), yn(M), xm(K::row_blocks<acc_t>(N)), ym(K::row_blocks<acc_t>(M));
-  std::vector<double> Ss(pl.splits > 1 ? pl.splits * N * p : 0), Gs(pl.splits > 1 && a ? pl.splits * N * d : 0);
-  S.assign(N * p, 0.0);
-  G.assign(a ? N * d : 0, 0.0);
-  const T* ap = a ? a->p() : nullptr;
-  const K::PairReduceArgs r{N, M, d, p, kr.kind, kr.params.data(), int(kr.params.size()), excl,
-                            vec_ok(x.p(), d), vec_ok(y.p(), d), vec_ok(ap, p), vec_ok(v.p(), p)};
-  K::run_pair_reduce<T, acc_t>(x.p(), y.p(), v.p(), ap, r, pl, xn.data(), yn.data(), xm.data(), ym.data(),
-                               Ss.empty() ? nullptr : Ss.data(), Gs.empty() ? nullptr : Gs.data(), S.data(),
-                               a ? G.data() : nullptr, nullptr);
+  std::vector<std::vector<double>> Sb, Gb;
+  pair_reduce_batch<T, acc_t>({x}, {y}, {v}, a ? std::vector<Mat<T>>{*a} : std::vector<Mat<T>>{}, {kr}, excl, Sb, Gb,
+                              splits);
+  S = Sb[0], G = Gb[0];
 }
 
 struct QuadRes {
   std::vector<double> q, S, G;
 };
 
-// max_copy_bytes = 0 forces the per-round launches (otherwise grouped at these sizes).
+// a empty: no a (and no G). max_copy_bytes = 0 forces the per-round launches (otherwise grouped at these
+// sizes).
 template <typename T, typename acc_t>
-static QuadRes quad_form(const Mat<T>& z, const Mat<T>& w, const Mat<T>* a, const RefKernel& kr, bool excl,
-                         bool row_sums, int64_t max_copy_bytes = K::kMaxSlabBytes) {
-  const int64_t N = z.rows, d = z.cols, P = w.cols;
-  const auto pl = K::plan_quad_form<acc_t>(N, d, P, row_sums, a != nullptr, max_copy_bytes);
-  std::vector<acc_t> zn(N), zm(pl.nb);
-  std::vector<double> qslab(pl.nb * pl.chunks * P, 0.0), Sbuf(row_sums ? 2 * pl.copies * N * P : 0, 0.0),
-      Gbuf(a ? 2 * pl.copies * N * d : 0, 0.0);
-  QuadRes o;
-  o.q.assign(P, 0.0);
-  o.S.assign(row_sums ? N * P : 0, 0.0);
-  o.G.assign(a ? N * d : 0, 0.0);
+static std::vector<QuadRes> quad_form_batch(const std::vector<Mat<T>>& z, const std::vector<Mat<T>>& w,
+                                            const std::vector<Mat<T>>& a, const std::vector<RefKernel>& kr, bool excl,
+                                            bool row_sums, int64_t max_copy_bytes = K::kMaxSlabBytes) {
+  const int64_t B = int64_t(z.size()), N = z[0].rows, d = z[0].cols, P = w[0].cols;
+  const bool has_a = !a.empty();
+  const auto pl = K::plan_quad_form<acc_t>(N, d, P, row_sums, has_a, max_copy_bytes);
+  const std::vector<T> zs = stacked(z), ws = stacked(w), as = stacked(a);
+  const std::vector<double> params = stacked_params(kr);
+  std::vector<acc_t> zn(B * N), zm(B * pl.nb);
+  std::vector<double> qslab(B * pl.nb * pl.chunks * P, 0.0), Sbuf(row_sums ? B * 2 * pl.copies * N * P : 0, 0.0),
+      Gbuf(has_a ? B * 2 * pl.copies * N * d : 0, 0.0);
+  std::vector<double> q(B * P, 0.0), S(row_sums ? B * N * P : 0, 0.0), G(has_a ? B * N * d : 0, 0.0);
   K::QuadArgs<T, acc_t> A{};
-  A.z = z.p(), A.w = w.p(), A.a = a ? a->p() : nullptr;
-  A.N = N, A.d = d, A.P = P;
-  A.kind = kr.kind, A.params = kr.params.data(), A.n_scales = int(kr.params.size());
+  A.z = data_or_null(zs), A.w = data_or_null(ws), A.a = data_or_null(as);
+  A.batch = B, A.N = N, A.d = d, A.P = P;
+  A.kind = kr[0].kind, A.params = params.data(), A.n_scales = int(kr[0].params.size());
   A.exclude_diagonal = excl;
   A.vec_z = vec_ok(A.z, d), A.vec_w = vec_ok(A.w, P), A.vec_a = vec_ok(A.a, P);
   A.nb = pl.nb, A.tps = pl.tps, A.chunks = pl.chunks, A.copies = pl.copies;
   A.qslab = qslab.data();
   A.Sbuf = row_sums ? Sbuf.data() : nullptr;
-  A.Gbuf = a ? Gbuf.data() : nullptr;
-  K::run_quad_form<T, acc_t>(A, pl, zn.data(), zm.data(), o.q.data(), row_sums ? o.S.data() : nullptr,
-                             a ? o.G.data() : nullptr, nullptr);
+  A.Gbuf = has_a ? Gbuf.data() : nullptr;
+  K::run_quad_form<T, acc_t>(A, pl, zn.data(), zm.data(), q.data(), row_sums ? S.data() : nullptr,
+                             has_a ? G.data() : nullptr, nullptr);
+  std::vector<QuadRes> o(B);
+  for (int64_t b = 0; b < B; ++b) {
+    o[b].q = part(q, b, P);
+    if (row_sums) o[b].S = part(S, b, N * P);
+    if (has_a) o[b].G = part(G, b, N * d);
+  }
   return o;
+}
+
+template <typename T, typename acc_t>
+static QuadRes quad_form(const Mat<T>& z, const Mat<T>& w, const Mat<T>* a, const RefKernel& kr, bool excl,
+                         bool row_sums, int64_t max_copy_bytes = K::kMaxSlabBytes) {
+  return quad_form_batch<T, acc_t>({z}, {w}, a ? std::vector<Mat<T>>{*a} : std::vector<Mat<T>>{}, {kr}, excl,
+                                   row_sums, max_copy_bytes)[0];
 }
 
 // ---- cases ----
@@ -254,13 +375,7 @@ static void gram_case(const char* tn, int64_t N, int64_t M, int64_t d, const Ref
   std::mt19937 rng(seed);
   const Mat<T> x(N, d, randn(rng, N * d, 0.4)), y(M, d, randn(rng, M * d, 0.4, 0.1));
   for (bool deriv : {false, true}) {
-    std::vector<double> ref(N * M);
-    for (int64_t i = 0; i < N; ++i)
-      for (int64_t j = 0; j < M; ++j) {
-        double k, g;
-        ref_pair(kr, x.r, i, y.r, j, d, false, k, g);
-        ref[i * M + j] = deriv ? g : k;
-      }
+    const std::vector<double> ref = ref_gram(kr, x.r, y.r, N, M, d, deriv);
     char label[200];
     std::snprintf(label, sizeof label, "gram %s %s N=%lld M=%lld d=%lld params=%zu derivative=%d", tn, kname(kr.kind),
                   (long long)N, (long long)M, (long long)d, kr.params.size(), int(deriv));
@@ -298,20 +413,8 @@ static void pair_reduce_case(const char* tn, int64_t N, int64_t M, int64_t d, in
   const Mat<T> x(N, d, xv);
   const Mat<T> y = (excl || dup > 0) ? x : Mat<T>(M, d, randn(rng, M * d, 0.4, 0.1));
   const Mat<T> v(M, p, randn(rng, M * p, 1.0)), a(N, p, randn(rng, N * p, 1.0));
-  std::vector<double> S_ref(N * p, 0.0), G_ref(with_a ? N * d : 0, 0.0);
-  for (int64_t i = 0; i < N; ++i)
-    for (int64_t j = 0; j < M; ++j) {
-      if (excl && i == j) continue;
-      double k, g;
-      ref_pair(kr, x.r, i, y.r, j, d, false, k, g);
-      double av = 0;
-      for (int64_t c = 0; c < p; ++c) {
-        S_ref[i * p + c] += k * v.r[j * p + c];
-        av += a.r[i * p + c] * v.r[j * p + c];
-      }
-      if (with_a)
-        for (int64_t c = 0; c < d; ++c) G_ref[i * d + c] += av * ref_grad_term(kr, g, x.r, i, y.r, j, d, c);
-    }
+  std::vector<double> S_ref, G_ref;
+  ref_pair_reduce(kr, x.r, y.r, v.r, with_a ? &a.r : nullptr, N, M, d, p, excl, false, S_ref, G_ref);
   std::vector<double> S, G;
   int64_t splits;
   pair_reduce<T, acc_t>(x, y, v, with_a ? &a : nullptr, kr, excl, S, G, &splits);
@@ -344,20 +447,8 @@ static void quad_case(const char* tn, int64_t N, int64_t d, int64_t P, const Ref
       for (int64_t c = 0; c < d; ++c) zv[i * d + c] = zv[(i - i % dup) * d + c];
   const Mat<T> z(N, d, zv);
   const Mat<T> w(N, P, randn(rng, N * P, 1.0)), a(N, P, randn(rng, N * P, 1.0));
-  std::vector<double> q_ref(P, 0.0), S_ref(N * P, 0.0), G_ref(N * d, 0.0);
-  for (int64_t i = 0; i < N; ++i)
-    for (int64_t j = 0; j < N; ++j) {
-      if (excl && i == j) continue;
-      double k, g;
-      ref_pair(kr, z.r, i, z.r, j, d, i == j, k, g);
-      double aw = 0;
-      for (int64_t c = 0; c < P; ++c) {
-        q_ref[c] += w.r[i * P + c] * k * w.r[j * P + c];
-        S_ref[i * P + c] += k * w.r[j * P + c];
-        aw += a.r[i * P + c] * w.r[j * P + c];
-      }
-      for (int64_t c = 0; c < d; ++c) G_ref[i * d + c] += aw * ref_grad_term(kr, g, z.r, i, z.r, j, d, c);
-    }
+  std::vector<double> q_ref, S_ref, G_ref;
+  ref_quad_form(kr, z.r, w.r, &a.r, N, d, P, excl, q_ref, S_ref, G_ref);
   const auto pl = K::plan_quad_form<acc_t>(N, d, P, true, true);
   char head[200], label[260];
   std::snprintf(head, sizeof head,
@@ -399,6 +490,153 @@ template <typename T, typename acc_t>
 static void quad_case(const char* tn, int64_t N, int64_t d, int64_t P, KernelKind kind, std::vector<double> sigmas,
                       bool excl, double tol, unsigned seed, bool all_modes = true) {
   quad_case<T, acc_t>(tn, N, d, P, RefKernel{kind, params_of(kind, sigmas, d)}, excl, tol, seed, all_modes);
+}
+
+// ---- batches: each problem of a batched call is bitwise its 2-D call, and matches the oracle ----
+
+static bool bitwise_equal(const std::vector<double>& a, const std::vector<double>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0);
+}
+
+static void append(std::vector<double>& all, const std::vector<double>& part) {
+  all.insert(all.end(), part.begin(), part.end());
+}
+
+// Problem b of a batch: its own params (bandwidths, energy power, polynomial gamma / coef / degree) and
+// where its points lie. rbf's problem 1 has narrow bandwidths and close points far from the origin, so
+// in float32 its tiles take coordinate differences (the lossy rule, from its own params and norms) while
+// the other problems' take the expansion.
+struct BatchProblem {
+  RefKernel kr;
+  double spread, shift;
+};
+
+static BatchProblem problem_of(KernelKind kind, int64_t b, int64_t d) {
+  const double f = 1.0 + 0.5 * double(b);
+  switch (kind) {
+    case KernelKind::RBF:
+      if (b == 1) return {RefKernel{kind, params_of(kind, {0.05, 0.2}, d)}, 0.05, 4.0};
+      return {RefKernel{kind, params_of(kind, {0.7 * f, 2.0 * f}, d)}, 0.4, 0.1 * double(b)};
+    case KernelKind::LAPLACIAN: return {laplacian({0.7 * f}), 0.4, 0.1 * double(b)};
+    case KernelKind::ENERGY: return {energy(std::ldexp(1.0, int(b))), 0.4, 0.1 * double(b)};
+    default: return {polynomial(0.2 / f, double(b % 2), 1 + int(b % 3)), 0.4, 0.1 * double(b)};
+  }
+}
+
+template <typename T, typename acc_t>
+static void gram_batch_case(const char* tn, int64_t B, int64_t N, int64_t M, int64_t d, KernelKind kind, double tol,
+                            unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<Mat<T>> x, y;
+  std::vector<RefKernel> kr;
+  for (int64_t b = 0; b < B; ++b) {
+    const BatchProblem pr = problem_of(kind, b, d);
+    x.emplace_back(N, d, randn(rng, N * d, pr.spread, pr.shift));
+    y.emplace_back(M, d, randn(rng, M * d, pr.spread, pr.shift + 0.05));
+    kr.push_back(pr.kr);
+  }
+  for (bool deriv : {false, true}) {
+    const auto batched = gram_batch<T, acc_t>(x, y, kr, deriv);
+    bool same = true;
+    std::vector<double> got, ref;
+    for (int64_t b = 0; b < B; ++b) {
+      same = same && bitwise_equal(batched[b], gram<T, acc_t>(x[b], y[b], kr[b], deriv));
+      append(got, batched[b]);
+      append(ref, ref_gram(kr[b], x[b].r, y[b].r, N, M, d, deriv));
+    }
+    char label[200];
+    std::snprintf(label, sizeof label, "batch gram %s %s B=%lld N=%lld M=%lld d=%lld derivative=%d: vs oracle", tn,
+                  kname(kind), (long long)B, (long long)N, (long long)M, (long long)d, int(deriv));
+    expect_close(label, got, ref, tol);
+    expect_true("  each problem == its 2-D call (bitwise)", same);
+  }
+}
+
+template <typename T, typename acc_t>
+static void pair_reduce_batch_case(const char* tn, int64_t B, int64_t N, int64_t M, int64_t d, int64_t p, bool with_a,
+                                   bool excl, KernelKind kind, double tol, unsigned seed) {
+  if (excl) M = N;
+  std::mt19937 rng(seed);
+  std::vector<Mat<T>> x, y, v, a;
+  std::vector<RefKernel> kr;
+  for (int64_t b = 0; b < B; ++b) {
+    const BatchProblem pr = problem_of(kind, b, d);
+    x.emplace_back(N, d, randn(rng, N * d, pr.spread, pr.shift));
+    y.push_back(excl ? x.back() : Mat<T>(M, d, randn(rng, M * d, pr.spread, pr.shift + 0.05)));
+    v.emplace_back(M, p, randn(rng, M * p, 1.0));
+    if (with_a) a.emplace_back(N, p, randn(rng, N * p, 1.0));
+    kr.push_back(pr.kr);
+  }
+  std::vector<std::vector<double>> S, G;
+  int64_t splits;
+  pair_reduce_batch<T, acc_t>(x, y, v, a, kr, excl, S, G, &splits);
+  bool same = true;
+  std::vector<double> S_got, G_got, S_ref, G_ref;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<double> S1, G1, Sr, Gr;
+    int64_t splits1;
+    pair_reduce<T, acc_t>(x[b], y[b], v[b], with_a ? &a[b] : nullptr, kr[b], excl, S1, G1, &splits1);
+    same = same && bitwise_equal(S[b], S1) && bitwise_equal(G[b], G1);
+    ref_pair_reduce(kr[b], x[b].r, y[b].r, v[b].r, with_a ? &a[b].r : nullptr, N, M, d, p, excl, false, Sr, Gr);
+    append(S_got, S[b]), append(G_got, G[b]), append(S_ref, Sr), append(G_ref, Gr);
+  }
+  char label[200];
+  std::snprintf(label, sizeof label,
+                "batch pair_reduce %s %s B=%lld N=%lld M=%lld d=%lld p=%lld a=%d excl=%d splits=%lld: S vs oracle", tn,
+                kname(kind), (long long)B, (long long)N, (long long)M, (long long)d, (long long)p, int(with_a),
+                int(excl), (long long)splits);
+  expect_close(label, S_got, S_ref, tol);
+  if (with_a) expect_close("  G vs oracle", G_got, G_ref, tol);
+  expect_true("  each problem's S and G == its 2-D call's (bitwise)", same);
+}
+
+// The modes of quad_form: value only, S and G (grouped launches); all_modes: also S and G by per-round
+// launches, S alone, G alone.
+template <typename T, typename acc_t>
+static void quad_batch_case(const char* tn, int64_t B, int64_t N, int64_t d, int64_t P, KernelKind kind, bool excl,
+                            double tol, unsigned seed, bool all_modes) {
+  std::mt19937 rng(seed);
+  std::vector<Mat<T>> z, w, a;
+  std::vector<RefKernel> kr;
+  for (int64_t b = 0; b < B; ++b) {
+    const BatchProblem pr = problem_of(kind, b, d);
+    z.emplace_back(N, d, randn(rng, N * d, pr.spread, pr.shift));
+    w.emplace_back(N, P, randn(rng, N * P, 1.0));
+    a.emplace_back(N, P, randn(rng, N * P, 1.0));
+    kr.push_back(pr.kr);
+  }
+  struct Mode {
+    const char* name;
+    bool grad, row_sums;
+    int64_t max_copy_bytes;
+  };
+  std::vector<Mode> modes{{"value", false, false, K::kMaxSlabBytes}, {"S+G", true, true, K::kMaxSlabBytes}};
+  if (all_modes)
+    modes.insert(modes.end(), {{"S+G per-round", true, true, 0}, {"S", false, true, K::kMaxSlabBytes},
+                               {"G", true, false, K::kMaxSlabBytes}});
+  for (const Mode& m : modes) {
+    const std::vector<Mat<T>> no_a;
+    const auto batched = quad_form_batch<T, acc_t>(z, w, m.grad ? a : no_a, kr, excl, m.row_sums, m.max_copy_bytes);
+    bool same = true;
+    std::vector<double> q_got, S_got, G_got, q_ref, S_ref, G_ref;
+    for (int64_t b = 0; b < B; ++b) {
+      const QuadRes one = quad_form<T, acc_t>(z[b], w[b], m.grad ? &a[b] : nullptr, kr[b], excl, m.row_sums,
+                                              m.max_copy_bytes);
+      same = same && bitwise_equal(batched[b].q, one.q) && bitwise_equal(batched[b].S, one.S) &&
+             bitwise_equal(batched[b].G, one.G);
+      std::vector<double> q, S, G;
+      ref_quad_form(kr[b], z[b].r, w[b].r, &a[b].r, N, d, P, excl, q, S, G);
+      append(q_got, batched[b].q), append(S_got, batched[b].S), append(G_got, batched[b].G);
+      append(q_ref, q), append(S_ref, S), append(G_ref, G);
+    }
+    char label[200];
+    std::snprintf(label, sizeof label, "batch quad_form %s %s B=%lld N=%lld d=%lld P=%lld excl=%d %s: q vs oracle", tn,
+                  kname(kind), (long long)B, (long long)N, (long long)d, (long long)P, int(excl), m.name);
+    expect_close(label, q_got, q_ref, tol);
+    if (m.row_sums) expect_close("  S vs oracle", S_got, S_ref, tol);
+    if (m.grad) expect_close("  G vs oracle", G_got, G_ref, tol);
+    expect_true("  each problem's q, S, G == its 2-D call's (bitwise)", same);
+  }
 }
 
 // ---- Stein primitives ----
@@ -825,6 +1063,28 @@ int main() {
     stein_moments_case<double, double>("f64", 130, 17, imq_p, excl, 1e-10, 243);
   }
   stein_moments_case<__half, float>("f16", 70, 5, rbf_1, false, 1e-5, 251);
+
+  // ---- batches: per-problem params (rbf's problem 1 lossy in float32), odd sizes; B = 3, and B = 1 on
+  // small sizes. float64 tolerance 1e-10: rbf's problem 1 (c = 200, |z|^2 up to ~270) takes the
+  // expansion in float64, whose error u |z|^2 c ~ 1e-11 is within the lossy rule's bound.
+  for (KernelKind kind : {KernelKind::RBF, KernelKind::LAPLACIAN, KernelKind::ENERGY, KernelKind::POLYNOMIAL}) {
+    const unsigned seed = 300 + 20 * unsigned(kind);
+    gram_batch_case<float, float>("f32", 3, 127, 3, 5, kind, 2e-6, seed);
+    gram_batch_case<double, double>("f64", 3, 1, 257, 17, kind, 1e-10, seed + 1);
+    gram_batch_case<float, float>("f32", 3, 257, 127, 16, kind, 2e-6, seed + 2);
+    pair_reduce_batch_case<float, float>("f32", 3, 127, 257, 5, 1, true, false, kind, 2e-5, seed + 3);
+    pair_reduce_batch_case<double, double>("f64", 3, 3, 1, 3, 3, false, false, kind, 1e-10, seed + 4);
+    pair_reduce_batch_case<float, float>("f32", 3, 257, 257, 3, 2, true, true, kind, 2e-5, seed + 5);
+    pair_reduce_batch_case<double, double>("f64", 3, 127, 3, 16, 5, true, false, kind, 1e-10, seed + 6);
+    pair_reduce_batch_case<double, double>("f64", 3, 1, 127, 4, 17, true, true, kind, 1e-10, seed + 7);
+    quad_batch_case<float, float>("f32", 3, 257, 5, 1, kind, false, 2e-5, seed + 8, false);
+    quad_batch_case<double, double>("f64", 3, 127, 3, 3, kind, true, 1e-10, seed + 9, true);
+    quad_batch_case<float, float>("f32", 3, 3, 2, 2, kind, true, 2e-5, seed + 10, true);
+    quad_batch_case<double, double>("f64", 3, 1, 4, 1, kind, false, 1e-10, seed + 11, true);
+    gram_batch_case<double, double>("f64", 1, 3, 127, 5, kind, 1e-10, seed + 12);
+    pair_reduce_batch_case<float, float>("f32", 1, 127, 3, 5, 3, true, false, kind, 2e-5, seed + 13);
+    quad_batch_case<float, float>("f32", 1, 127, 3, 3, kind, true, 2e-5, seed + 14, true);
+  }
 
   std::printf("%d checks, %d failures\n", g_checks, g_fail);
   return g_fail == 0 ? 0 : 1;

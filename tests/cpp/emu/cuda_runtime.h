@@ -49,12 +49,13 @@ void launch(dim3 grid, dim3 block, F body) {
   for (unsigned t = 0; t < nt; ++t)
     th.emplace_back([&, t] {
       tid_ = dim3(t % block.x, t / block.x);
-      for (unsigned by = 0; by < grid.y; ++by)
-        for (unsigned bx = 0; bx < grid.x; ++bx) {
-          bid_ = dim3(bx, by);
-          body();
-          bar.arrive_and_wait();
-        }
+      for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+          for (unsigned bx = 0; bx < grid.x; ++bx) {
+            bid_ = dim3(bx, by, bz);
+            body();
+            bar.arrive_and_wait();
+          }
     });
   for (auto& x : th) x.join();
 }
