@@ -1,12 +1,9 @@
 // Argument checks of the three primitives, written once for the CPU (csrc/cpu/cpu_ops.cpp) and CUDA
 // (csrc/cuda/ops_cuda.cu) implementations: every failure is a c10::Error (a RuntimeError in Python)
 // that names the op and the argument. `device` is the device type the implementation runs on.
-// gram, pair_reduce and quad_form also take the batched form (/work/notes/batch_contract.md): when the
-// first argument is 3-D, every tensor argument must be 3-D (B, ...) with its B, and params (B, n).
+// gram, pair_reduce and quad_form also take the batched form (docs/DESIGN.md, "Batched problems"): when
+// the first argument is 3-D, every tensor argument must be 3-D (B, ...) with its B, and params (B, n).
 #pragma once
-
-#include <initializer_list>
-#include <utility>
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
@@ -98,25 +95,6 @@ inline void params(const char* op, const at::Tensor& params, const at::Tensor& p
               : kind == KernelKind::POLYNOMIAL ? "3 values [gamma, coef, degree] (polynomial)"
                                                : "1 to 16 scales",
               form.batched ? " per row" : "", ", got ", params.size(-1));
-}
-
-// A batched call (its first tensor 3-D): every tensor argument given is 3-D with the first one's leading
-// dim B, and params is (B, n_params), a row per problem. Returns B; the 2-D checks above then hold for
-// each problem's slices.
-inline int64_t batch(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> args,
-                     const at::Tensor& p) {
-  const auto& [first_name, first] = *args.begin();
-  const int64_t B = first->size(0);
-  for (const auto& [name, t] : args) {
-    if (t == nullptr) continue;
-    TORCH_CHECK(t->dim() == 3, "infovae::", op, ": ", name, " must be 3-D (B, rows, columns) like ", first_name,
-                ", got shape ", t->sizes());
-    TORCH_CHECK(t->size(0) == B, "infovae::", op, ": ", name, " must have the batch size of ", first_name, " (", B,
-                "), got shape ", t->sizes());
-  }
-  TORCH_CHECK(p.dim() == 2 && p.size(0) == B, "infovae::", op, ": params must be (B, n_params) with B = ", B,
-              " for a batch, got shape ", p.sizes());
-  return B;
 }
 
 // The whole argument list of each primitive; returns the kernel kind.

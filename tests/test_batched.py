@@ -102,7 +102,7 @@ def test_batched_primitives_refuse_mismatched_batches():
         ops.quad_form(z, w[:2], None, p, "rbf", False, False)
     with pytest.raises(RuntimeError, match="params must be"):
         ops.quad_form(z, w, None, p[0], "rbf", False, False)
-    with pytest.raises(RuntimeError, match="y must be 3-D"):
+    with pytest.raises(RuntimeError, match="y must be a 3-D tensor"):
         ops.gram(z, z[0], p, "rbf", False)
     q, s, g = ops.quad_form(z[:0], w[:0], None, p[:0], "rbf", False, True)
     assert q.shape == (0, 1) and s.shape == (0, 4, 1) and g.shape == (0, 0, 2)

@@ -331,13 +331,13 @@ std::optional<at::Tensor> unsqueezed(const std::optional<at::Tensor>& t) {
 
 }  // namespace
 
-// Each op takes 2-D arguments (one problem) or 3-D ones with a leading batch dim B and params (B, S'). A
-// batch is checked for its shapes once (problem 0's slices pass the 2-D checks) and for every problem's
-// params; one problem runs as a batch of 1.
+// Each op takes 2-D arguments (one problem) or 3-D ones with a leading batch dim B and params (B, S')
+// (checks.h checks both forms); one problem runs as a batch of 1.
 at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& params, c10::string_view kernel,
                 bool derivative) {
   if (x.dim() != 3) return gram_2d(x, y, params, kernel, derivative);
-  const int64_t B = checks::batch("gram", {{"x", &x}, {"y", &y}}, params);
+  checks::gram_args(x, y, params, kernel, c10::DeviceType::CPU);
+  const int64_t B = x.size(0);
   at::Tensor K = at::empty({B, x.size(1), y.size(1)}, x.options());
   for_each_problem(B, x.size(1) * y.size(1), [&](int64_t b) {
     K[b].copy_(gram_2d(x[b], y[b], params[b], kernel, derivative));
@@ -348,15 +348,8 @@ at::Tensor gram(const at::Tensor& x, const at::Tensor& y, const at::Tensor& para
 std::tuple<at::Tensor, at::Tensor> pair_reduce(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v,
                                                const std::optional<at::Tensor>& a, const at::Tensor& params,
                                                c10::string_view kernel, bool exclude_diagonal) {
+  const KernelKind kind = checks::pair_reduce_args(x, y, v, a, params, kernel, exclude_diagonal, c10::DeviceType::CPU);
   const bool batch = x.dim() == 3;
-  if (batch) {
-    const int64_t B = checks::batch("pair_reduce", {{"x", &x}, {"y", &y}, {"v", &v}, {"a", a ? &*a : nullptr}}, params);
-    if (B == 0) checks::kernel("pair_reduce", kernel);
-    else checks::pair_reduce_args(x[0], y[0], v[0], select(a, 0), params[0], kernel, exclude_diagonal, c10::DeviceType::CPU);
-  } else {
-    checks::pair_reduce_args(x, y, v, a, params, kernel, exclude_diagonal, c10::DeviceType::CPU);
-  }
-  const KernelKind kind = checks::kernel("pair_reduce", kernel);
   const at::Tensor xb = batch ? x : x.unsqueeze(0), yb = batch ? y : y.unsqueeze(0), vb = batch ? v : v.unsqueeze(0);
   const std::optional<at::Tensor> ab = batch ? a : unsqueezed(a);
   const int64_t B = xb.size(0), N = xb.size(1), M = yb.size(1), d = xb.size(2), p = vb.size(2);
@@ -384,15 +377,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quad_form(const at::Tensor& z, co
                                                          const std::optional<at::Tensor>& a, const at::Tensor& params,
                                                          c10::string_view kernel, bool exclude_diagonal,
                                                          bool row_sums) {
+  const KernelKind kind = checks::quad_form_args(z, w, a, params, kernel, c10::DeviceType::CPU);
   const bool batch = z.dim() == 3;
-  if (batch) {
-    const int64_t B = checks::batch("quad_form", {{"z", &z}, {"w", &w}, {"a", a ? &*a : nullptr}}, params);
-    if (B == 0) checks::kernel("quad_form", kernel);
-    else checks::quad_form_args(z[0], w[0], select(a, 0), params[0], kernel, c10::DeviceType::CPU);
-  } else {
-    checks::quad_form_args(z, w, a, params, kernel, c10::DeviceType::CPU);
-  }
-  const KernelKind kind = checks::kernel("quad_form", kernel);
   const at::Tensor zb = batch ? z : z.unsqueeze(0), wb = batch ? w : w.unsqueeze(0);
   const std::optional<at::Tensor> ab = batch ? a : unsqueezed(a);
   const int64_t B = zb.size(0), N = zb.size(1), d = zb.size(2), P = wb.size(2);

@@ -7,7 +7,7 @@
 // params stays on the device: the kernels read the float64 array themselves (pair_kernels.cuh,
 // load_kernel), so no op needs a host copy of it or a stream sync.
 //
-// gram, pair_reduce and quad_form also take a batch of problems (/work/notes/batch_contract.md): 3-D
+// gram, pair_reduce and quad_form also take a batch of problems (docs/DESIGN.md, "Batched problems"): 3-D
 // points (B, N, d), params (B, S'). The batch is grid.z of every launch (pair_kernels.cuh); nothing is
 // decided per problem on the host: the plans depend on the problem's sizes only (shared by the batch),
 // and the lossy-distance rule is decided on the device per tile from that problem's params and norms.

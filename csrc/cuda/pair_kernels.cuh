@@ -23,7 +23,7 @@
 //   problem size): bitwise reproducible run to run, process to process and GPU to GPU.
 // Stein primitives: stein_form on quad_form's symmetric schedule, stein_moments on pair_reduce's full one;
 //   r2 and the cross term from coordinate differences (pair_math.h, "Stein kernels").
-// Batches (gram, pair_reduce, quad_form; /work/notes/batch_contract.md): `batch` problems of one shape,
+// Batches (gram, pair_reduce, quad_form; docs/DESIGN.md, "Batched problems"): `batch` problems of one shape,
 //   each a contiguous block of every input, params one row of n_scales values per problem. Every kernel
 //   of these three runs with grid.z = batch, blockIdx.z the problem (problem_index): it moves its
 //   pointers to that problem's rows and reads that problem's params; grid.x and grid.y, and every plan,
