@@ -251,6 +251,24 @@ def test_vmap_and_func_run_the_batched_ops():
     torch.testing.assert_close(gk, xs.grad, rtol=1e-14, atol=1e-15)
 
 
+def test_autograd_outside_a_vmap_gets_the_gradients(recwarn):
+    """Plain autograd through torch.vmap of the ops (the vmap rule applies the op's Function, so autograd
+    records it): the gradients of the direct batched call, in x and in per-problem bandwidths."""
+    x, y = _randn(4, 6, 2), _randn(4, 5, 2, seed=1, shift=0.3)
+    ops = [lambda a, b: ik.mmd(a, b), lambda a, b: ik.mmd(a, b, estimator="unbiased", kernel="laplacian"),
+           lambda a, b: ik.kernel_sum(a, b).sum(-1), lambda a, b: ik.rbf_gram(a, b).sum((-2, -1))]
+    for f in ops:
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        torch.vmap(f)(xa, y).sum().backward()
+        f(xb, y).sum().backward()
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-13, atol=1e-15)
+    sa, sb = (torch.tensor([0.6, 0.9, 1.3, 2.0], dtype=torch.float64, requires_grad=True) for _ in range(2))
+    torch.vmap(lambda a, b, s: ik.mmd(a, b, sigma=s))(x, y, sa).sum().backward()
+    ik.mmd(x, y, sigma=sb).sum().backward()
+    torch.testing.assert_close(sa.grad, sb.grad, rtol=1e-13, atol=1e-15)
+    assert not [w for w in recwarn if "autograd kernel was not registered" in str(w.message)]
+
+
 def test_vmap_calls_the_batched_primitive_once():
     """torch.vmap of ik.mmd reaches the registered primitive once, with the batch as its leading dim."""
     from torch.utils._python_dispatch import TorchDispatchMode

@@ -98,12 +98,13 @@ def padded(x_mask: Optional[Tensor], y_mask: Optional[Tensor], x: Tensor, y: Ten
                       y_mask if y_mask is not None else y.new_ones(y.shape[:-1], dtype=torch.bool)], -1)
 
 
-def vmap_batched(forward: Callable, info, in_dims: tuple, args: tuple, n_tensors: int, shared: int):
-    """The vmap rule of an op's autograd Function whose forward takes a batch as it is: its points
-    (..., N, d) lead, and argument `shared` (a bandwidth) may be (S,) for all problems or (B, S). The
-    vmapped dim goes to the front (an argument that is not vmapped is expanded, except a shared
-    bandwidth), merged with a batch the call already has (nested vmap); one forward call. Outputs that
-    are empty (gradients not asked for) are not batched."""
+def vmap_batched(apply: Callable, info, in_dims: tuple, args: tuple, n_tensors: int, shared: int):
+    """The vmap rule of an op's autograd Function that takes a batch as it is: its points (..., N, d) lead,
+    and argument `shared` (a bandwidth) may be (S,) for all problems or (B, S). The vmapped dim goes to
+    the front (an argument that is not vmapped is expanded, except a shared bandwidth), merged with a
+    batch the call already has (nested vmap); one `apply` of the Function on the batch (apply, not
+    forward, so that autograd outside the vmap records it). Outputs that are empty (gradients not asked
+    for) are not batched."""
     size, tensors, rest = info.batch_size, args[:n_tensors], args[n_tensors:]
     inner = tensors[0].shape[1] if tensors[0].dim() - (in_dims[0] is not None) == 3 else None
 
@@ -117,7 +118,7 @@ def vmap_batched(forward: Callable, info, in_dims: tuple, args: tuple, n_tensors
             t = t[:, None].expand(size, inner, t.shape[-1])
         return t.flatten(0, 1)
 
-    out = forward(*(leading(i, t, d) for i, (t, d) in enumerate(zip(tensors, in_dims))), *rest)
+    out = apply(*(leading(i, t, d) for i, (t, d) in enumerate(zip(tensors, in_dims))), *rest)
     restore = (lambda o: o) if inner is None else (lambda o: o.unflatten(0, (size, inner)))
     return tuple(o if o.numel() == 0 else restore(o) for o in out), tuple(None if o.numel() == 0 else 0 for o in out)
 

@@ -84,8 +84,10 @@ class _MMD(torch.autograd.Function):
         return (value.to(x.dtype), *(value.new_empty(0) if g is None else g for g in grads))
 
     @staticmethod
-    def vmap(info, in_dims, *args):  # forward is written for a batch already: call it once, batched
-        return vmap_batched(_MMD.forward, info, in_dims, args, n_tensors=6, shared=4)
+    def vmap(info, in_dims, *args):  # the op takes a batch already: applied once to it
+        # autograd outside the vmap: which inputs need a gradient shows on the unwrapped tensors only
+        need = [n or g for n, g in zip(args[-1], needs_grad(*args[:5]))]
+        return vmap_batched(_MMD.apply, info, in_dims, (*args[:-1], need), n_tensors=6, shared=4)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
