@@ -246,8 +246,12 @@ def prepare_pooled(x: Tensor, y: Tensor, kernel: Kernel = "rbf", mask: Optional[
                 torch.sub(src, mean, out=part)
         if mask is not None:
             z.masked_fill_(~mask[..., None], 0.0)
-    lo, hi = torch.aminmax(z.flatten(-2), dim=-1)
-    scale = power_of_two_scale(torch.maximum(hi, -lo))
+    if z.dim() == 2:
+        lo, hi = torch.aminmax(z)  # one pass, no temporary
+        peak = torch.maximum(hi, -lo)
+    else:  # per problem: ATen's aminmax over a dim took 10x this (256 x 256 x 3: 218 vs 20 us)
+        peak = z.abs().amax((-2, -1))
+    scale = power_of_two_scale(peak)
     inv = (1.0 / scale).to(ct)[..., None, None]  # a power of two: exact in ct too
     return (z * inv if functional else z.mul_(inv)), scale
 

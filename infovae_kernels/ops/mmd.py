@@ -72,10 +72,11 @@ class _MMD(torch.autograd.Function):
         if need_sigma:  # sum_i z_i . dvalue/dz_i = -2 sum_i z_i . G_i
             grads[4] = bandwidth_grad(sigmas, params, g, lambda p: ops.quad_form(z, w, a, p, name, unbiased, False)[2],
                                       lambda gp: -2.0 * (z.double() * gp).sum((-2, -1)))
-        if need_x or need_y:
-            dz = g * (-2.0 / scale)[..., None, None]
-            grads[0] = dz[..., :n, :].to(x.dtype) if need_x else None
-            grads[1] = dz[..., n:, :].to(y.dtype) if need_y else None
+        factor = (-2.0 / scale)[..., None, None]
+        if need_x:
+            grads[0] = (g[..., :n, :] * factor).to(x.dtype)
+        if need_y:
+            grads[1] = (g[..., n:, :] * factor).to(y.dtype)
         if unbiased and (need_wx or need_wy):  # c_xx depends on wx: d(c q)/dw = c dq/dw + q c^2 2 w
             grads[2] = 2.0 * cx * s[..., :n, 0] - 2.0 * s[..., :n, 1] + 2.0 * (q[..., 0] * cxx.square())[..., None] * wx
             grads[3] = 2.0 * cy * s[..., n:, 1] - 2.0 * s[..., n:, 0] + 2.0 * (q[..., 1] * cyy.square())[..., None] * wy
