@@ -190,13 +190,12 @@ at::Tensor gram_typed(const at::Tensor& x, const at::Tensor& y, const engine::Ke
 }
 
 // Problem b of a batch is the 2-D op on the rows b of every tensor, and its result does not depend on the
-// thread count: the problems are the parallel items when there are enough to keep every thread busy or
-// they are small (`pairs` per problem), else they run in order, each over all threads. Bitwise the same
-// results either way.
+// thread count: small problems (`pairs` per problem below 2^22) are the parallel items, larger ones run in
+// order, each over all threads (as fast: B = 8, N = 8192, d = 3 took 8.1 ms a problem in parallel, 7.7 in
+// order). Bitwise the same results either way.
 template <class F>
 void for_each_problem(int64_t B, int64_t pairs, F&& f) {
-  const int64_t nt = std::max(1, at::get_num_threads());
-  if (B > 1 && (B >= 4 * nt || pairs < (int64_t{1} << 22)))
+  if (B > 1 && pairs < (int64_t{1} << 22))
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) f(b);
     });
