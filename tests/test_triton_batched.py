@@ -1,4 +1,4 @@
-"""The Triton backend's three primitives on a leading batch dimension (contract: issue 22's batch contract).
+"""The Triton backend's three primitives on a leading batch dimension (docs/DESIGN.md, "Batched problems").
 
 Problem b of a batched call must be bitwise the 2-D Triton call on (x[b], y[b], ..., params[b]) (every host
 decision is a function of one problem's sizes and the lossy flag is per problem, so the schedule allows it),
