@@ -6,7 +6,8 @@ loop of 2-D calls, GeomLoss and one 2-D call over the same number of pairs, floa
        batched    ik.mmd(x, y)
        geomloss   2 * geomloss.SamplesLoss("gaussian", blur=1, backend="tensorized")(x, y)  (its loss is MMD^2 / 2)
        pooled_2d  ik.mmd(x', y') on N' = M' = sqrt(B) N points each: (N' + M')^2 = B (N + M)^2 pair terms
-       vmap       torch.vmap(ik.mmd)(x, y), or "failed: <why>"
+       vmap       torch.vmap(ik.mmd)(x, y), or "failed: <why>"; vmap_paired: its seconds over the batched
+                  call's, the two called in turn (the median of the per-pair ratios)
   B  B = 16, N = M = 4096, d = 3: batched, geomloss (forward only: about 9 s and GiBs a call) and pooled_2d
      (N' = 16,384), each in its own subprocess, with that process's peak resident memory (VmHWM).
 
@@ -108,6 +109,21 @@ def timed(fn, x, y, mode, reps):
         call(fn, x, y, mode)
         times.append(time.perf_counter() - t)
     return statistics.median(times), reps, value
+
+
+def paired_ratio(fa, fb, x, y, mode, reps) -> float:
+    """The median over `reps` pairs of (seconds of fa) / (seconds of fb), the two called in turn, so that
+    the machine's drift (up to 30% between runs here) moves both sides of each pair alike."""
+    call(fa, x, y, mode), call(fb, x, y, mode)
+    ratios = []
+    for _ in range(reps):
+        seconds = []
+        for fn in (fa, fb):
+            t = time.perf_counter()
+            call(fn, x, y, mode)
+            seconds.append(time.perf_counter() - t)
+        ratios.append(seconds[0] / seconds[1])
+    return statistics.median(ratios)
 
 
 def load_backend() -> None:
@@ -236,6 +252,12 @@ def main(argv=None) -> int:
                 values[(name, mode)] = vals
             bar.update()
         add_ratios(case_rows, values, c["reference"])
+        if case == "A" and not missing:  # vmap against the direct call, paired call by call
+            x, y = inputs("batched", c["b"], c["n"], 3)
+            for mode in MODES:
+                case_rows.append(dict(bench="batched", case=case, method="vmap_paired", mode=mode, b=c["b"], n=c["n"],
+                                      d=3, status="ok", reps=c["reps"], over_batched=paired_ratio(
+                                          method("vmap"), method("batched"), x, y, mode, c["reps"])))
         rows += case_rows
     bar.close()
     for r in rows:
