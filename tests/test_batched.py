@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import infovae_kernels as ik
-from infovae_kernels import kernels
 from infovae_kernels.backends import reference as R
 from conftest import DEVICE_BACKENDS
 
