@@ -281,36 +281,34 @@ def mmd_test(x: Data, y: Data, permutations: int = 200, seed: int = 0, *, kernel
     if unbiased and (n < 2 or m < 2):
         raise ValueError(f"the unbiased estimator needs at least 2 points in each set, got {n} and {m}")
     labels = _labels(n, m, int(permutations), int(seed))
-    wpos, wneg = _column_weights(n, m, unbiased)
 
     def columns(s: int, e: int) -> Tensor:
-        lab = labels[s:e]
-        w = torch.full(lab.shape, wneg, dtype=torch.float64).masked_fill_(lab, wpos)
-        if unbiased:
-            w = torch.cat([w, w.new_ones((e - s, 1))], 1)
-        return w
+        return _columns(labels[s:e], n, m, unbiased)
 
     rank, world, group = dist_info(group)
     plan = plan_tiles(n, m, st.block, world)
     partials, _ = run_tiles(_job(st, columns, ncols, unbiased), plan, rank, world, group, progress)
     q = np.array([math.fsum(partials[:, c]) for c in range(ncols)])
-    result = _test_result(q, n, m, unbiased, 16 * torch.finfo(st.ct).eps * (1 if st.sigmas is None else len(st.sigmas)))
+    result = _test_result(q, n, m, unbiased, st.ct, 1 if st.sigmas is None else len(st.sigmas))
     if report is not None:
         report.update(_info(st, plan, world, t0), value=result.statistic, p_value=result.p_value,
                       permutations=int(permutations), seed=int(seed))
     return result
 
 
-def _column_weights(n: int, m: int, unbiased: bool) -> tuple[float, float]:
-    """The weights of mmd_test's columns: on the points labelled X and on those labelled Y."""
-    return (1.0 / (n - 1), -1.0 / (m - 1)) if unbiased else (1.0 / n, -1.0 / m)
+def _columns(labels: Tensor, n: int, m: int, unbiased: bool) -> Tensor:
+    """mmd_test's float64 columns for the rows of `labels` (rows, 1 + P): 1/n on the points labelled X and
+    -1/m on the others (1/(n-1), -1/(m-1) unbiased, then an all-ones column)."""
+    wpos, wneg = (1.0 / (n - 1), -1.0 / (m - 1)) if unbiased else (1.0 / n, -1.0 / m)
+    w = torch.full(labels.shape, wneg, dtype=torch.float64).masked_fill_(labels, wpos)
+    return torch.cat([w, w.new_ones((labels.shape[0], 1))], 1) if unbiased else w
 
 
-def _test_result(q: np.ndarray, n: int, m: int, unbiased: bool, tol_unit: float) -> MMDTestResult:
+def _test_result(q: np.ndarray, n: int, m: int, unbiased: bool, ct: torch.dtype, scales: int) -> MMDTestResult:
     """The statistic, p-value and permutation statistics from q (every column's quadratic form, the
-    all-ones column last when unbiased; see mmd_test). A permuted statistic within tol_unit * max(1,
-    |statistic|) below the observed one counts as reaching it (rounding must not turn a tie into an
-    exceedance)."""
+    all-ones column last when unbiased; see mmd_test). A permuted statistic within
+    16 eps(ct) max(scales, |statistic|) below the observed one counts as reaching it (rounding must not turn
+    a tie into an exceedance)."""
     if unbiased:
         t = q[-1]
         q = q[:-1]
@@ -320,7 +318,7 @@ def _test_result(q: np.ndarray, n: int, m: int, unbiased: bool, tol_unit: float)
     else:
         stats = q
     stat, perm = float(stats[0]), torch.from_numpy(stats[1:].copy())
-    tol = tol_unit * max(1.0, abs(stat))
+    tol = 16 * torch.finfo(ct).eps * max(scales, abs(stat))
     return MMDTestResult(stat, (1 + int((perm >= stat - tol).sum())) / (1 + perm.shape[0]), perm)
 
 
@@ -335,18 +333,14 @@ def _mmd_test_batch(x: Tensor, y: Tensor, permutations: int, seed: int, kernel: 
     n, m = x.shape[1], y.shape[1]
     if unbiased and (n < 2 or m < 2):
         raise ValueError(f"the unbiased estimator needs at least 2 points in each set, got {n} and {m}")
-    wpos, wneg = _column_weights(n, m, unbiased)
-    labels = _labels(n, m, int(permutations), int(seed))
-    w = torch.full(labels.shape, wneg, dtype=torch.float64).masked_fill_(labels, wpos)
-    if unbiased:
-        w = torch.cat([w, w.new_ones((n + m, 1))], 1)
+    w = _columns(_labels(n, m, int(permutations), int(seed)), n, m, unbiased)
     sigmas = bandwidths(sigma, kernel, x.detach(), y.detach())
     z, _, params = prepared_pooled(x.detach(), y.detach(), sigmas, kernel)
     w = w.to(device=z.device, dtype=z.dtype).expand(x.shape[0], -1, -1)
     q, _, _ = primitives(backend, x.device).quad_form(z, w, None, params, kernels.primitive_name(kernel), unbiased,
                                                       False)
-    tol_unit = 16 * torch.finfo(kernels.compute_dtype(x.dtype)).eps * (1 if sigmas is None else sigmas.shape[-1])
-    return [_test_result(qb, n, m, unbiased, tol_unit) for qb in q.cpu().numpy()]
+    ct, scales = kernels.compute_dtype(x.dtype), 1 if sigmas is None else sigmas.shape[-1]
+    return [_test_result(qb, n, m, unbiased, ct, scales) for qb in q.cpu().numpy()]
 
 
 def _labels(n: int, m: int, permutations: int, seed: int) -> Tensor:
