@@ -233,6 +233,9 @@ def test_vmap_and_func_run_the_batched_ops():
     per_outer = torch.vmap(lambda a, b, s: ik.mmd(a, b, sigma=s))(*pairs, outer)  # batched calls inside the vmap
     torch.testing.assert_close(per_outer, torch.stack([ik.mmd(*(p[i] for p in pairs), sigma=outer[i]) for i in range(2)]),
                                rtol=1e-14, atol=1e-15)
+    xx, yy = _randn(3, 2, 7, 2, seed=7), _randn(3, 2, 5, 2, seed=8)  # batched calls, vmapped dim not in front
+    by_dim1 = torch.vmap(ik.mmd, in_dims=1)(xx.transpose(0, 1), yy.transpose(0, 1))
+    torch.testing.assert_close(by_dim1, torch.stack([ik.mmd(xx[i], yy[i]) for i in range(3)]), rtol=1e-14, atol=1e-15)
     shared = torch.vmap(torch.vmap(lambda a, b: ik.mmd(a, b, sigma=outer)))(*pairs)
     torch.testing.assert_close(shared.reshape(4), ik.mmd(x, y, sigma=outer.tolist()), rtol=1e-14, atol=1e-15)
     dsigma = torch.vmap(torch.func.grad(lambda s, a, b: ik.mmd(a, b, sigma=s).sum()))(outer, *pairs)

@@ -11,20 +11,38 @@ import torch
 TENSOR_ARGS = {"gram": 3, "pair_reduce": 5, "quad_form": 4}
 
 
+def to_front(info, in_dims: tuple, tensors: tuple, shared: int | None = None):
+    """(tensors, restore) for a vmap rule that makes one batched call: each tensor with the vmapped dim in
+    front (one that is not vmapped expanded, except tensor `shared` when 1-D: a bandwidth every problem
+    shares), merged with a batch the call already has (the points, tensors[0], are then (size, inner, N, d):
+    a nested vmap, or a batched call inside the vmap); restore(output) gives an output the vmapped dim 0
+    back."""
+    size = info.batch_size
+
+    def front(i, t, dim):
+        if t is None or dim is None and i == shared and t.dim() == 1:
+            return t, False
+        return (t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)), True
+
+    fronted = [front(i, t, d) for i, (t, d) in enumerate(zip(tensors, in_dims))]
+    if fronted[0][0].dim() != 4:
+        return [t for t, _ in fronted], lambda o: o
+    inner = fronted[0][0].shape[1]
+
+    def merge(i, t, moved):
+        if not moved:
+            return t
+        if i == shared and t.dim() == 2:  # one bandwidth row per outer problem: the same for its inner ones
+            t = t[:, None].expand(size, inner, t.shape[-1])
+        return t.flatten(0, 1)
+
+    return [merge(i, t, m) for i, (t, m) in enumerate(fronted)], lambda o: o.unflatten(0, (size, inner))
+
+
 def _rule(op, n_tensors: int):
     def rule(info, in_dims, *args):
-        size, tensors, rest = info.batch_size, args[:n_tensors], args[n_tensors:]
-        points, points_dim = tensors[0], in_dims[0]
-        inner = points.dim() - (points_dim is not None) == 3  # the call is already batched: nested vmap
-
-        def leading(t, dim):
-            if t is None:
-                return None
-            t = t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
-            return t.flatten(0, 1) if inner else t
-
-        out = op(*(leading(t, d) for t, d in zip(tensors, in_dims)), *rest)
-        restore = (lambda o: o.unflatten(0, (size, -1))) if inner else (lambda o: o)
+        tensors, restore = to_front(info, in_dims[:n_tensors], args[:n_tensors])
+        out = op(*tensors, *args[n_tensors:])
         if isinstance(out, tuple):
             return tuple(restore(o) for o in out), (0,) * len(out)
         return restore(out), 0

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from infovae_kernels import _checks, backends, kernels
+from infovae_kernels.backends import batching
 from infovae_kernels.bandwidth import median_distance
 
 
@@ -99,27 +100,13 @@ def padded(x_mask: Optional[Tensor], y_mask: Optional[Tensor], x: Tensor, y: Ten
 
 
 def vmap_batched(apply: Callable, info, in_dims: tuple, args: tuple, n_tensors: int, shared: int):
-    """The vmap rule of an op's autograd Function that takes a batch as it is: its points (..., N, d) lead,
-    and argument `shared` (a bandwidth) may be (S,) for all problems or (B, S). The vmapped dim goes to
-    the front (an argument that is not vmapped is expanded, except a shared bandwidth), merged with a
-    batch the call already has (nested vmap); one `apply` of the Function on the batch (apply, not
-    forward, so that autograd outside the vmap records it). Outputs that are empty (gradients not asked
-    for) are not batched."""
-    size, tensors, rest = info.batch_size, args[:n_tensors], args[n_tensors:]
-    inner = tensors[0].shape[1] if tensors[0].dim() - (in_dims[0] is not None) == 3 else None
-
-    def leading(i, t, dim):
-        if t is None or dim is None and i == shared and t.dim() == 1:
-            return t
-        t = t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
-        if inner is None:
-            return t
-        if i == shared and t.dim() == 2:  # one bandwidth row per outer problem: the same for its inner ones
-            t = t[:, None].expand(size, inner, t.shape[-1])
-        return t.flatten(0, 1)
-
-    out = apply(*(leading(i, t, d) for i, (t, d) in enumerate(zip(tensors, in_dims))), *rest)
-    restore = (lambda o: o) if inner is None else (lambda o: o.unflatten(0, (size, inner)))
+    """The vmap rule of an op's autograd Function that takes a batch as it is (its points (..., N, d)
+    first; argument `shared`, a bandwidth, (S,) for all problems or (B, S)): one `apply` of the Function
+    on the batch (apply, not forward, so that autograd outside the vmap records it), the arguments
+    brought to it by backends.batching.to_front. Outputs that are empty (gradients not asked for) are
+    not batched."""
+    tensors, restore = batching.to_front(info, in_dims[:n_tensors], args[:n_tensors], shared)
+    out = apply(*tensors, *args[n_tensors:])
     return tuple(o if o.numel() == 0 else restore(o) for o in out), tuple(None if o.numel() == 0 else 0 for o in out)
 
 
