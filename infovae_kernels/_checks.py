@@ -150,11 +150,7 @@ def sigmas(sigma: Sigma, like: Tensor, median: Callable[[], Tensor], kernel: Ker
         if not sigma.dtype.is_floating_point or sigma.dim() > 1:
             raise ValueError(f"a tensor sigma must be a floating 0-d or 1-d tensor, got {sigma.dtype} "
                              f"of shape {tuple(sigma.shape)}")
-        values = sigma.to(device=like.device, dtype=torch.float64).reshape(-1)
-        _scale_count(values.shape[0])
-        if not _tracing(sigma) and not bool(((values > 0) & torch.isfinite(values)).all()):
-            raise ValueError(f"sigma must hold positive finite bandwidths, got {sigma.tolist()}")
-        return values
+        return _tensor_sigmas(sigma, like, (-1,))
     if isinstance(sigma, (list, tuple)):
         values = [_positive_float(s, "sigma") for s in sigma]
     else:
@@ -170,10 +166,16 @@ def _batch_sigmas(sigma: Sigma, like: Tensor, median: Callable[[], Tensor], batc
         raise ValueError(f"sigma: with a batch of {batch} problems a tensor sigma is (B,) (one bandwidth per problem), "
                          f"(B, S) (S scales per problem) or 0-dim (shared), B = {batch}; got {sigma.dtype} of shape "
                          f"{tuple(sigma.shape)} (several shared scales: a list of floats)")
-    values = sigma.to(device=like.device, dtype=torch.float64).reshape(batch, -1)
-    _scale_count(values.shape[1])
+    return _tensor_sigmas(sigma, like, (batch, -1))
+
+
+def _tensor_sigmas(sigma: Tensor, like: Tensor, shape: tuple) -> Tensor:
+    """A tensor sigma as float64 of `shape` (scales last) on like's device, its autograd graph kept; its
+    scale count and (outside tracing) its values checked."""
+    values = sigma.to(device=like.device, dtype=torch.float64).reshape(shape)
+    _scale_count(values.shape[-1])
     if not _tracing(sigma) and not bool(((values > 0) & torch.isfinite(values)).all()):
-        raise ValueError("sigma must hold positive finite bandwidths")
+        raise ValueError(f"sigma must hold positive finite bandwidths, got {sigma.tolist()}")
     return values
 
 

@@ -28,12 +28,13 @@ def bandwidths(sigma: _checks.Sigma, kernel: kernels.Kernel, x: Tensor, y: Optio
     x (B, N, d) gives (S,) shared or (B, S) per problem (_checks.sigmas); its median is each problem's,
     of its real rows (`masks`: (B, N) and (B, M) bools or None)."""
     parts = (x,) if y is None else (x, y)
+    pooled = (lambda: torch.cat(parts, -2)) if y is not None else (lambda: x)
     if x.dim() == 2:
-        return _checks.sigmas(sigma, x, lambda: median(torch.cat(parts) if y is not None else x), kernel)
+        return _checks.sigmas(sigma, x, lambda: median(pooled()), kernel)
 
     def per_problem() -> Tensor:  # one batched call; a padded batch: one call per problem on its real rows
         if all(m is None for m in masks):
-            return median(torch.cat(parts, -2) if y is not None else x)
+            return median(pooled())
         rows = [[p[b] if m is None else p[b][m[b]] for p, m in zip(parts, masks)] for b in range(x.shape[0])]
         return torch.stack([median(torch.cat(r)) for r in rows])
     return _checks.sigmas(sigma, x, per_problem, kernel, batch=x.shape[0])
