@@ -67,12 +67,11 @@ def _dot_range(xs: Tensor, ys: Tensor, params: Tensor, dtype: torch.dtype) -> No
     if _checks._tracing(xs):
         return
     gamma, coef, degree = params.unbind(-1)
-    largest = gamma * xs.norm(dim=-1).amax(-1) * ys.norm(dim=-1).amax(-1) + coef.abs()
-    gamma, coef, degree = (float(v) for v in torch.stack([gamma, coef, degree], -1).reshape(-1, 3)[
-        largest.reshape(-1).argmax()])
-    t = float(largest.max())
-    log_bound = max(degree * math.log(max(t, 1e-300)),
-                    math.log(degree * gamma) + (degree - 1) * math.log(max(t, 1e-300)))
+    t = gamma * xs.norm(dim=-1).amax(-1) * ys.norm(dim=-1).amax(-1) + coef.abs()
+    log_t = t.clamp_min(1e-300).log()
+    bounds = torch.maximum(degree * log_t, (degree * gamma).log() + (degree - 1) * log_t)
+    worst = bounds.reshape(-1).argmax()  # the problem whose k or h grows largest
+    log_bound, t, degree = (float(v.reshape(-1)[worst]) for v in (bounds, t, degree))
     ct = kernels.compute_dtype(dtype)
     if log_bound > math.log(torch.finfo(ct).max / 4):
         raise ValueError(f"kernel: polynomial values reach about 1e{log_bound / math.log(10):.0f}, beyond the range of "
